@@ -1,0 +1,102 @@
+"""The transform abstraction.
+
+A transform ``T`` maps world points (mm) to world points (mm). In registration ``T`` maps points of the *fixed*
+space into the *moving* space, so that warping pulls: ``warped(x) = moving(T(x))`` (see :func:`jaxreg.warp`).
+
+Every transform is a registered pytree. Its trainable arrays are leaves (so ``jax.grad`` and optax act on it
+directly); grids, step counts and orders are static metadata. Geometric anchors that are not meant to be
+optimised (rotation centres, normalisation scales) are leaves too, so a batch of transforms can be vmapped, but
+transforms pass them through ``lax.stop_gradient``: their gradient is zero.
+
+Subclasses implement :meth:`Transform.__call__` for arbitrary points and may override
+:meth:`Transform.sample_grid` with a faster evaluation on a whole grid.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxreg.core.grid import Grid
+
+__all__ = ["Transform", "LinearTransform", "pytree_dataclass"]
+
+
+def pytree_dataclass(cls: type | None = None, *, static: tuple[str, ...] = ()):
+    """Frozen dataclass registered as a pytree; fields named in ``static`` are metadata, the rest leaves."""
+
+    def wrap(c: type) -> type:
+        c = dataclasses.dataclass(frozen=True)(c)
+        names = [f.name for f in dataclasses.fields(c)]
+        data = [n for n in names if n not in static]
+        meta = [n for n in names if n in static]
+        return jax.tree_util.register_dataclass(c, data_fields=data, meta_fields=meta)
+
+    return wrap if cls is None else wrap(cls)
+
+
+class Transform(abc.ABC):
+    """Base of all spatial transforms (world mm -> world mm, fixed space -> moving space)."""
+
+    @property
+    @abc.abstractmethod
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+
+    @abc.abstractmethod
+    def __call__(self, points: jax.Array) -> jax.Array:
+        """Map world points ``(..., ndim)`` (mm) to world points ``(..., ndim)`` (mm)."""
+
+    def sample_grid(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
+        """``T(x)`` for the centre ``x`` of every voxel of ``grid``: world mm, shape ``(*grid.shape, ndim)``."""
+        _check_grid(self, grid)
+        return self(grid.world_coords(dtype))
+
+    def displacement(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
+        """``T(x) - x`` on ``grid`` in world mm, shape ``(*grid.shape, ndim)``."""
+        return self.sample_grid(grid, dtype) - grid.world_coords(dtype)
+
+
+class LinearTransform(Transform):
+    """A transform ``x -> A x + b`` with an exact homogeneous matrix (``(ndim+1, ndim+1)``)."""
+
+    @abc.abstractmethod
+    def homogeneous(self) -> jax.Array:
+        """The ``(ndim+1, ndim+1)`` homogeneous world-to-world matrix ``[[A, b], [0, 1]]``."""
+
+    def __call__(self, points: jax.Array) -> jax.Array:
+        points = jnp.asarray(points)
+        _check_points(points, self.ndim)
+        h = self.homogeneous()
+        dt = jnp.result_type(points.dtype, jnp.float32) if not jnp.issubdtype(points.dtype, jnp.floating) else points.dtype
+        h = h.astype(dt)
+        return points.astype(dt) @ h[: self.ndim, : self.ndim].T + h[: self.ndim, self.ndim]
+
+    def sample_grid(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
+        # Fold the grid affine into the transform: index -> world -> T, computed separably.
+        _check_grid(self, grid)
+        n = self.ndim
+        m = self.homogeneous().astype(dtype) @ jnp.asarray(grid.affine, dtype=dtype)
+        out = jnp.broadcast_to(m[:n, n], (*grid.shape, n))
+        for ax, s in enumerate(grid.shape):
+            col = jnp.arange(s, dtype=dtype)[:, None] * m[:n, ax][None, :]
+            shape = [1] * n + [n]
+            shape[ax] = s
+            out = out + col.reshape(shape)
+        return out
+
+
+def _check_points(points: jax.Array, ndim: int) -> None:
+    if points.ndim < 1 or points.shape[-1] != ndim:
+        raise ValueError(f"points: expected shape (..., {ndim}) world coordinates in mm, got {tuple(points.shape)}")
+
+
+def _check_grid(t: Transform, grid: Grid) -> None:
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid: expected a jaxreg Grid, got {type(grid).__name__}")
+    if grid.ndim != t.ndim:
+        raise ValueError(f"grid: expected a {t.ndim}-D grid for a {t.ndim}-D {type(t).__name__}, got {grid.ndim}-D")
