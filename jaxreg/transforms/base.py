@@ -56,7 +56,7 @@ class Transform(abc.ABC):
         _check_grid(self, grid)
         return self(grid.world_coords(dtype))
 
-    def displacement(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
+    def sample_displacement(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
         """``T(x) - x`` on ``grid`` in world mm, shape ``(*grid.shape, ndim)``."""
         return self.sample_grid(grid, dtype) - grid.world_coords(dtype)
 

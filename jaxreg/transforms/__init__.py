@@ -1,0 +1,70 @@
+"""Spatial transforms (world mm -> world mm, fixed -> moving), all registered pytrees.
+
+Linear: :class:`Translation`, :class:`Rigid`, :class:`Similarity`, :class:`Affine`; global
+:class:`Polynomial`; cubic :class:`BSplineTransform` (FFD); dense :class:`DisplacementField` and
+:class:`VelocityField` (diffeomorphic, scaling and squaring); :func:`compose`, :func:`invert` and
+:func:`jacobian` / :func:`jacobian_determinant` for any of them.
+"""
+
+from jaxreg.transforms.base import LinearTransform, Transform
+from jaxreg.transforms.bspline import BSplineTransform, bspline_control_grid, bspline_weight_matrix, cubic_bspline
+from jaxreg.transforms.compose import Composite, NumericalInverse, compose, invert, to_affine, to_displacement
+from jaxreg.transforms.dense import (
+    DisplacementField,
+    VelocityField,
+    compose_fields,
+    from_voxel_displacement,
+    invert_field,
+    to_voxel_displacement,
+)
+from jaxreg.transforms.jacobian import jacobian, jacobian_determinant
+from jaxreg.transforms.linear import (
+    Affine,
+    AffineComponents,
+    Rigid,
+    Similarity,
+    Translation,
+    compose_affine,
+    decompose_affine,
+    euler_to_matrix,
+    matrix_to_euler,
+    rotation_matrix,
+    rotation_vector,
+)
+from jaxreg.transforms.polynomial import Polynomial, monomial_exponents
+
+__all__ = [
+    "Transform",
+    "LinearTransform",
+    "Translation",
+    "Rigid",
+    "Similarity",
+    "Affine",
+    "AffineComponents",
+    "Polynomial",
+    "BSplineTransform",
+    "DisplacementField",
+    "VelocityField",
+    "Composite",
+    "NumericalInverse",
+    "compose",
+    "invert",
+    "to_affine",
+    "to_displacement",
+    "compose_fields",
+    "invert_field",
+    "to_voxel_displacement",
+    "from_voxel_displacement",
+    "jacobian",
+    "jacobian_determinant",
+    "rotation_matrix",
+    "rotation_vector",
+    "euler_to_matrix",
+    "matrix_to_euler",
+    "decompose_affine",
+    "compose_affine",
+    "monomial_exponents",
+    "bspline_control_grid",
+    "bspline_weight_matrix",
+    "cubic_bspline",
+]

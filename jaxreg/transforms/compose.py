@@ -1,0 +1,164 @@
+"""Composition, inversion and conversion of transforms.
+
+``compose(f, g)`` is function composition, ``(f o g)(x) = f(g(x))``: ``g`` is applied to the point first. In
+pull terms, for a pipeline that first aligned the images affinely and then deformably, the fixed-space point
+goes through the deformable transform first and then through the affine one into the moving image:
+``compose(affine, deformable)``. This is the order of ITK's ``CompositeTransform`` (the last transform added
+is applied first to the point) and of ANTs' command line (``-t warp -t affine`` gives ``compose(warp ...)``;
+see :mod:`jaxreg.io`).
+
+:func:`invert` is exact for linear transforms and velocity fields (``exp(-v)``), iterative for displacement
+fields (on their grid) and point-wise iterative (:class:`NumericalInverse`) for the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxreg.core.grid import Grid
+from jaxreg.transforms.base import LinearTransform, Transform, _check_grid, _check_points, pytree_dataclass
+from jaxreg.transforms.dense import DisplacementField, VelocityField, compose_fields, invert_field
+from jaxreg.transforms.linear import Affine
+
+__all__ = ["Composite", "NumericalInverse", "compose", "invert", "to_displacement", "to_affine"]
+
+
+@pytree_dataclass
+class Composite(Transform):
+    """``transforms[0] o transforms[1] o ... o transforms[-1]`` (the last is applied first to a point).
+
+    Attributes:
+      transforms: tuple of transforms of one dimension (a pytree: every member's leaves are leaves).
+    """
+
+    transforms: tuple
+
+    def __post_init__(self) -> None:
+        ts = self.transforms
+        if not isinstance(ts, tuple) or not ts or not all(isinstance(t, Transform) for t in ts):
+            raise ValueError("transforms: expected a non-empty tuple of jaxreg transforms")
+        dims = {t.ndim for t in ts}
+        if len(dims) != 1:
+            raise ValueError(f"transforms: all must have the same ndim, got {[t.ndim for t in ts]}")
+
+    @property
+    def ndim(self) -> int:
+        return self.transforms[0].ndim
+
+    def __call__(self, points: jax.Array) -> jax.Array:
+        for t in reversed(self.transforms):
+            points = t(points)
+        return points
+
+    def sample_grid(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
+        _check_grid(self, grid)
+        pts = self.transforms[-1].sample_grid(grid, dtype)
+        for t in reversed(self.transforms[:-1]):
+            pts = t(pts)
+        return pts
+
+
+def compose(*transforms: Transform) -> Composite:
+    """``compose(f, g, h)(x) = f(g(h(x)))``; nested composites are flattened.
+
+    Args:
+      *transforms: one or more transforms of the same dimension.
+
+    Returns:
+      A :class:`Composite` (lazy: nothing is resampled). Use :func:`to_displacement` or
+      :func:`to_affine` to collapse it.
+    """
+    flat: list[Transform] = []
+    for t in transforms:
+        if isinstance(t, Composite):
+            flat.extend(t.transforms)
+        elif isinstance(t, Transform):
+            flat.append(t)
+        else:
+            raise TypeError(f"transforms: expected jaxreg transforms, got {type(t).__name__}")
+    return Composite(tuple(flat))
+
+
+@pytree_dataclass(static=("iterations",))
+class NumericalInverse(Transform):
+    """Point-wise inverse of ``forward`` by fixed-point iteration ``x <- y - (T(x) - x)``.
+
+    Converges where the displacement ``T(x) - x`` is a contraction (Lipschitz constant below 1), which holds
+    for smooth, moderate deformations; no grid is needed.
+
+    Attributes:
+      forward: the transform to invert.
+      iterations: number of iterations (static). Default 30.
+    """
+
+    forward: Transform
+    iterations: int = 30
+
+    @property
+    def ndim(self) -> int:
+        return self.forward.ndim
+
+    def __call__(self, points: jax.Array) -> jax.Array:
+        points = jnp.asarray(points)
+        _check_points(points, self.ndim)
+        y = points if jnp.issubdtype(points.dtype, jnp.floating) else points.astype(jnp.float32)
+        return jax.lax.fori_loop(0, self.iterations, lambda _, x: y - (self.forward(x) - x), y)
+
+
+def to_affine(transform: Transform) -> Affine:
+    """Collapse a linear transform, or a composite of linear transforms, into one :class:`Affine`."""
+    if isinstance(transform, Affine):
+        return transform
+    if isinstance(transform, LinearTransform):
+        return Affine.from_transform(transform)
+    if isinstance(transform, Composite) and all(isinstance(t, LinearTransform) for t in transform.transforms):
+        h = transform.transforms[0].homogeneous()
+        for t in transform.transforms[1:]:
+            h = h @ t.homogeneous()
+        return Affine.from_homogeneous(h)
+    raise ValueError(f"transform: expected a linear transform or a composite of them, got {type(transform).__name__}")
+
+
+def to_displacement(transform: Transform, grid: Grid, dtype: Any = jnp.float32) -> DisplacementField:
+    """Sample any transform on ``grid`` as a :class:`DisplacementField` (world mm)."""
+    if isinstance(transform, Composite) and all(isinstance(t, DisplacementField) for t in transform.transforms):
+        field = transform.transforms[-1]
+        if field.grid == grid:
+            for t in reversed(transform.transforms[:-1]):
+                field = compose_fields(t, field)
+            return DisplacementField(field.displacement.astype(dtype), grid)
+    return DisplacementField(transform.sample_displacement(grid, dtype), grid)
+
+
+def invert(transform: Transform, *, grid: Grid | None = None, iterations: int = 30) -> Transform:
+    """Inverse transform: ``invert(T)(T(x)) ~ x``.
+
+    * linear: exact (an :class:`Affine` about the same centre);
+    * :class:`VelocityField`: ``exp(-v)``;
+    * :class:`DisplacementField`: fixed-point iteration on its grid (:func:`invert_field`);
+    * :class:`Composite`: members inverted in reverse order;
+    * anything else: sampled on ``grid`` and inverted as a field when ``grid`` is given, otherwise a
+      :class:`NumericalInverse` evaluated point by point.
+
+    Args:
+      transform: the transform.
+      grid: optional grid for dense inversion of non-dense transforms.
+      iterations: fixed-point iterations for iterative inverses (static).
+    """
+    if isinstance(transform, LinearTransform):
+        h = jnp.linalg.inv(transform.homogeneous())
+        return Affine.from_homogeneous(h, center=getattr(transform, "center", None))
+    if isinstance(transform, VelocityField):
+        return transform.inverse()
+    if isinstance(transform, DisplacementField):
+        return invert_field(transform, iterations=iterations)
+    if isinstance(transform, Composite):
+        return Composite(tuple(invert(t, grid=grid, iterations=iterations) for t in reversed(transform.transforms)))
+    if isinstance(transform, NumericalInverse):
+        return transform.forward
+    if grid is not None:
+        return invert_field(to_displacement(transform, grid), iterations=iterations)
+    return NumericalInverse(transform, iterations)
