@@ -1,0 +1,40 @@
+"""File I/O at the edge of the library: NIfTI images and ITK/ANTs transform files.
+
+Nothing in the JAX core imports this package, so nibabel and scipy.io stay optional for pure computation.
+
+* :mod:`jaxreg.io.nifti`: ``.nii``/``.nii.gz`` <-> :class:`~jaxreg.core.grid.Image` (data on a RAS+ mm grid).
+* :mod:`jaxreg.io.itk`: ITK/ANTs ``.mat``, ``.tfm``/``.txt`` and displacement-field NIfTI files <-> jaxreg
+  transforms, with the LPS <-> RAS conversion and ANTs' ``-t`` order convention (:func:`compose_files`).
+* :func:`atomic_write`: every writer writes a temporary file next to the destination and renames it.
+"""
+
+from jaxreg.io._atomic import atomic_write, check_not_input
+from jaxreg.io.itk import (
+    compose_files,
+    itk_to_transform,
+    read_displacement_field,
+    read_itk_transforms,
+    read_transform,
+    read_transforms,
+    transform_to_itk,
+    write_displacement_field,
+    write_transform,
+)
+from jaxreg.io.nifti import load_image, load_labels, save_image
+
+__all__ = [
+    "atomic_write",
+    "check_not_input",
+    "load_image",
+    "load_labels",
+    "save_image",
+    "read_transform",
+    "read_transforms",
+    "compose_files",
+    "write_transform",
+    "read_itk_transforms",
+    "read_displacement_field",
+    "write_displacement_field",
+    "itk_to_transform",
+    "transform_to_itk",
+]
