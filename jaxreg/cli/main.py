@@ -1,0 +1,380 @@
+"""``jaxreg`` command-line entry point: argument parsing, dispatch and error reporting.
+
+Subcommands:
+
+* ``jaxreg info IMAGE [--json]`` -- geometry and values of a NIfTI image;
+* ``jaxreg apply --fixed F --moving M -t T1 [-t T2 ...] -o OUT`` -- warp an image through transform files
+  (``antsApplyTransforms`` order: the moving image is sampled at ``T2(T1(x))``, see :func:`load_transforms`);
+* ``jaxreg demo [-o DIR] [--seed N]`` -- warp the MNI152 template with a random smooth diffeomorphism.
+
+User errors (missing or unreadable files, bad arguments, anything jaxreg raises as ``ValueError`` or
+``OSError``) print one line ``jaxreg: error: ...`` on stderr and exit with status 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+PROG = "jaxreg"
+_INTERP_ORDER = {"linear": 1, "nearest": 0, "cubic": 3}
+
+
+class UsageError(ValueError):
+    """A bad command line (reported like any other user error: one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors raised (so :func:`main` reports them in one line and returns 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _one_line(exc: BaseException) -> str:
+    """A one-line description of an exception for the ``jaxreg: error:`` message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        msg = exc.strerror
+        name = exc.filename
+        if name is not None and os.fspath(name) not in msg:
+            msg = f"{os.fspath(name)}: {msg}"
+    else:
+        msg = str(exc) or type(exc).__name__
+    if isinstance(exc, ImportError) and "install" not in msg:
+        msg = f"{msg} (optional packages: pip install 'jaxreg[demo]')"
+    return " ".join(msg.split())
+
+
+# -- info -------------------------------------------------------------------------------------------------------
+def _file_layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int | None]:
+    """``(spatial_shape, components)`` of a NIfTI data shape (see :mod:`jaxreg.io.nifti`)."""
+    comps: int | None = None
+    if len(shape) == 5 and shape[3] == 1:
+        shape, comps = shape[:3], shape[4]
+    elif len(shape) >= 4:
+        shape, comps = shape[:3], int(np.prod(shape[3:]))
+    if len(shape) == 3 and shape[2] == 1:
+        shape = shape[:2]
+    if comps == 1:
+        comps = None
+    return tuple(int(s) for s in shape), comps
+
+
+def image_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Geometry and value summary of a NIfTI file, as plain Python values (what ``jaxreg info`` prints).
+
+    Returns:
+      dict with ``path``, ``shape`` (spatial), ``ndim``, ``components`` (or None), ``spacing`` (mm),
+      ``axcodes``, ``origin`` (mm, world position of voxel 0), ``affine`` (the file's 4x4), ``dtype`` (stored),
+      ``min``, ``max``, ``n_labels`` (distinct values of an integer image, else None), ``n_nonfinite``,
+      ``sform_code``, ``qform_code``.
+    """
+    from jaxreg.io.nifti import load_nifti, nifti_grid
+
+    img, data = load_nifti(path)
+    spatial, comps = _file_layout(tuple(data.shape))
+    affine = np.asarray(img.header.get_best_affine(), dtype=np.float64)
+    grid = nifti_grid(affine, spatial)
+    finite = np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
+    n_bad = 0 if finite is None else int(data.size - np.count_nonzero(finite))
+    if data.size == 0 or n_bad == data.size:
+        lo = hi = float("nan")
+    elif n_bad:
+        lo, hi = float(np.nanmin(np.where(finite, data, np.nan))), float(np.nanmax(np.where(finite, data, np.nan)))
+    else:
+        lo, hi = data.min().item(), data.max().item()
+    n_labels = int(np.unique(data).size) if np.issubdtype(data.dtype, np.integer) else None
+    hdr = img.header
+    return {
+        "path": os.fspath(path),
+        "shape": list(grid.shape),
+        "ndim": grid.ndim,
+        "components": comps,
+        "spacing": [float(s) for s in grid.spacing],
+        "axcodes": "".join(grid.axcodes),
+        "origin": [float(o) for o in grid.origin],
+        "affine": affine.tolist(),
+        "dtype": str(hdr.get_data_dtype()),
+        "loaded_dtype": str(data.dtype),
+        "min": lo,
+        "max": hi,
+        "n_labels": n_labels,
+        "n_nonfinite": n_bad,
+        "sform_code": int(hdr["sform_code"]),
+        "qform_code": int(hdr["qform_code"]),
+    }
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable text of :func:`image_info`."""
+    x = " x "
+    shape = x.join(str(s) for s in info["shape"])
+    lines = [
+        f"file:        {info['path']}",
+        f"shape:       {shape} ({info['ndim']}-D"
+        + (f", {info['components']} components per voxel)" if info["components"] else ")"),
+        f"spacing:     {x.join(_fmt(s) for s in info['spacing'])} mm",
+        f"orientation: {info['axcodes']} (array axes point towards {', '.join(info['axcodes'])}; RAS+ world)",
+        f"origin:      ({', '.join(_fmt(o) for o in info['origin'])}) mm (world position of voxel 0's centre)",
+        "affine:      voxel-to-world, mm (sform_code {}, qform_code {})".format(info["sform_code"], info["qform_code"]),
+    ]
+    for row in info["affine"]:
+        lines.append("             [" + " ".join(f"{v:10.4f}" for v in row) + " ]")
+    dtype = info["dtype"]
+    if info["loaded_dtype"] != dtype:
+        dtype += f" (scaled to {info['loaded_dtype']})"
+    lines.append(f"dtype:       {dtype}")
+    lines.append(f"range:       [{_fmt(info['min'])}, {_fmt(info['max'])}]")
+    if info["n_nonfinite"]:
+        lines.append(f"non-finite:  {info['n_nonfinite']} NaN/Inf values (jaxreg.io.load_image refuses them)")
+    if info["n_labels"] is not None:
+        lines.append(f"labels:      {info['n_labels']} distinct values")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = image_info(args.image)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_info(info))
+    return 0
+
+
+# -- apply ------------------------------------------------------------------------------------------------------
+_INVERSE_SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
+
+
+def parse_transform_spec(spec: str) -> tuple[str, bool]:
+    """``path`` or ANTs-style ``[path,1]`` (use the inverse) / ``[path,0]`` -> ``(path, invert)``."""
+    m = _INVERSE_SPEC.match(spec.strip())
+    if m:
+        return m.group("path"), m.group("flag") == "1"
+    if spec.strip().startswith("["):
+        raise UsageError(f"-t {spec}: expected a file name or [file,0] / [file,1] (1 = use the inverse)")
+    return spec, False
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.resolve() == pb.resolve():
+        return True
+    try:
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except OSError:
+        return False
+
+
+def _is_nifti_name(path: str | os.PathLike) -> bool:
+    name = Path(path).name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def load_transforms(specs: Sequence[str]) -> Any:
+    """Read ``-t`` transform files and compose them as ``antsApplyTransforms`` does.
+
+    ANTs' convention (see :func:`jaxreg.io.compose_files`): with ``-t T1 -t T2 ... -t Tn`` the fixed point
+    ``x`` goes through the *first* listed transform first, and the moving image is sampled at
+    ``Tn(...T2(T1(x)))``, i.e. ``jaxreg.compose(Tn, ..., T1)``. For ``antsRegistration`` output,
+    ``-t 1Warp.nii.gz -t 0GenericAffine.mat`` samples at ``affine(warp(x))``. ``[file,1]`` uses the inverse of a
+    linear transform (``jaxreg.invert``).
+
+    Returns:
+      A single transform (a ``Composite`` when there are several).
+    """
+    from jaxreg.io import compose_files
+
+    parsed = [parse_transform_spec(s) for s in specs]
+    return compose_files([p for p, _ in parsed], invert=[inv for _, inv in parsed])
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from jaxreg.core.grid import Image
+    from jaxreg.io import load_image, load_labels, save_image
+    from jaxreg.warp import warp, warp_labels
+
+    specs = [parse_transform_spec(s) for s in args.transform]
+    inputs = [args.fixed, args.moving] + [p for p, _ in specs]
+    for p in inputs:
+        if _same_file(args.output, p):
+            raise ValueError(f"-o {args.output}: refusing to overwrite the input file {p}")
+    if not _is_nifti_name(args.output):
+        raise ValueError(f"-o {args.output}: expected a .nii or .nii.gz file name")
+    out_dir = Path(args.output).parent
+    if not out_dir.is_dir():
+        raise FileNotFoundError(2, f"{args.output}: the output directory does not exist", str(out_dir))
+    if args.labels and args.interp not in (None, "nearest"):
+        raise UsageError(f"--labels warps with nearest-neighbour interpolation; drop --interp {args.interp}")
+
+    t0 = time.perf_counter()
+    fixed_grid = load_image(args.fixed, channels=True).grid
+    transform = load_transforms(args.transform)
+    interp = args.interp or ("nearest" if args.labels else "linear")
+    if args.labels:
+        moving = load_labels(args.moving)
+    else:
+        moving = load_image(args.moving, channels=True)
+        if moving.data.shape[-1] == 1:
+            moving = Image(moving.data[..., 0], moving.grid)
+    is_int = np.issubdtype(np.dtype(moving.data.dtype), np.integer)
+    if args.labels or (interp == "nearest" and is_int):
+        out = warp_labels(moving, transform, fixed_grid, background=int(args.default_value))
+        how = "nearest-neighbour labels"
+    else:
+        out = warp(moving, transform, fixed_grid, order=_INTERP_ORDER[interp], cval=float(args.default_value))
+        how = f"{interp} interpolation"
+    save_image(out, args.output, inputs=inputs)
+    dt = time.perf_counter() - t0
+    shape = "x".join(str(s) for s in fixed_grid.shape)
+    print(f"wrote {args.output}: {shape} {out.data.dtype}, {len(specs)} transform(s), {how} ({dt:.1f} s)")
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jaxreg.cli.demo import run_demo
+
+    run_demo(
+        args.output,
+        seed=args.seed,
+        resolution=args.resolution,
+        max_displacement_mm=args.max_displacement,
+        smoothness_mm=args.smoothness,
+    )
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or not np.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxreg`` argument parser (subcommands ``info``, ``apply``, ``demo``)."""
+    from jaxreg import __version__
+
+    p = _Parser(
+        prog=PROG,
+        description="jaxreg: medical image registration in JAX. World coordinates are RAS+ mm from the NIfTI "
+        "affine; transforms map fixed-space points to moving-space points (pull warping).",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    pi = sub.add_parser("info", help="print the geometry and value range of a NIfTI image",
+                        description="Print shape, spacing (mm), orientation codes, origin, the 4x4 voxel-to-world "
+                        "affine, dtype, value range and (integer images) the number of distinct labels.")
+    pi.add_argument("image", metavar="IMAGE", help="a .nii or .nii.gz file")
+    pi.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    pi.set_defaults(func=cmd_info)
+
+    pa = sub.add_parser(
+        "apply",
+        help="warp an image through transform files (ANTs/ITK)",
+        description="Resample MOVING on the grid of FIXED through the transforms, like antsApplyTransforms: "
+        "with -t T1 -t T2 the moving image is sampled at T2(T1(x)) for each fixed point x (the fixed point goes "
+        "through the first listed transform first; the image through the last), so the output of "
+        "antsRegistration is applied as -t 1Warp.nii.gz -t 0GenericAffine.mat. Transform files: ANTs/ITK .mat, "
+        "ITK .tfm/.txt, ITK displacement-field NIfTI. OUT is written atomically and never over an input.",
+    )
+    pa.add_argument("--fixed", "-r", required=True, metavar="F", help="reference image: its grid is the output grid")
+    pa.add_argument("--moving", "-i", required=True, metavar="M", help="image to warp")
+    pa.add_argument("-t", "--transform", action="append", required=True, metavar="T",
+                    help="transform file, repeatable, in ANTs order; [file,1] uses the inverse (linear only)")
+    pa.add_argument("-o", "--output", required=True, metavar="OUT", help="output .nii/.nii.gz")
+    pa.add_argument("--interp", "-n", choices=sorted(_INTERP_ORDER), default=None,
+                    help="interpolation (default linear; nearest on an integer image keeps its labels)")
+    pa.add_argument("--labels", action="store_true",
+                    help="the moving image is a label map: nearest neighbour, integer output")
+    pa.add_argument("--default-value", "-f", type=float, default=0.0, metavar="V",
+                    help="value outside the moving image (default 0)")
+    pa.set_defaults(func=cmd_apply)
+
+    pd = sub.add_parser(
+        "demo",
+        help="warp the MNI152 template with a random smooth diffeomorphism",
+        description="Load the MNI152 T1 template shipped with nilearn (no download), warp it with a seeded random "
+        "stationary-velocity-field diffeomorphism, and write template.nii.gz, warped.nii.gz, field.nii.gz and "
+        "demo.png into DIR.",
+    )
+    pd.add_argument("-o", "--output", default="jaxreg_demo", metavar="DIR", help="output folder (default ./jaxreg_demo)")
+    pd.add_argument("--seed", type=int, default=0, help="random seed of the deformation (default 0)")
+    pd.add_argument("--resolution", type=_positive_int, default=2, metavar="MM",
+                    help="template voxel size in mm, an integer (default 2; 4 or more for a quick run)")
+    pd.add_argument("--max-displacement", type=_positive_float, default=5.0, metavar="MM",
+                    help="largest velocity vector in mm (default 5)")
+    pd.add_argument("--smoothness", type=_positive_float, default=12.0, metavar="MM",
+                    help="standard deviation of the Gaussian smoothing the random field, mm (default 12)")
+    pd.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``jaxreg`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    0 on success, 2 on a user error (one line ``jaxreg: error: ...`` on stderr), 130 on Ctrl-C.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help and --version
+            return int(e.code or 0) if not isinstance(e.code, str) else 2
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            print(f"{PROG}: error: a command is required (info, apply or demo)", file=sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `jaxreg info --json IMG | head`): stop quietly, as Unix tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+    except (ValueError, OSError, ImportError) as e:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

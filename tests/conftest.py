@@ -1,0 +1,23 @@
+"""Shared test configuration: hypothesis profiles and the shared-data fixture."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path of ../shared/data (real scans); skips the test when the folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared data folder ../shared/data not found")
+    return SHARED_DATA
