@@ -156,14 +156,10 @@ class VelocityField(Transform):
 def compose_fields(outer: DisplacementField, inner: DisplacementField) -> DisplacementField:
     """The field of ``outer o inner`` on ``inner``'s grid: ``w(x) + u(x + w(x))``.
 
-    ``u`` is ``outer``'s displacement, ``w`` is ``inner``'s; ``outer`` is evaluated in world coordinates,
-    so the two fields may live on different grids.
+    ``u`` is ``outer``'s displacement, ``w`` is ``inner``'s; ``outer`` is evaluated in world coordinates with
+    its transform semantics (zero displacement outside its grid), so the two fields may live on different grids
+    and the result equals the lazy ``compose(outer, inner)`` at every voxel.
     """
-    if outer.grid == inner.grid:
-        g = inner.grid
-        w = inner.voxel_displacement()
-        out = _compose_vox(outer.voxel_displacement(), w, g.index_coords(w.dtype))
-        return DisplacementField(from_voxel_displacement(out, g), g)
     pts = inner.sample_grid(inner.grid, inner.displacement.dtype)
     return DisplacementField(outer(pts) - inner.grid.world_coords(pts.dtype), inner.grid)
 
