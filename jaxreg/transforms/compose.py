@@ -4,8 +4,9 @@
 pull terms, for a pipeline that first aligned the images affinely and then deformably, the fixed-space point
 goes through the deformable transform first and then through the affine one into the moving image:
 ``compose(affine, deformable)``. This is the order of ITK's ``CompositeTransform`` (the last transform added
-is applied first to the point) and of ANTs' command line (``-t warp -t affine`` gives ``compose(warp ...)``;
-see :mod:`jaxreg.io`).
+is applied first to the point). On ANTs' command line the first listed file is applied first to the point:
+``antsApplyTransforms -t 1Warp.nii.gz -t 0GenericAffine.mat`` samples at ``compose(affine, warp)``; see
+:func:`jaxreg.io.compose_files`.
 
 :func:`invert` is exact for linear transforms and velocity fields (``exp(-v)``), iterative for displacement
 fields (on their grid) and point-wise iterative (:class:`NumericalInverse`) for the rest.
