@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -266,6 +268,31 @@ def test_write_linear_read_by_sitk_and_jaxreg(tmp_path, name, suffix):
     np.testing.assert_allclose(np.asarray(back(jnp.asarray(pts))), expected, atol=1e-12)
     if hasattr(t, "center"):
         np.testing.assert_allclose(np.asarray(back.center), np.asarray(t.center), atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    matrix=st.lists(st.floats(-2.0, 2.0), min_size=9, max_size=9),
+    translation=st.lists(st.floats(-100.0, 100.0), min_size=3, max_size=3),
+    center=st.lists(st.floats(-100.0, 100.0), min_size=3, max_size=3),
+    suffix=st.sampled_from([".mat", ".tfm"]),
+)
+def test_affine_file_roundtrip_property(matrix, translation, center, suffix):
+    """Any affine written by jaxreg reads back (jaxreg and SimpleITK) as the same map of points."""
+    import tempfile
+
+    with jax.enable_x64(True):
+        t = Affine(jnp.asarray(np.reshape(matrix, (3, 3))), jnp.asarray(translation), jnp.asarray(center))
+        pts = _random_points(np.random.default_rng(0), 3, count=5)
+        expected = np.asarray(t(jnp.asarray(pts)))
+        with tempfile.TemporaryDirectory() as d:
+            path = f"{d}/t{suffix}"
+            write_transform(t, path)
+            back = read_transform(path)
+            tx = sitk.ReadTransform(path)
+        np.testing.assert_allclose(np.asarray(back(jnp.asarray(pts))), expected, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(back.center), center, rtol=0, atol=0)
+        np.testing.assert_allclose(sitk_points(tx, pts), expected, rtol=0, atol=1e-9)
 
 
 def test_write_composite_tfm(tmp_path):

@@ -21,7 +21,9 @@ scalar images as 2-D/3-D files and channel images as 5-D ``(X, Y, Z, 1, C)`` (``
 intent ``NIFTI_INTENT_VECTOR`` (1007), the layout ITK, SimpleITK and ANTs use for vector images. It sets the
 sform and the qform to the same geometry with the same code (default 1, scanner anatomical, as ITK writes), so
 nibabel, ITK and ANTs read one geometry. A grid with shear cannot be stored in a qform; the qform then holds
-the nearest rotation-and-zoom geometry and only the sform is exact (ITK cannot represent shear either).
+the nearest rotation-and-zoom geometry and only the sform is exact (ITK cannot represent shear either). The
+header stores the affine in float32, so a saved grid reads back to float32 precision (about 1e-7 relative, e.g.
+1e-5 mm at a 100 mm origin).
 
 Data keep their stored dtype (integer label maps stay integer; scaled data, ``scl_slope != 1``, become float)
 within what JAX holds: 64-bit types become 32-bit unless ``jax_enable_x64`` is on. Every write is atomic (see
