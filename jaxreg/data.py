@@ -65,7 +65,8 @@ def load_mni152(resolution: int = 2, *, dtype: Any = jnp.float32) -> Image:
 
 # -- phantoms --------------------------------------------------------------------------------------------------
 # (centre, semi-axes) in normalised coordinates [-1, 1] per array axis, painted in order (later ones on top).
-# The 2D phantom is the z = 0 section of the 3D one (its first two axes).
+# The 2D phantom uses the first two centre coordinates and semi-axes of each (its ellipses are the outlines of the
+# ellipsoids seen along z, so all six appear in 2D too).
 _ELLIPSOIDS = (
     ((0.0, 0.0, 0.0), (0.85, 0.70, 0.80)),  # 1: head
     ((0.0, -0.02, 0.0), (0.74, 0.60, 0.70)),  # 2: brain

@@ -355,8 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:  # --help and --version
             return int(e.code or 0) if not isinstance(e.code, str) else 2
         if getattr(args, "func", None) is None:
-            parser.print_help(sys.stderr)
-            print(f"{PROG}: error: a command is required (info, apply or demo)", file=sys.stderr)
+            print(f"{PROG}: error: a command is required: info, apply or demo (see '{PROG} --help')", file=sys.stderr)
             return 2
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
