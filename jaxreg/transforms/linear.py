@@ -220,7 +220,7 @@ class AffineComponents(NamedTuple):
     shear: jax.Array
 
 
-def decompose_affine(matrix: jax.Array, translation: jax.Array | None = None) -> AffineComponents:
+def decompose_affine(matrix: jax.Array, *, translation: jax.Array | None = None) -> AffineComponents:
     """Split an affine linear part into rotation, scale and shear (QR decomposition).
 
     ``A = R @ diag(scale) @ H`` where ``R`` is a rotation, ``H`` unit upper triangular (shear). A reflection
