@@ -22,7 +22,9 @@ from jaxreg.io import atomic_write, load_image, load_labels, save_image
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def _oblique_affine(spacing=(1.2, 0.8, 2.5), origin=(-30.0, 12.5, 7.0), angles=(0.3, -0.2, 0.5)) -> np.ndarray:
+def _oblique_affine(
+    spacing=(1.2, 0.8, 2.5), origin=(-30.0, 12.5, 7.0), angles=(0.3, -0.2, 0.5)
+) -> np.ndarray:
     from scipy.spatial.transform import Rotation
 
     a = np.eye(4)
@@ -41,7 +43,7 @@ def _grid2(shape=(6, 5)) -> Grid:
     return Grid(shape, a)
 
 
-# -- round trips ---------------------------------------------------------------------------------------------------
+# -- round trips ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8, np.int32])
 def test_roundtrip_3d_preserves_data_dtype_grid(tmp_path, suffix, dtype):
@@ -199,7 +201,7 @@ def test_grid_roundtrip_property(shape, spacing, origin, rotvec, reflect):
     np.testing.assert_array_equal(np.asarray(out.data), data)
 
 
-# -- header geometry -----------------------------------------------------------------------------------------------
+# -- header geometry -----------------------------------------------------------------------------------------
 def test_qform_only_and_sform_only(tmp_path):
     aff = _oblique_affine()
     data = np.zeros((3, 4, 5), np.float32)
@@ -234,7 +236,9 @@ def test_sheared_grid_keeps_exact_sform(tmp_path):
     assert load_image(tmp_path / "shear.nii").grid == grid
 
 
-@pytest.mark.skipif(not (DATA / "brain3d").is_dir(), reason=f"real data folder {DATA / 'brain3d'} not present")
+@pytest.mark.skipif(
+    not (DATA / "brain3d").is_dir(), reason=f"real data folder {DATA / 'brain3d'} not present"
+)
 def test_real_file_grid_matches_nibabel():
     path = DATA / "brain3d" / "subj1_aseg.nii.gz"
     nii = nib.load(path)
@@ -246,7 +250,9 @@ def test_real_file_grid_matches_nibabel():
     np.testing.assert_array_equal(np.unique(np.asarray(img.data)), np.unique(np.asanyarray(nii.dataobj)))
 
 
-@pytest.mark.skipif(not (DATA / "brain2d").is_dir(), reason=f"real data folder {DATA / 'brain2d'} not present")
+@pytest.mark.skipif(
+    not (DATA / "brain2d").is_dir(), reason=f"real data folder {DATA / 'brain2d'} not present"
+)
 def test_real_2d_file():
     path = DATA / "brain2d" / "r16.nii.gz"
     nii = nib.load(path)
@@ -256,7 +262,7 @@ def test_real_2d_file():
     np.testing.assert_allclose(img.grid.affine[:2, 2], nii.affine[:2, 3])
 
 
-# -- validation errors ---------------------------------------------------------------------------------------------
+# -- validation errors ---------------------------------------------------------------------------------------
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.nii.gz"
     with pytest.raises(FileNotFoundError, match="nope.nii.gz") as e:
@@ -266,7 +272,10 @@ def test_missing_file(tmp_path):
 
 def test_truncated_gz(tmp_path):
     grid = _grid3((10, 10, 10))
-    save_image(Image(jnp.asarray(np.random.default_rng(8).random(grid.shape), jnp.float32), grid), tmp_path / "t.nii.gz")
+    save_image(
+        Image(jnp.asarray(np.random.default_rng(8).random(grid.shape), jnp.float32), grid),
+        tmp_path / "t.nii.gz",
+    )
     raw = (tmp_path / "t.nii.gz").read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match=r"cut\.nii\.gz: not a readable NIfTI file \("):
@@ -297,7 +306,9 @@ def test_nan_and_inf_rejected(tmp_path):
     data[1, 2, 3] = np.nan
     data[0, 0, 1] = np.inf
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii")
-    with pytest.raises(ValueError, match=r"nan\.nii: contains 2 NaN/Inf values \(first at voxel \(0, 0, 1\)\)"):
+    with pytest.raises(
+        ValueError, match=r"nan\.nii: contains 2 NaN/Inf values \(first at voxel \(0, 0, 1\)\)"
+    ):
         load_image(tmp_path / "nan.nii")
 
 
@@ -330,7 +341,7 @@ def test_save_rejects_bad_suffix(tmp_path):
         save_image(Image(jnp.zeros((2, 3)), Grid((2, 3))), tmp_path / "x.png")
 
 
-# -- atomic writes -------------------------------------------------------------------------------------------------
+# -- atomic writes -------------------------------------------------------------------------------------------
 def test_failing_write_leaves_no_partial_file_and_keeps_destination(tmp_path, monkeypatch):
     grid = _grid3()
     dest = tmp_path / "out.nii.gz"
@@ -386,7 +397,7 @@ def _umask() -> int:
     return m
 
 
-# -- API -----------------------------------------------------------------------------------------------------------
+# -- API -----------------------------------------------------------------------------------------------------
 def test_public_api_documented_and_keyword_only():
     for name in jio.__all__:
         fn = getattr(jio, name)
@@ -395,4 +406,6 @@ def test_public_api_documented_and_keyword_only():
         for p in sig.parameters.values():
             if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.KEYWORD_ONLY:
                 # itk_to_transform's fixed_parameters mirrors ITK's positional (name, params, fixed) triple
-                assert (name, p.name) == ("itk_to_transform", "fixed_parameters"), f"{name}({p.name}=) not keyword-only"
+                assert (name, p.name) == ("itk_to_transform", "fixed_parameters"), (
+                    f"{name}({p.name}=) not keyword-only"
+                )

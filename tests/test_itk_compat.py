@@ -12,19 +12,16 @@ Conventions checked here:
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
 
-sitk = pytest.importorskip("SimpleITK")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from scipy.spatial.transform import Rotation  # noqa: E402
-
-from jaxreg.core.grid import Grid, Image  # noqa: E402
-from jaxreg.io import (  # noqa: E402
+from jaxreg.core.grid import Grid, Image
+from jaxreg.io import (
     compose_files,
     read_displacement_field,
     read_itk_transforms,
@@ -32,10 +29,12 @@ from jaxreg.io import (  # noqa: E402
     write_displacement_field,
     write_transform,
 )
-from jaxreg.transforms.compose import Composite, compose  # noqa: E402
-from jaxreg.transforms.dense import DisplacementField  # noqa: E402
-from jaxreg.transforms.linear import Affine, Rigid, Similarity, Translation  # noqa: E402
-from jaxreg.warp import warp  # noqa: E402
+from jaxreg.transforms.compose import Composite, compose
+from jaxreg.transforms.dense import DisplacementField
+from jaxreg.transforms.linear import Affine, Rigid, Similarity, Translation
+from jaxreg.warp import warp
+
+sitk = pytest.importorskip("SimpleITK")
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +55,10 @@ def sitk_points(tx, points_ras: np.ndarray) -> np.ndarray:
 
 
 def grid_from_sitk(img) -> Grid:
-    """jaxreg Grid of a SimpleITK image: index (i, j, k) -> RAS world, ``A = F D diag(spacing)``, ``o = F origin``."""
+    """jaxreg Grid of a SimpleITK image.
+
+    Index ``(i, j, k)`` -> RAS world: ``A = F D diag(spacing)``, ``o = F origin``.
+    """
     n = img.GetDimension()
     f = _flip(n)
     d = np.array(img.GetDirection(), dtype=np.float64).reshape(n, n)
@@ -100,13 +102,15 @@ def _random_points(rng, n: int, count: int = 20, scale: float = 40.0) -> np.ndar
     return rng.uniform(-scale, scale, size=(count, n))
 
 
-# -- conventions ---------------------------------------------------------------------------------------------------
+# -- conventions ---------------------------------------------------------------------------------------------
 def test_sitk_composite_applies_last_transform_first():
     a = sitk.TranslationTransform(3, (10.0, 0.0, 0.0))
     b = sitk.AffineTransform(3)
     b.SetMatrix((2, 0, 0, 0, 1, 0, 0, 0, 1))
     c = sitk.CompositeTransform([a, b])
-    np.testing.assert_allclose(c.TransformPoint((1.0, 1.0, 1.0)), (12.0, 1.0, 1.0))  # A(B(p)), not B(A(p)) = 22
+    np.testing.assert_allclose(
+        c.TransformPoint((1.0, 1.0, 1.0)), (12.0, 1.0, 1.0)
+    )  # A(B(p)), not B(A(p)) = 22
 
 
 def test_grid_from_sitk_matches_sitk_geometry():
@@ -119,7 +123,7 @@ def test_grid_from_sitk_matches_sitk_geometry():
     np.testing.assert_allclose(np.asarray(grid.index_to_world(jnp.asarray(idx))), lps @ _flip(3), atol=1e-10)
 
 
-# -- images: geometry as ITK reads it -------------------------------------------------------------------------------
+# -- images: geometry as ITK reads it ------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("channels", [False, True])
 def test_image_geometry_agrees_with_sitk(tmp_path, n, channels):
@@ -127,8 +131,12 @@ def test_image_geometry_agrees_with_sitk(tmp_path, n, channels):
 
     rng = np.random.default_rng(16)
     shape = (5, 6, 7)[:n]
-    grid = Grid.from_spacing(shape, (0.9, 1.7, 2.3)[:n], origin=(12.0, -30.0, 4.0)[:n],
-                             direction=_random_direction(rng, n, reflect=True))
+    grid = Grid.from_spacing(
+        shape,
+        (0.9, 1.7, 2.3)[:n],
+        origin=(12.0, -30.0, 4.0)[:n],
+        direction=_random_direction(rng, n, reflect=True),
+    )
     data = rng.random(shape + ((3,) if channels else ())).astype(np.float32)
     # jaxreg writes, SimpleITK reads
     save_image(Image(jnp.asarray(data), grid), tmp_path / "j.nii.gz")
@@ -137,15 +145,19 @@ def test_image_geometry_agrees_with_sitk(tmp_path, n, channels):
     assert grid_from_sitk(img) == grid
     np.testing.assert_array_equal(np.asarray(image_from_sitk(img).data), data)
     # SimpleITK writes, jaxreg reads
-    sitk.WriteImage(sitk_image(data, (1.1, 0.6, 1.9)[:n], (-3.0, 8.0, 1.0)[:n], _random_direction(rng, n),
-                               vector=channels), str(tmp_path / "s.nii.gz"))
+    sitk.WriteImage(
+        sitk_image(
+            data, (1.1, 0.6, 1.9)[:n], (-3.0, 8.0, 1.0)[:n], _random_direction(rng, n), vector=channels
+        ),
+        str(tmp_path / "s.nii.gz"),
+    )
     back = sitk.ReadImage(str(tmp_path / "s.nii.gz"))
     out = load_image(tmp_path / "s.nii.gz", channels=channels)
     assert out.grid == grid_from_sitk(back)
     np.testing.assert_array_equal(np.asarray(out.data), data)
 
 
-# -- linear transforms written by SimpleITK ------------------------------------------------------------------------
+# -- linear transforms written by SimpleITK ------------------------------------------------------------------
 def _sitk_linear_transforms():
     rng = np.random.default_rng(1)
     out = {}
@@ -230,18 +242,30 @@ def test_read_composite_written_by_sitk(tmp_path):
     np.testing.assert_allclose(np.asarray(t(jnp.asarray(pts))), sitk_points(comp, pts), atol=1e-9)
 
 
-# -- linear transforms written by jaxreg ---------------------------------------------------------------------------
+# -- linear transforms written by jaxreg ---------------------------------------------------------------------
 def _jaxreg_linear_transforms():
     rng = np.random.default_rng(5)
     return {
-        "affine3d": Affine(jnp.asarray(np.eye(3) + 0.2 * rng.normal(size=(3, 3))), jnp.asarray([1.0, -2.0, 3.0]),
-                           jnp.asarray([10.0, 20.0, -5.0])),
-        "affine2d": Affine(jnp.asarray(np.eye(2) + 0.2 * rng.normal(size=(2, 2))), jnp.asarray([1.0, -2.0]),
-                           jnp.asarray([3.0, 4.0])),
-        "rigid3d": Rigid(jnp.asarray([0.2, -0.1, 0.3]), jnp.asarray([4.0, 5.0, 6.0]), jnp.asarray([1.0, 1.0, 1.0])),
+        "affine3d": Affine(
+            jnp.asarray(np.eye(3) + 0.2 * rng.normal(size=(3, 3))),
+            jnp.asarray([1.0, -2.0, 3.0]),
+            jnp.asarray([10.0, 20.0, -5.0]),
+        ),
+        "affine2d": Affine(
+            jnp.asarray(np.eye(2) + 0.2 * rng.normal(size=(2, 2))),
+            jnp.asarray([1.0, -2.0]),
+            jnp.asarray([3.0, 4.0]),
+        ),
+        "rigid3d": Rigid(
+            jnp.asarray([0.2, -0.1, 0.3]), jnp.asarray([4.0, 5.0, 6.0]), jnp.asarray([1.0, 1.0, 1.0])
+        ),
         "rigid2d": Rigid(jnp.asarray(0.4), jnp.asarray([4.0, 5.0]), jnp.asarray([-1.0, 1.0])),
-        "similarity3d": Similarity(jnp.asarray([0.1, 0.2, -0.3]), jnp.asarray(0.2), jnp.asarray([1.0, 2.0, 3.0]),
-                                   jnp.asarray([-4.0, 0.0, 9.0])),
+        "similarity3d": Similarity(
+            jnp.asarray([0.1, 0.2, -0.3]),
+            jnp.asarray(0.2),
+            jnp.asarray([1.0, 2.0, 3.0]),
+            jnp.asarray([-4.0, 0.0, 9.0]),
+        ),
         "translation3d": Translation(jnp.asarray([1.0, 2.0, -3.0])),
     }
 
@@ -303,8 +327,11 @@ def test_write_composite_tfm(tmp_path):
     np.testing.assert_allclose(sitk_points(tx, pts), np.asarray(t(jnp.asarray(pts))), atol=1e-9)
     # .mat holds one affine: a linear composite is collapsed exactly
     write_transform(t, tmp_path / "c.mat")
-    np.testing.assert_allclose(sitk_points(sitk.ReadTransform(str(tmp_path / "c.mat")), pts),
-                               np.asarray(t(jnp.asarray(pts))), atol=1e-9)
+    np.testing.assert_allclose(
+        sitk_points(sitk.ReadTransform(str(tmp_path / "c.mat")), pts),
+        np.asarray(t(jnp.asarray(pts))),
+        atol=1e-9,
+    )
 
 
 def test_written_mat_layout_matches_itk(tmp_path):
@@ -314,13 +341,16 @@ def test_written_mat_layout_matches_itk(tmp_path):
     tx = sitk.AffineTransform(3)
     sitk.WriteTransform(tx, str(tmp_path / "s.mat"))
     mj, ms = scipy.io.loadmat(tmp_path / "j.mat"), scipy.io.loadmat(tmp_path / "s.mat")
-    keys = lambda m: sorted(k for k in m if not k.startswith("__"))  # noqa: E731
+
+    def keys(m):
+        return sorted(k for k in m if not k.startswith("__"))
+
     assert keys(mj) == keys(ms) == ["AffineTransform_double_3_3", "fixed"]
     assert mj["AffineTransform_double_3_3"].shape == ms["AffineTransform_double_3_3"].shape == (12, 1)
     assert mj["fixed"].shape == ms["fixed"].shape == (3, 1)
 
 
-# -- displacement fields -------------------------------------------------------------------------------------------
+# -- displacement fields -------------------------------------------------------------------------------------
 def _sitk_field(rng, n: int = 3):
     size = (7, 6, 5) if n == 3 else (7, 6)
     spacing = (1.5, 2.0, 2.5)[:n]
@@ -345,10 +375,14 @@ def test_read_field_written_by_sitk(tmp_path, n):
     field = read_transform(tmp_path / "warp.nii.gz")
     assert isinstance(field, DisplacementField) and field.ndim == n
     assert field.grid == grid_from_sitk(img)
-    # Compare with the field as SimpleITK reads it back. The NIfTI header stores the geometry in float32 and ITK
-    # re-orthonormalises the direction it reads, nibabel does not: the grids differ by ~1e-8 mm, which a random
+    # Compare with the field as SimpleITK reads it back. The NIfTI header stores the geometry in float32 and
+    # ITK
+    # re-orthonormalises the direction it reads, nibabel does not: the grids differ by ~1e-8 mm, which a
+    # random
     # field (gradients of a few mm per voxel) turns into ~1e-7 mm; hence atol 1e-6 for fields read from NIfTI.
-    tx = sitk.DisplacementFieldTransform(sitk.ReadImage(str(tmp_path / "warp.nii.gz"), sitk.sitkVectorFloat64))
+    tx = sitk.DisplacementFieldTransform(
+        sitk.ReadImage(str(tmp_path / "warp.nii.gz"), sitk.sitkVectorFloat64)
+    )
     pts = _points_around(field.grid, rng)
     np.testing.assert_allclose(np.asarray(field(jnp.asarray(pts))), sitk_points(tx, pts), atol=1e-6)
 
@@ -358,8 +392,9 @@ def test_read_field_written_by_sitk(tmp_path, n):
 def test_write_field_read_by_sitk(tmp_path, n, dtype):
     rng = np.random.default_rng(9)
     shape = (6, 7, 5)[:n]
-    grid = Grid.from_spacing(shape, (1.2, 0.8, 2.0)[:n], origin=(10.0, -4.0, 3.0)[:n],
-                             direction=_random_direction(rng, n))
+    grid = Grid.from_spacing(
+        shape, (1.2, 0.8, 2.0)[:n], origin=(10.0, -4.0, 3.0)[:n], direction=_random_direction(rng, n)
+    )
     field = DisplacementField(jnp.asarray(rng.normal(scale=1.5, size=(*shape, n)).astype(dtype)), grid)
     write_displacement_field(field, tmp_path / "w.nii.gz")
     img = sitk.ReadImage(str(tmp_path / "w.nii.gz"))
@@ -367,7 +402,9 @@ def test_write_field_read_by_sitk(tmp_path, n, dtype):
     assert grid_from_sitk(img) == grid
     tx = sitk.DisplacementFieldTransform(sitk.Cast(img, sitk.sitkVectorFloat64))
     pts = _points_around(grid, rng)
-    tol = 1e-6 if dtype == np.float64 else 1e-5  # float32 header geometry, see test_read_field_written_by_sitk
+    tol = (
+        1e-6 if dtype == np.float64 else 1e-5
+    )  # float32 header geometry, see test_read_field_written_by_sitk
     np.testing.assert_allclose(sitk_points(tx, pts), np.asarray(field(jnp.asarray(pts))), atol=tol)
     back = read_displacement_field(tmp_path / "w.nii.gz")
     assert back.grid == grid and back.displacement.dtype == dtype
@@ -384,11 +421,14 @@ def test_field_in_itk_text_format(tmp_path):
     pts = _points_around(field.grid, rng)
     np.testing.assert_allclose(np.asarray(field(jnp.asarray(pts))), sitk_points(tx, pts), atol=1e-9)
     write_transform(field, tmp_path / "g.tfm")
-    np.testing.assert_allclose(sitk_points(sitk.ReadTransform(str(tmp_path / "g.tfm")), pts),
-                               np.asarray(field(jnp.asarray(pts))), atol=1e-9)
+    np.testing.assert_allclose(
+        sitk_points(sitk.ReadTransform(str(tmp_path / "g.tfm")), pts),
+        np.asarray(field(jnp.asarray(pts))),
+        atol=1e-9,
+    )
 
 
-# -- resampling against sitk.Resample ------------------------------------------------------------------------------
+# -- resampling against sitk.Resample ------------------------------------------------------------------------
 def _interior_mask(moving_grid: Grid, transform, fixed_grid: Grid, tol: float = 1e-6) -> np.ndarray:
     """Fixed voxels whose mapped point is not in the moving image's outer half-voxel rim.
 
@@ -412,10 +452,13 @@ def _centred_image(data, spacing, centre, direction):
 
 
 def _resample_setup(rng):
-    """A moving image (anisotropic, rotated and reflected) and a smaller fixed grid (rotated, shifted) inside it."""
-    moving = _centred_image(rng.random((16, 14, 12)), (1.6, 1.3, 2.1), (1.0, -2.0, 3.0),
-                            _random_direction(rng, 3, reflect=True))
-    fixed = _centred_image(np.zeros((10, 11, 9)), (1.1, 1.4, 1.2), (-1.0, 0.5, 2.0), _random_direction(rng, 3))
+    """A moving image (anisotropic, rotated, reflected) and a smaller, rotated fixed grid inside it."""
+    moving = _centred_image(
+        rng.random((16, 14, 12)), (1.6, 1.3, 2.1), (1.0, -2.0, 3.0), _random_direction(rng, 3, reflect=True)
+    )
+    fixed = _centred_image(
+        np.zeros((10, 11, 9)), (1.1, 1.4, 1.2), (-1.0, 0.5, 2.0), _random_direction(rng, 3)
+    )
     return moving, fixed
 
 
@@ -467,30 +510,44 @@ def test_resample_field_matches_sitk(tmp_path):
     # a smooth field on its own grid, partly covering the fixed image (zero displacement outside it)
     shape = (8, 9, 7)
     u = rng.normal(scale=1.5, size=shape + (3,))
-    field_img = sitk.Cast(sitk_image(u, (1.6, 1.5, 2.0), (-5.0, 0.0, -9.0), _random_direction(rng, 3), vector=True),
-                          sitk.sitkVectorFloat64)
+    field_img = sitk.Cast(
+        sitk_image(u, (1.6, 1.5, 2.0), (-5.0, 0.0, -9.0), _random_direction(rng, 3), vector=True),
+        sitk.sitkVectorFloat64,
+    )
     sitk.WriteImage(field_img, str(tmp_path / "warp.nii.gz"))
-    tx = sitk.DisplacementFieldTransform(sitk.ReadImage(str(tmp_path / "warp.nii.gz"), sitk.sitkVectorFloat64))
+    tx = sitk.DisplacementFieldTransform(
+        sitk.ReadImage(str(tmp_path / "warp.nii.gz"), sitk.sitkVectorFloat64)
+    )
     _compare_resample(moving, fixed, tx, read_transform(tmp_path / "warp.nii.gz"))
 
 
 def test_compose_files_follows_ants_order(tmp_path):
-    """``-t A.mat -t warp.nii.gz``: the point goes through A first, i.e. sitk ``CompositeTransform([warp, A])``."""
+    """``-t A.mat -t warp.nii.gz``: the point goes through A first: sitk ``CompositeTransform([warp, A])``."""
     rng = np.random.default_rng(13)
     moving, fixed = _resample_setup(rng)
     a = sitk.AffineTransform(3)
     a.SetMatrix(tuple((np.eye(3) + 0.1 * rng.normal(size=(3, 3))).ravel()))
     a.SetTranslation((2.0, -1.0, 1.0))
     sitk.WriteTransform(a, str(tmp_path / "A.mat"))
-    field_img = sitk.Cast(sitk_image(rng.normal(scale=1.5, size=(9, 9, 7, 3)), (1.5, 1.5, 2.0), (-6.0, 0.0, -9.0),
-                                     np.eye(3), vector=True), sitk.sitkVectorFloat64)
+    field_img = sitk.Cast(
+        sitk_image(
+            rng.normal(scale=1.5, size=(9, 9, 7, 3)),
+            (1.5, 1.5, 2.0),
+            (-6.0, 0.0, -9.0),
+            np.eye(3),
+            vector=True,
+        ),
+        sitk.sitkVectorFloat64,
+    )
     sitk.WriteImage(field_img, str(tmp_path / "warp.nii.gz"))
     w = sitk.DisplacementFieldTransform(sitk.ReadImage(str(tmp_path / "warp.nii.gz"), sitk.sitkVectorFloat64))
     t = compose_files([tmp_path / "A.mat", tmp_path / "warp.nii.gz"])
     ants_like = sitk.CompositeTransform([w, a])  # ANTs' internal ITK queue for "-t A.mat -t warp.nii.gz"
     pts = _points_around(grid_from_sitk(fixed), rng)
     np.testing.assert_allclose(np.asarray(t(jnp.asarray(pts))), sitk_points(ants_like, pts), atol=1e-6)
-    assert not np.allclose(np.asarray(t(jnp.asarray(pts))), sitk_points(sitk.CompositeTransform([a, w]), pts), atol=1e-3)
+    assert not np.allclose(
+        np.asarray(t(jnp.asarray(pts))), sitk_points(sitk.CompositeTransform([a, w]), pts), atol=1e-3
+    )
     _compare_resample(moving, fixed, ants_like, t)
     # [file, 1] inversion of the linear file
     ti = compose_files([tmp_path / "A.mat", tmp_path / "warp.nii.gz"], invert=[True, False])
@@ -503,7 +560,7 @@ def test_compose_files_follows_ants_order(tmp_path):
     assert isinstance(compose_files([tmp_path / "A.mat"]), Affine)
 
 
-# -- errors --------------------------------------------------------------------------------------------------------
+# -- errors --------------------------------------------------------------------------------------------------
 def _write(path, text):
     path.write_text(text)
     return path
@@ -512,33 +569,61 @@ def _write(path, text):
 def test_errors_text_files(tmp_path):
     head = "#Insight Transform File V1.0\n#Transform 0\n"
     cases = {
-        "unknown.tfm": (head + "Transform: FancyTransform_double_3_3\nParameters: 1 2\nFixedParameters: 0\n",
-                        r"unknown\.tfm: transform 0: unsupported ITK transform type 'FancyTransform_double_3_3'"),
-        "count.tfm": (head + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0 0 0 1\nFixedParameters: 0 0 0\n",
-                      r"count\.tfm: transform 0: AffineTransform_double_3_3: expected 12 parameters \(n\*n matrix"),
-        "fixed.tfm": (head + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0 0 0 1 0 0 0\nFixedParameters: 0 0\n",
-                      r"fixed\.tfm: transform 0: AffineTransform_double_3_3: expected 3 fixed parameters \(centre\), got 2"),
-        "trunc.tfm": (head + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0\n",
-                      r"trunc\.tfm: transform 0: AffineTransform_double_3_3 has no 'FixedParameters:' line"),
-        "trunc1.tfm": (head + "Transform: Euler2DTransform_double_2_2\nParameters: 1 0 0\n",
-                       r"trunc1\.tfm: transform 0: Euler2DTransform_double_2_2 has no 'FixedParameters:' line"),
-        "trunc2.tfm": (head + "Transform: Euler3DTransform_double_3_3\n",
-                       r"trunc2\.tfm: transform 0: Euler3DTransform_double_3_3 has no 'Parameters:' line"),
+        "unknown.tfm": (
+            head + "Transform: FancyTransform_double_3_3\nParameters: 1 2\nFixedParameters: 0\n",
+            r"unknown\.tfm: transform 0: unsupported ITK transform type 'FancyTransform_double_3_3'",
+        ),
+        "count.tfm": (
+            head
+            + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0 0 0 1\n"
+            + "FixedParameters: 0 0 0\n",
+            r"count\.tfm: transform 0: AffineTransform_double_3_3: expected 12 parameters \(n\*n matrix",
+        ),
+        "fixed.tfm": (
+            head
+            + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0 0 0 1 0 0 0\n"
+            + "FixedParameters: 0 0\n",
+            r"fixed\.tfm: transform 0: AffineTransform_double_3_3: "
+            r"expected 3 fixed parameters \(centre\), got 2",
+        ),
+        "trunc.tfm": (
+            head + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0\n",
+            r"trunc\.tfm: transform 0: AffineTransform_double_3_3 has no 'FixedParameters:' line",
+        ),
+        "trunc1.tfm": (
+            head + "Transform: Euler2DTransform_double_2_2\nParameters: 1 0 0\n",
+            r"trunc1\.tfm: transform 0: Euler2DTransform_double_2_2 has no 'FixedParameters:' line",
+        ),
+        "trunc2.tfm": (
+            head + "Transform: Euler3DTransform_double_3_3\n",
+            r"trunc2\.tfm: transform 0: Euler3DTransform_double_3_3 has no 'Parameters:' line",
+        ),
         "empty.tfm": ("#Insight Transform File V1.0\n", r"empty\.tfm: no 'Transform:' entry"),
         "notitk.txt": ("hello world\n", r"notitk\.txt: not an ITK transform text file"),
-        "nan.tfm": (head + "Transform: TranslationTransform_double_3_3\nParameters: 1 nan 0\nFixedParameters:\n",
-                    r"nan\.tfm.*NaN"),
-        "words.tfm": (head + "Transform: TranslationTransform_double_3_3\nParameters: 1 x 0\n",
-                      r"words\.tfm: line 4: Parameters must be numbers"),
-        "dims.tfm": (head + "Transform: AffineTransform_double_3_2\nParameters: 1\nFixedParameters:\n",
-                     r"dims\.tfm.*only N_N"),
-        "comp.tfm": (head + "Transform: CompositeTransform_double_3_3\n", r"comp\.tfm: CompositeTransform with no member"),
+        "nan.tfm": (
+            head + "Transform: TranslationTransform_double_3_3\nParameters: 1 nan 0\nFixedParameters:\n",
+            r"nan\.tfm.*NaN",
+        ),
+        "words.tfm": (
+            head + "Transform: TranslationTransform_double_3_3\nParameters: 1 x 0\n",
+            r"words\.tfm: line 4: Parameters must be numbers",
+        ),
+        "dims.tfm": (
+            head + "Transform: AffineTransform_double_3_2\nParameters: 1\nFixedParameters:\n",
+            r"dims\.tfm.*only N_N",
+        ),
+        "comp.tfm": (
+            head + "Transform: CompositeTransform_double_3_3\n",
+            r"comp\.tfm: CompositeTransform with no member",
+        ),
     }
     for name, (text, pattern) in cases.items():
         with pytest.raises(ValueError, match=pattern):
             read_transform(_write(tmp_path / name, text))
     # translation needs no fixed parameters, even without the line
-    t = read_transform(_write(tmp_path / "t.tfm", head + "Transform: TranslationTransform_double_2_2\nParameters: 1 2\n"))
+    t = read_transform(
+        _write(tmp_path / "t.tfm", head + "Transform: TranslationTransform_double_2_2\nParameters: 1 2\n")
+    )
     np.testing.assert_allclose(np.asarray(t(jnp.zeros(2))), [-1.0, -2.0])
 
 
@@ -553,8 +638,11 @@ def test_errors_mat_and_misc(tmp_path):
         read_transform(tmp_path / "text.mat")
     import scipy.io
 
-    scipy.io.savemat(tmp_path / "short.mat", {"AffineTransform_double_3_3": np.zeros((9, 1)), "fixed": np.zeros((3, 1))},
-                     format="4")
+    scipy.io.savemat(
+        tmp_path / "short.mat",
+        {"AffineTransform_double_3_3": np.zeros((9, 1)), "fixed": np.zeros((3, 1))},
+        format="4",
+    )
     with pytest.raises(ValueError, match=r"short\.mat: AffineTransform_double_3_3: expected 12 parameters"):
         read_transform(tmp_path / "short.mat")
     scipy.io.savemat(tmp_path / "novar.mat", {"fixed": np.zeros((3, 1))}, format="4")
@@ -576,7 +664,9 @@ def test_errors_field_files(tmp_path):
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), tmp_path / "scalar.nii.gz")
-    with pytest.raises(ValueError, match=r"scalar\.nii\.gz: not an ITK displacement field: data of shape \(4, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"scalar\.nii\.gz: not an ITK displacement field: data of shape \(4, 4, 4\)"
+    ):
         read_transform(tmp_path / "scalar.nii.gz")
     bad = np.zeros((4, 4, 4, 1, 3), np.float32)
     bad[1, 1, 1, 0, 2] = np.nan
@@ -603,9 +693,9 @@ def test_write_transform_refuses_inputs_and_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tfm"]
 
 
-# -- ANTs itself (optional) ----------------------------------------------------------------------------------------
+# -- ANTs itself (optional) ----------------------------------------------------------------------------------
 def test_ants_registration_outputs_apply_identically(tmp_path):
-    """A real ``antsRegistration`` (SyN: ``0GenericAffine.mat`` + ``1Warp.nii.gz``) applied by ANTs and jaxreg."""
+    """Real ``antsRegistration`` SyN outputs (``0GenericAffine.mat``, ``1Warp.nii.gz``): ANTs vs jaxreg."""
     ants = pytest.importorskip("ants", reason="antspyx not installed (optional ANTs cross-check)")
     rng = np.random.default_rng(14)
     from scipy.ndimage import gaussian_filter
@@ -617,9 +707,13 @@ def test_ants_registration_outputs_apply_identically(tmp_path):
     moving = sitk_image(shifted, (1.0, 1.1, 1.3), (-8.0, 4.0, -2.0), _random_direction(rng, 3))
     sitk.WriteImage(sitk.Cast(fixed, sitk.sitkFloat32), str(tmp_path / "fixed.nii.gz"))
     sitk.WriteImage(sitk.Cast(moving, sitk.sitkFloat32), str(tmp_path / "moving.nii.gz"))
-    f_ants, m_ants = ants.image_read(str(tmp_path / "fixed.nii.gz")), ants.image_read(str(tmp_path / "moving.nii.gz"))
-    reg = ants.registration(f_ants, m_ants, type_of_transform="SyN", reg_iterations=(20, 10),
-                            outprefix=str(tmp_path / "reg_"))
+    f_ants, m_ants = (
+        ants.image_read(str(tmp_path / "fixed.nii.gz")),
+        ants.image_read(str(tmp_path / "moving.nii.gz")),
+    )
+    reg = ants.registration(
+        f_ants, m_ants, type_of_transform="SyN", reg_iterations=(20, 10), outprefix=str(tmp_path / "reg_")
+    )
     paths = reg["fwdtransforms"]
     assert paths[0].endswith("Warp.nii.gz") and paths[1].endswith("GenericAffine.mat")
     expected = ants.apply_transforms(f_ants, m_ants, transformlist=paths, interpolator="linear")

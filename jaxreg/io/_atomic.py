@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 __all__ = ["atomic_write", "check_not_input", "split_suffix"]
 
@@ -62,7 +62,8 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None], *, inputs: Ite
     ``write_fn(tmp_path)`` must create the complete file at ``tmp_path``, a fresh name in the destination's
     directory that ends with the destination's suffix (so suffix-driven writers such as nibabel pick the same
     format and compression). On success the temporary file is flushed to disk and renamed onto ``path`` with
-    :func:`os.replace` (atomic on POSIX and Windows within one file system); on any exception it is deleted and
+    :func:`os.replace` (atomic on POSIX and Windows within one file system); on any exception it is deleted
+    and
     the exception propagates, leaving an existing ``path`` untouched.
 
     Args:

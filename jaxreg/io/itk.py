@@ -45,7 +45,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,21 +54,28 @@ import numpy as np
 
 from jaxreg.core.grid import Grid
 from jaxreg.io._atomic import PathLike, atomic_write, split_suffix
-from jaxreg.io.nifti import NIFTI_INTENT_VECTOR, _check_exists, grid_to_nifti_affine, load_nifti, make_nifti, nifti_grid
+from jaxreg.io.nifti import (
+    NIFTI_INTENT_VECTOR,
+    _check_exists,
+    grid_to_nifti_affine,
+    load_nifti,
+    make_nifti,
+    nifti_grid,
+)
 from jaxreg.transforms.base import LinearTransform, Transform
 from jaxreg.transforms.linear import Affine
 
 __all__ = [
-    "read_transform",
-    "write_transform",
-    "read_transforms",
     "compose_files",
-    "read_itk_transforms",
-    "read_displacement_field",
-    "write_displacement_field",
     "itk_to_transform",
-    "transform_to_itk",
     "lps_to_ras_affine",
+    "read_displacement_field",
+    "read_itk_transforms",
+    "read_transform",
+    "read_transforms",
+    "transform_to_itk",
+    "write_displacement_field",
+    "write_transform",
 ]
 
 _TEXT_HEADER = "#Insight Transform File V1.0"
@@ -103,7 +111,7 @@ def lps_to_ras_affine(matrix: Any, translation: Any, center: Any) -> Affine:
     )
 
 
-# -- ITK parameterisations ---------------------------------------------------------------------------------------
+# -- ITK parameterisations -----------------------------------------------------------------------------------
 def _rot2(angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     return np.array([[c, -s], [s, c]])
@@ -126,7 +134,14 @@ def _versor(v: np.ndarray, what: str) -> np.ndarray:
 
 
 def _euler3(ax: float, ay: float, az: float, zyx: bool) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    cx, sx, cy, sy, cz, sz = (
+        math.cos(ax),
+        math.sin(ax),
+        math.cos(ay),
+        math.sin(ay),
+        math.cos(az),
+        math.sin(az),
+    )
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
@@ -146,40 +161,114 @@ def _center(fx: np.ndarray, n: int) -> np.ndarray:
     return fx[:n] if fx.size else np.zeros(n)
 
 
-_LINEAR: dict[str, tuple[tuple[int, ...], Callable[[int], int], tuple[Callable[[int], int], ...], str, _Decoder]] = {
-    "AffineTransform": ((2, 3), lambda n: n * n + n, (lambda n: n,), "n*n matrix (row-major) + n translation",
-                        _matrix_offset),
-    "MatrixOffsetTransformBase": ((2, 3), lambda n: n * n + n, (lambda n: n,),
-                                  "n*n matrix (row-major) + n translation", _matrix_offset),
+_LINEAR: dict[
+    str, tuple[tuple[int, ...], Callable[[int], int], tuple[Callable[[int], int], ...], str, _Decoder]
+] = {
+    "AffineTransform": (
+        (2, 3),
+        lambda n: n * n + n,
+        (lambda n: n,),
+        "n*n matrix (row-major) + n translation",
+        _matrix_offset,
+    ),
+    "MatrixOffsetTransformBase": (
+        (2, 3),
+        lambda n: n * n + n,
+        (lambda n: n,),
+        "n*n matrix (row-major) + n translation",
+        _matrix_offset,
+    ),
     "Rigid3DTransform": ((3,), lambda n: 12, (lambda n: 3,), "9 matrix + 3 translation", _matrix_offset),
-    "Euler3DTransform": ((3,), lambda n: 6, (lambda n: 3, lambda n: 4), "3 angles (x, y, z, rad) + 3 translation",
-                         lambda p, fx, n, w: (_euler3(p[0], p[1], p[2], fx.size > 3 and fx[3] != 0), p[3:6], _center(fx, 3))),
-    "Euler2DTransform": ((2,), lambda n: 3, (lambda n: 2,), "angle (rad) + 2 translation",
-                         lambda p, fx, n, w: (_rot2(p[0]), p[1:3], _center(fx, 2))),
-    "Rigid2DTransform": ((2,), lambda n: 3, (lambda n: 2,), "angle (rad) + 2 translation",
-                         lambda p, fx, n, w: (_rot2(p[0]), p[1:3], _center(fx, 2))),
-    "Similarity2DTransform": ((2,), lambda n: 4, (lambda n: 2,), "scale + angle (rad) + 2 translation",
-                              lambda p, fx, n, w: (p[0] * _rot2(p[1]), p[2:4], _center(fx, 2))),
-    "VersorTransform": ((3,), lambda n: 3, (lambda n: 3,), "3 versor",
-                        lambda p, fx, n, w: (_versor(p[:3], w), np.zeros(3), _center(fx, 3))),
-    "VersorRigid3DTransform": ((3,), lambda n: 6, (lambda n: 3,), "3 versor + 3 translation",
-                               lambda p, fx, n, w: (_versor(p[:3], w), p[3:6], _center(fx, 3))),
-    "Similarity3DTransform": ((3,), lambda n: 7, (lambda n: 3,), "3 versor + 3 translation + scale",
-                              lambda p, fx, n, w: (p[6] * _versor(p[:3], w), p[3:6], _center(fx, 3))),
+    "Euler3DTransform": (
+        (3,),
+        lambda n: 6,
+        (lambda n: 3, lambda n: 4),
+        "3 angles (x, y, z, rad) + 3 translation",
+        lambda p, fx, n, w: (_euler3(p[0], p[1], p[2], fx.size > 3 and fx[3] != 0), p[3:6], _center(fx, 3)),
+    ),
+    "Euler2DTransform": (
+        (2,),
+        lambda n: 3,
+        (lambda n: 2,),
+        "angle (rad) + 2 translation",
+        lambda p, fx, n, w: (_rot2(p[0]), p[1:3], _center(fx, 2)),
+    ),
+    "Rigid2DTransform": (
+        (2,),
+        lambda n: 3,
+        (lambda n: 2,),
+        "angle (rad) + 2 translation",
+        lambda p, fx, n, w: (_rot2(p[0]), p[1:3], _center(fx, 2)),
+    ),
+    "Similarity2DTransform": (
+        (2,),
+        lambda n: 4,
+        (lambda n: 2,),
+        "scale + angle (rad) + 2 translation",
+        lambda p, fx, n, w: (p[0] * _rot2(p[1]), p[2:4], _center(fx, 2)),
+    ),
+    "VersorTransform": (
+        (3,),
+        lambda n: 3,
+        (lambda n: 3,),
+        "3 versor",
+        lambda p, fx, n, w: (_versor(p[:3], w), np.zeros(3), _center(fx, 3)),
+    ),
+    "VersorRigid3DTransform": (
+        (3,),
+        lambda n: 6,
+        (lambda n: 3,),
+        "3 versor + 3 translation",
+        lambda p, fx, n, w: (_versor(p[:3], w), p[3:6], _center(fx, 3)),
+    ),
+    "Similarity3DTransform": (
+        (3,),
+        lambda n: 7,
+        (lambda n: 3,),
+        "3 versor + 3 translation + scale",
+        lambda p, fx, n, w: (p[6] * _versor(p[:3], w), p[3:6], _center(fx, 3)),
+    ),
     # ITK's ScaleVersor3D matrix is R + diag(s) - I (not R diag(s)); ScaleSkewVersor3D adds the 6 skew terms
     # at (0,1), (0,2), (1,0), (1,2), (2,0), (2,1). Both checked against SimpleITK's GetMatrix().
-    "ScaleVersor3DTransform": ((3,), lambda n: 9, (lambda n: 3,), "3 versor + 3 translation + 3 scale",
-                               lambda p, fx, n, w: (_versor(p[:3], w) + np.diag(p[6:9] - 1.0), p[3:6], _center(fx, 3))),
-    "ScaleSkewVersor3DTransform": ((3,), lambda n: 15, (lambda n: 3,),
-                                   "3 versor + 3 translation + 3 scale + 6 skew",
-                                   lambda p, fx, n, w: (_versor(p[:3], w) + np.diag(p[6:9] - 1.0) + _skew(p[9:15]),
-                                                        p[3:6], _center(fx, 3))),
-    "ScaleTransform": ((2, 3), lambda n: n, (lambda n: n,), "n scale factors",
-                       lambda p, fx, n, w: (np.diag(p[:n]), np.zeros(n), _center(fx, n))),
-    "TranslationTransform": ((2, 3), lambda n: n, (lambda n: 0,), "n translation",
-                             lambda p, fx, n, w: (np.eye(n), p[:n], np.zeros(n))),
-    "IdentityTransform": ((2, 3), lambda n: 0, (lambda n: 0,), "no parameters",
-                          lambda p, fx, n, w: (np.eye(n), np.zeros(n), np.zeros(n))),
+    "ScaleVersor3DTransform": (
+        (3,),
+        lambda n: 9,
+        (lambda n: 3,),
+        "3 versor + 3 translation + 3 scale",
+        lambda p, fx, n, w: (_versor(p[:3], w) + np.diag(p[6:9] - 1.0), p[3:6], _center(fx, 3)),
+    ),
+    "ScaleSkewVersor3DTransform": (
+        (3,),
+        lambda n: 15,
+        (lambda n: 3,),
+        "3 versor + 3 translation + 3 scale + 6 skew",
+        lambda p, fx, n, w: (
+            _versor(p[:3], w) + np.diag(p[6:9] - 1.0) + _skew(p[9:15]),
+            p[3:6],
+            _center(fx, 3),
+        ),
+    ),
+    "ScaleTransform": (
+        (2, 3),
+        lambda n: n,
+        (lambda n: n,),
+        "n scale factors",
+        lambda p, fx, n, w: (np.diag(p[:n]), np.zeros(n), _center(fx, n)),
+    ),
+    "TranslationTransform": (
+        (2, 3),
+        lambda n: n,
+        (lambda n: 0,),
+        "n translation",
+        lambda p, fx, n, w: (np.eye(n), p[:n], np.zeros(n)),
+    ),
+    "IdentityTransform": (
+        (2, 3),
+        lambda n: 0,
+        (lambda n: 0,),
+        "no parameters",
+        lambda p, fx, n, w: (np.eye(n), np.zeros(n), np.zeros(n)),
+    ),
 }
 
 
@@ -192,23 +281,30 @@ def _skew(k: np.ndarray) -> np.ndarray:
 def _parse_type(name: str, what: str) -> tuple[str, int]:
     m = _TYPE_RE.match(name.strip())
     if not m:
-        raise ValueError(f"{what}: unrecognised ITK transform type {name!r} (expected e.g. AffineTransform_double_3_3)")
+        raise ValueError(
+            f"{what}: unrecognised ITK transform type {name!r} (expected e.g. AffineTransform_double_3_3)"
+        )
     n, n2 = int(m["n"]), int(m["m"])
     if n != n2:
-        raise ValueError(f"{what}: transform type {name!r} maps {n}-D to {n2}-D points; only N_N is supported")
+        raise ValueError(
+            f"{what}: transform type {name!r} maps {n}-D to {n2}-D points; only N_N is supported"
+        )
     return m["kind"], n
 
 
-def itk_to_transform(name: str, parameters: Sequence[float], fixed_parameters: Sequence[float] = (), *,
-                     what: str = "transform") -> Transform:
+def itk_to_transform(
+    name: str, parameters: Sequence[float], fixed_parameters: Sequence[float] = (), *, what: str = "transform"
+) -> Transform:
     """Decode one ITK transform (type name and parameters, LPS) into a jaxreg transform (RAS).
 
     Supported: ``AffineTransform``, ``MatrixOffsetTransformBase``, ``Rigid3DTransform``, ``Euler2DTransform``,
     ``Rigid2DTransform``, ``Euler3DTransform`` (incl. the ZYX flag, 4th fixed parameter), ``VersorTransform``,
     ``VersorRigid3DTransform``, ``Similarity2DTransform``, ``Similarity3DTransform``, ``ScaleTransform``,
     ``ScaleVersor3DTransform``, ``ScaleSkewVersor3DTransform``, ``TranslationTransform``,
-    ``IdentityTransform`` (all ``_double_`` or ``_float_``), decoded to an :class:`Affine` about the ITK centre;
-    and ``DisplacementFieldTransform`` (text form: fixed parameters size, origin, spacing, direction) decoded to a
+    ``IdentityTransform`` (all ``_double_`` or ``_float_``), decoded to an :class:`Affine` about the ITK
+    centre;
+    and ``DisplacementFieldTransform`` (text form: fixed parameters size, origin, spacing, direction) decoded
+    to a
     :class:`~jaxreg.transforms.dense.DisplacementField`.
 
     Args:
@@ -270,21 +366,25 @@ def transform_to_itk(transform: LinearTransform) -> tuple[str, np.ndarray, np.nd
     return f"AffineTransform_double_{n}_{n}", np.concatenate([m.ravel(), t]), c
 
 
-# -- displacement fields -------------------------------------------------------------------------------------------
+# -- displacement fields -------------------------------------------------------------------------------------
 def _field_from_itk_parameters(p: np.ndarray, fx: np.ndarray, n: int, what: str) -> Transform:
     from jaxreg.transforms.dense import DisplacementField
 
     nfix = n + n + n + n * n
     if fx.size != nfix:
         raise ValueError(
-            f"{what}: expected {nfix} fixed parameters (size {n}, origin {n}, spacing {n}, direction {n * n}), got {fx.size}"
+            f"{what}: expected {nfix} fixed parameters (size {n}, origin {n}, spacing {n}, "
+            f"direction {n * n}), got {fx.size}"
         )
     size = fx[:n]
     if np.any(size < 1) or np.any(size != np.round(size)):
         raise ValueError(f"{what}: invalid field size {size.tolist()}")
     size_t = tuple(int(s) for s in size)
     if p.size != int(np.prod(size_t)) * n:
-        raise ValueError(f"{what}: expected {int(np.prod(size_t)) * n} parameters (size {size_t} x {n} components), got {p.size}")
+        raise ValueError(
+            f"{what}: expected {int(np.prod(size_t)) * n} parameters (size {size_t} x {n} components), "
+            f"got {p.size}"
+        )
     origin, spacing, direction = fx[n : 2 * n], fx[2 * n : 3 * n], fx[3 * n :].reshape(n, n)
     grid = _grid_from_lps(size_t, origin, spacing, direction, what)
     # ITK order: index 0 fastest, components interleaved -> C-order array (k, j, i, c); reverse the axes.
@@ -340,14 +440,17 @@ def read_displacement_field(path: PathLike) -> Any:
     intent = int(img.header["intent_code"])
     if len(shp) != 5 or shp[3] != 1 or shp[4] not in (2, 3):
         raise ValueError(
-            f"{path}: not an ITK displacement field: data of shape {shp}, expected (X, Y, Z, 1, 3) for 3-D or "
+            f"{path}: not an ITK displacement field: data of shape {shp}, "
+            "expected (X, Y, Z, 1, 3) for 3-D or "
             "(X, Y, 1, 1, 2) for 2-D"
         )
     n = shp[4]
     if n == 2 and shp[2] != 1:
         raise ValueError(f"{path}: a 2-component field must have one slice, (X, Y, 1, 1, 2), got {shp}")
     if intent not in DISPVECT_INTENTS:
-        raise ValueError(f"{path}: NIfTI intent code {intent}, expected 1007 (vector) for a displacement field")
+        raise ValueError(
+            f"{path}: NIfTI intent code {intent}, expected 1007 (vector) for a displacement field"
+        )
     if not np.issubdtype(data.dtype, np.floating):
         data = data.astype(np.float32)
     bad = ~np.isfinite(data)
@@ -360,7 +463,9 @@ def read_displacement_field(path: PathLike) -> Any:
     return DisplacementField(jnp.asarray(u.astype(dt, copy=False)), grid)
 
 
-def write_displacement_field(field: Any, path: PathLike, *, dtype: Any = None, inputs: Iterable[PathLike] = ()) -> None:
+def write_displacement_field(
+    field: Any, path: PathLike, *, dtype: Any = None, inputs: Iterable[PathLike] = ()
+) -> None:
     """Write a ``DisplacementField`` as an ITK/ANTs displacement field NIfTI, atomically.
 
     Args:
@@ -370,13 +475,15 @@ def write_displacement_field(field: Any, path: PathLike, *, dtype: Any = None, i
       inputs: paths that must not be overwritten.
 
     The file holds ``(X, Y, Z, 1, 3)`` (2-D: ``(X, Y, 1, 1, 2)``) LPS vectors, intent 1007, sform = qform
-    (code 1): what ``antsApplyTransforms`` and ``sitk.ReadImage`` + ``sitk.DisplacementFieldTransform`` expect.
+    (code 1): what ``antsApplyTransforms`` and ``sitk.ReadImage`` + ``sitk.DisplacementFieldTransform``
+    expect.
     """
     from jaxreg.transforms.dense import DisplacementField
 
     if not isinstance(field, DisplacementField):
         raise TypeError(
-            f"field: expected a DisplacementField, got {type(field).__name__}; sample other transforms first with "
+            f"field: expected a DisplacementField, got {type(field).__name__}; "
+            "sample other transforms first with "
             "jaxreg.transforms.compose.to_displacement(transform, grid)"
         )
     if split_suffix(path)[1].lower() not in _FIELD_SUFFIXES:
@@ -398,7 +505,7 @@ def write_displacement_field(field: Any, path: PathLike, *, dtype: Any = None, i
     atomic_write(path, lambda tmp: nii.to_filename(tmp), inputs=inputs)
 
 
-# -- text (.tfm / .txt) -------------------------------------------------------------------------------------------
+# -- text (.tfm / .txt) --------------------------------------------------------------------------------------
 def _parse_numbers(text: str, path: PathLike, lineno: int, key: str) -> np.ndarray:
     try:
         return np.array([float(v) for v in text.split()], dtype=np.float64)
@@ -414,7 +521,10 @@ def _read_text_blocks(path: PathLike) -> list[tuple[str, np.ndarray | None, np.n
         raise ValueError(f"{path}: not an ITK transform text file (not UTF-8 text: {e})") from e
     first = next((ln.strip() for ln in lines if ln.strip()), "")
     if not first.startswith("#Insight Transform File"):
-        raise ValueError(f"{path}: not an ITK transform text file (expected first line {_TEXT_HEADER!r}, got {first[:60]!r})")
+        raise ValueError(
+            f"{path}: not an ITK transform text file "
+            f"(expected first line {_TEXT_HEADER!r}, got {first[:60]!r})"
+        )
     blocks: list[list[Any]] = []
     for i, raw in enumerate(lines, start=1):
         ln = raw.strip()
@@ -434,7 +544,9 @@ def _read_text_blocks(path: PathLike) -> list[tuple[str, np.ndarray | None, np.n
                 raise ValueError(f"{path}: line {i}: second {key} line for transform {len(blocks) - 1}")
             blocks[-1][slot] = _parse_numbers(val, path, i, key)
         else:
-            raise ValueError(f"{path}: line {i}: unknown key {key!r} (expected Transform, Parameters, FixedParameters)")
+            raise ValueError(
+                f"{path}: line {i}: unknown key {key!r} (expected Transform, Parameters, FixedParameters)"
+            )
     if not blocks:
         raise ValueError(f"{path}: no 'Transform:' entry (empty or truncated ITK transform file)")
     return [(b[0], b[1], b[2]) for b in blocks]
@@ -479,8 +591,12 @@ def _fmt(values: np.ndarray) -> str:
     return " ".join(out)
 
 
-def _write_text(entries: list[tuple[str, np.ndarray, np.ndarray]], path: PathLike, inputs: Iterable[PathLike],
-                composite: bool) -> None:
+def _write_text(
+    entries: list[tuple[str, np.ndarray, np.ndarray]],
+    path: PathLike,
+    inputs: Iterable[PathLike],
+    composite: bool,
+) -> None:
     lines = [_TEXT_HEADER]
     k = 0
     if composite:
@@ -488,7 +604,12 @@ def _write_text(entries: list[tuple[str, np.ndarray, np.ndarray]], path: PathLik
         lines += ["#Transform 0", f"Transform: CompositeTransform_double_{n}_{n}"]
         k = 1
     for name, params, fixed in entries:
-        lines += [f"#Transform {k}", f"Transform: {name}", f"Parameters: {_fmt(params)}", f"FixedParameters: {_fmt(fixed)}"]
+        lines += [
+            f"#Transform {k}",
+            f"Transform: {name}",
+            f"Parameters: {_fmt(params)}",
+            f"FixedParameters: {_fmt(fixed)}",
+        ]
         k += 1
     text = "\n".join(lines) + "\n"
 
@@ -499,14 +620,16 @@ def _write_text(entries: list[tuple[str, np.ndarray, np.ndarray]], path: PathLik
     atomic_write(path, write, inputs=inputs)
 
 
-# -- MATLAB v4 (.mat) ---------------------------------------------------------------------------------------------
+# -- MATLAB v4 (.mat) ----------------------------------------------------------------------------------------
 def _read_mat(path: PathLike) -> list[Transform]:
     import scipy.io
 
     try:
         mat = scipy.io.loadmat(os.fspath(path), squeeze_me=False)
     except Exception as e:  # scipy raises ValueError, TypeError, OSError, MatReadError on bad input
-        raise ValueError(f"{path}: not a readable ITK/ANTs MATLAB transform file ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{path}: not a readable ITK/ANTs MATLAB transform file ({type(e).__name__}: {e})"
+        ) from e
     names = [k for k in mat if not k.startswith("__") and k != "fixed"]
     if len(names) != 1:
         raise ValueError(
@@ -519,7 +642,9 @@ def _read_mat(path: PathLike) -> list[Transform]:
     return [itk_to_transform(name, params, fixed, what=str(path))]
 
 
-def _write_mat(name: str, params: np.ndarray, fixed: np.ndarray, path: PathLike, inputs: Iterable[PathLike]) -> None:
+def _write_mat(
+    name: str, params: np.ndarray, fixed: np.ndarray, path: PathLike, inputs: Iterable[PathLike]
+) -> None:
     import scipy.io
 
     def write(tmp: str) -> None:
@@ -529,7 +654,7 @@ def _write_mat(name: str, params: np.ndarray, fixed: np.ndarray, path: PathLike,
     atomic_write(path, write, inputs=inputs)
 
 
-# -- public entry points ------------------------------------------------------------------------------------------
+# -- public entry points -------------------------------------------------------------------------------------
 def _kind_of(path: PathLike) -> str:
     suffix = split_suffix(path)[1].lower()
     if suffix == ".mat":
@@ -604,7 +729,8 @@ def read_transforms(paths: Sequence[PathLike]) -> list[Transform]:
 def compose_files(paths: Sequence[PathLike], *, invert: Sequence[bool] | None = None) -> Transform:
     """The transform ``antsApplyTransforms -t paths[0] -t paths[1] ... -t paths[-1]`` applies.
 
-    ANTs' convention: the fixed point ``x`` goes through the *first* listed file first, and the moving image is
+    ANTs' convention: the fixed point ``x`` goes through the *first* listed file first, and the moving image
+    is
     sampled at ``Tn(...T2(T1(x)))``: this returns ``compose(Tn, ..., T1)``. For the output of
     ``antsRegistration`` (``-t 1Warp.nii.gz -t 0GenericAffine.mat``) that is ``affine(warp(x))``: the warp
     lives in the fixed space and the affine carries the result into the moving space. (Evidence for this
@@ -621,7 +747,8 @@ def compose_files(paths: Sequence[PathLike], *, invert: Sequence[bool] | None = 
       ValueError: empty list, ``invert`` of the wrong length or on a non-linear transform, plus the errors of
         :func:`read_transform`.
     """
-    from jaxreg.transforms.compose import compose, invert as invert_transform
+    from jaxreg.transforms.compose import compose
+    from jaxreg.transforms.compose import invert as invert_transform
 
     ts = read_transforms(paths)
     if not ts:
@@ -629,7 +756,7 @@ def compose_files(paths: Sequence[PathLike], *, invert: Sequence[bool] | None = 
     flags = [False] * len(ts) if invert is None else [bool(f) for f in invert]
     if len(flags) != len(ts):
         raise ValueError(f"invert: expected {len(ts)} flags (one per path), got {len(flags)}")
-    for i, (t, flag) in enumerate(zip(ts, flags)):
+    for i, (t, flag) in enumerate(zip(ts, flags, strict=True)):
         if flag:
             if not isinstance(t, LinearTransform):
                 raise ValueError(
@@ -679,7 +806,9 @@ def write_transform(transform: Transform, path: PathLike, *, inputs: Iterable[Pa
             except ValueError as e:
                 raise ValueError(f"{path}: a .mat file holds one linear transform; {e}") from e
         if not isinstance(transform, LinearTransform):
-            raise ValueError(f"{path}: a .mat file holds one linear transform, got {type(transform).__name__}")
+            raise ValueError(
+                f"{path}: a .mat file holds one linear transform, got {type(transform).__name__}"
+            )
         _write_mat(*transform_to_itk(transform), path, inputs)
         return
     members = transform.transforms if isinstance(transform, Composite) else (transform,)

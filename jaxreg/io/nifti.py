@@ -1,7 +1,9 @@
 """NIfTI images <-> :class:`~jaxreg.core.grid.Image` (array on a voxel-to-world grid).
 
-Geometry comes from the header's best affine (nibabel's ``get_best_affine``: the sform when ``sform_code > 0``,
-else the qform when ``qform_code > 0``, else the pixdim-only fallback without orientation), which already is the
+Geometry comes from the header's best affine (nibabel's ``get_best_affine``: the sform when ``sform_code >
+0``,
+else the qform when ``qform_code > 0``, else the pixdim-only fallback without orientation), which already is
+the
 jaxreg convention: RAS+ world in mm, integer index at the voxel centre.
 
 On-disk layouts (NIfTI dimensions ``dim[1..]``, first axis fastest, as nibabel returns them):
@@ -22,7 +24,8 @@ intent ``NIFTI_INTENT_VECTOR`` (1007), the layout ITK, SimpleITK and ANTs use fo
 sform and the qform to the same geometry with the same code (default 1, scanner anatomical, as ITK writes), so
 nibabel, ITK and ANTs read one geometry. A grid with shear cannot be stored in a qform; the qform then holds
 the nearest rotation-and-zoom geometry and only the sform is exact (ITK cannot represent shear either). The
-header stores the affine in float32, so a saved grid reads back to float32 precision (about 1e-7 relative, e.g.
+header stores the affine in float32, so a saved grid reads back to float32 precision (about 1e-7 relative,
+e.g.
 1e-5 mm at a 100 mm origin).
 
 Data keep their stored dtype (integer label maps stay integer; scaled data, ``scl_slope != 1``, become float)
@@ -34,7 +37,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +47,13 @@ import numpy as np
 from jaxreg.core.grid import Grid, Image
 from jaxreg.io._atomic import PathLike, atomic_write, split_suffix
 
-__all__ = ["load_image", "load_labels", "save_image", "load_nifti", "nifti_grid", "grid_to_nifti_affine"]
+__all__ = ["grid_to_nifti_affine", "load_image", "load_labels", "load_nifti", "nifti_grid", "save_image"]
 
 NIFTI_INTENT_VECTOR = 1007
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-# -- reading -----------------------------------------------------------------------------------------------------
+# -- reading -------------------------------------------------------------------------------------------------
 def _check_exists(path: PathLike) -> None:
     if not os.path.exists(path):
         raise FileNotFoundError(2, f"{path}: no such file", str(path))
@@ -188,7 +192,8 @@ def load_image(
       path: the file.
       ndim: required number of spatial dimensions, 2 or 3; ``None`` infers it (a single slice ``(X, Y, 1)``
         is 2-D). ``ndim=3`` loads a single slice as a 3-D grid with one voxel along z.
-      channels: load the 4th (or 5th, for ``(X, Y, Z, 1, C)``) dimension as a trailing channel axis. When False
+      channels: load the 4th (or 5th, for ``(X, Y, Z, 1, C)``) dimension as a trailing channel axis. When
+      False
         (default) such files raise unless that dimension has size 1.
       dtype: NumPy/JAX dtype of ``data``; default the stored dtype (after scaling), as far as JAX allows.
 
@@ -255,7 +260,7 @@ def load_labels(path: PathLike, *, ndim: int | None = None, dtype: Any = jnp.int
     return Image(_to_jax(data, dtype, path), grid)
 
 
-# -- writing -----------------------------------------------------------------------------------------------------
+# -- writing -------------------------------------------------------------------------------------------------
 def grid_to_nifti_affine(grid: Grid) -> np.ndarray:
     """The 4x4 NIfTI affine of a 2-D or 3-D grid (a 2-D grid gets a unit z axis at z = 0)."""
     a = grid.affine
@@ -286,7 +291,9 @@ def _storage_dtype(data: np.ndarray, dtype: Any) -> np.dtype:
     return d
 
 
-def make_nifti(data: np.ndarray, affine: np.ndarray, *, dtype: np.dtype, xform_code: int, intent: int = 0) -> Any:
+def make_nifti(
+    data: np.ndarray, affine: np.ndarray, *, dtype: np.dtype, xform_code: int, intent: int = 0
+) -> Any:
     """A ``nibabel.Nifti1Image`` with sform and qform both set to ``affine`` with ``xform_code``."""
     import nibabel as nib
 
@@ -314,7 +321,8 @@ def save_image(
     """Write an :class:`Image` as NIfTI-1 (``.nii`` or ``.nii.gz``), atomically.
 
     Args:
-      image: 2-D or 3-D image; ``data`` ``(*grid.shape)`` or ``(*grid.shape, C)``. Channel images are stored as
+      image: 2-D or 3-D image; ``data`` ``(*grid.shape)`` or ``(*grid.shape, C)``. Channel images are stored
+      as
         ``(X, Y, Z, 1, C)`` (``(X, Y, 1, 1, C)`` in 2-D) with intent vector (1007), as ITK/ANTs do.
       path: destination; ``.nii.gz`` is gzip-compressed.
       dtype: stored dtype; default the data's (bool becomes uint8, float16 float32). Converting floats to an
@@ -330,7 +338,9 @@ def save_image(
         raise TypeError(f"image: expected a jaxreg Image, got {type(image).__name__}")
     _check_suffix(path)
     if int(xform_code) not in (1, 2, 3, 4):
-        raise ValueError(f"xform_code: expected 1 (scanner), 2 (aligned), 3 (Talairach) or 4 (MNI), got {xform_code}")
+        raise ValueError(
+            f"xform_code: expected 1 (scanner), 2 (aligned), 3 (Talairach) or 4 (MNI), got {xform_code}"
+        )
     grid = image.grid
     if grid.ndim not in (2, 3):
         raise ValueError(f"image: expected a 2-D or 3-D image, got a {grid.ndim}-D grid")
@@ -349,12 +359,16 @@ def save_image(
         spatial = grid.shape if grid.ndim == 3 else grid.shape + (1,)
         data = data.reshape(spatial + (1, c))
         intent = NIFTI_INTENT_VECTOR
-    nii = make_nifti(data.astype(store, copy=False), grid_to_nifti_affine(grid), dtype=store,
-                     xform_code=xform_code, intent=intent)
+    nii = make_nifti(
+        data.astype(store, copy=False),
+        grid_to_nifti_affine(grid),
+        dtype=store,
+        xform_code=xform_code,
+        intent=intent,
+    )
     atomic_write(path, lambda tmp: nii.to_filename(tmp), inputs=inputs)
 
 
 def is_nifti_path(path: PathLike) -> bool:
     """Whether ``path`` ends in ``.nii`` or ``.nii.gz`` (any case)."""
     return split_suffix(path)[1].lower() in _NIFTI_SUFFIXES
-
