@@ -404,8 +404,5 @@ def test_public_api_documented_and_keyword_only():
         assert inspect.getdoc(fn), f"{name} has no docstring"
         sig = inspect.signature(fn)
         for p in sig.parameters.values():
-            if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.KEYWORD_ONLY:
-                # itk_to_transform's fixed_parameters mirrors ITK's positional (name, params, fixed) triple
-                assert (name, p.name) == ("itk_to_transform", "fixed_parameters"), (
-                    f"{name}({p.name}=) not keyword-only"
-                )
+            if p.default is not inspect.Parameter.empty:
+                assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}({p.name}=) not keyword-only"

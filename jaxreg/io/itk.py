@@ -293,7 +293,7 @@ def _parse_type(name: str, what: str) -> tuple[str, int]:
 
 
 def itk_to_transform(
-    name: str, parameters: Sequence[float], fixed_parameters: Sequence[float] = (), *, what: str = "transform"
+    name: str, parameters: Sequence[float], fixed_parameters: Sequence[float], *, what: str = "transform"
 ) -> Transform:
     """Decode one ITK transform (type name and parameters, LPS) into a jaxreg transform (RAS).
 
