@@ -97,7 +97,7 @@ class BSplineTransform(Transform):
             raise TypeError(f"control_grid: expected a jaxreg Grid, got {type(self.control_grid).__name__}")
         shp = tuple(self.coefficients.shape)
         want = (*self.control_grid.shape, self.control_grid.ndim)
-        if shp and shp != want:
+        if shp and shp[-len(want):] != want:
             raise ValueError(f"coefficients: expected shape {want}, got {shp}")
 
     @classmethod

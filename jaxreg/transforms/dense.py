@@ -53,9 +53,11 @@ def _compose_vox(outer: jax.Array, inner: jax.Array, index: jax.Array) -> jax.Ar
 
 
 def _check_field(displacement: jax.Array, grid: Grid, name: str) -> None:
-    shp = tuple(displacement.shape)
-    if shp and shp != (*grid.shape, grid.ndim):
-        raise ValueError(f"{name}: expected shape {(*grid.shape, grid.ndim)} for {grid}, got {shp}")
+    # leading batch axes are allowed (vmapped or stacked transforms); the trailing axes must match the grid
+    shp = tuple(getattr(displacement, "shape", ()))
+    want = (*grid.shape, grid.ndim)
+    if shp and shp[-len(want):] != want:
+        raise ValueError(f"{name}: expected shape {want} for {grid}, got {shp}")
 
 
 @pytree_dataclass(static=("grid",))

@@ -46,10 +46,10 @@ class Polynomial(Transform):
 
     def __post_init__(self) -> None:
         shp = tuple(self.coefficients.shape)
-        if shp and len(shp) == 2:
-            want = len(monomial_exponents(shp[1], self.order))
-            if shp[0] != want:
-                raise ValueError(f"coefficients: expected ({want}, {shp[1]}) for order {self.order}, got {shp}")
+        if len(shp) >= 2:
+            want = len(monomial_exponents(shp[-1], self.order))
+            if shp[-2] != want:
+                raise ValueError(f"coefficients: expected ({want}, {shp[-1]}) for order {self.order}, got {shp}")
 
     @classmethod
     def identity(

@@ -1,0 +1,43 @@
+"""Optimisation-based registration: objectives, the compiled multi-resolution engine.
+
+:func:`register` is the one iterative entry point: a fixed and a moving image, an initial transform, an
+:class:`Objective` (weighted terms), an optax optimiser, resolution :class:`Level` s and a :class:`Stopping`
+rule; it returns a :class:`RegistrationResult`. :func:`register_many` runs a batch of registrations (pairs or
+weight sweeps) in one vmapped, compiled call.
+"""
+
+from jaxreg.optimize.engine import (
+    Level,
+    LevelResult,
+    RegistrationResult,
+    Stopping,
+    adapt_transform,
+    register,
+    register_many,
+)
+from jaxreg.optimize.objective import (
+    Objective,
+    Term,
+    field_term,
+    objective,
+    regularized_field,
+    similarity_term,
+    transform_term,
+)
+
+__all__ = [
+    "register",
+    "register_many",
+    "Level",
+    "Stopping",
+    "LevelResult",
+    "RegistrationResult",
+    "adapt_transform",
+    "Objective",
+    "Term",
+    "objective",
+    "similarity_term",
+    "field_term",
+    "transform_term",
+    "regularized_field",
+]

@@ -1,0 +1,180 @@
+"""Objectives: explicit weighted sums of similarity, field and transform terms.
+
+An :class:`Objective` is a pytree whose only leaf is the ``weights`` vector, so weights can be traced, vmapped
+(a sweep of regularisation weights in one compiled call) and differentiated; the terms themselves are static
+callables. Three kinds of term exist, distinguished by what they read:
+
+* ``similarity``: ``fn(fixed, warped, mask) -> scalar`` on the fixed grid (fixed and warped moving image
+  arrays ``(*shape[, C])``, ``mask`` ``(*shape)`` weights or ``None``), e.g. ``jaxreg.similarity.lncc(9)``;
+* ``field``: ``fn(field, spacing) -> scalar`` on the regularised dense field (the velocity of a
+  :class:`~jaxreg.transforms.VelocityField`, the displacement of a
+  :class:`~jaxreg.transforms.DisplacementField`, the sampled displacement of any other non-linear
+  transform; linear transforms contribute 0), in mm on its grid, e.g. ``jaxreg.regularizers.diffusion``;
+* ``transform``: ``fn(transform) -> scalar`` on the transform pytree itself (an analytic B-spline bending
+  energy, a landmark distance).
+
+The value is ``sum_k weights[k] * term_k``; lower is better.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxreg.core.grid import Grid
+from jaxreg.transforms.base import LinearTransform, Transform
+from jaxreg.transforms.bspline import BSplineTransform
+from jaxreg.transforms.dense import DisplacementField, VelocityField
+
+__all__ = ["Term", "Objective", "similarity_term", "field_term", "transform_term", "objective", "regularized_field"]
+
+_KINDS = ("similarity", "field", "transform")
+
+
+class Term(NamedTuple):
+    """One term of an objective: a ``kind`` in {"similarity", "field", "transform"}, a ``name`` and ``fn``."""
+
+    kind: str
+    name: str
+    fn: Callable[..., jax.Array]
+
+
+def _term(kind: str, fn: Callable, weight: float, name: str | None) -> tuple[Term, float]:
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable {kind} term, got {type(fn).__name__}")
+    return Term(kind, name or getattr(fn, "__name__", kind), fn), float(weight)
+
+
+def similarity_term(fn: Callable, weight: float = 1.0, *, name: str | None = None) -> tuple[Term, float]:
+    """A similarity term ``fn(fixed, warped, mask) -> scalar`` (lower is better) with its weight."""
+    return _term("similarity", fn, weight, name)
+
+
+def field_term(fn: Callable, weight: float = 1.0, *, name: str | None = None) -> tuple[Term, float]:
+    """A regulariser ``fn(field, spacing) -> scalar`` of the dense field (mm) with its weight."""
+    return _term("field", fn, weight, name)
+
+
+def transform_term(fn: Callable, weight: float = 1.0, *, name: str | None = None) -> tuple[Term, float]:
+    """A term ``fn(transform) -> scalar`` of the transform pytree with its weight."""
+    return _term("transform", fn, weight, name)
+
+
+@jax.tree_util.register_pytree_node_class
+class Objective:
+    """Weighted sum of terms; ``weights`` ``(n_terms,)`` is the only pytree leaf.
+
+    Build it with :func:`objective`. ``objective.replace(weights=w)`` gives the same terms with other weights.
+    """
+
+    def __init__(self, terms: tuple[Term, ...], weights: Any):
+        if not terms:
+            raise ValueError("terms: an objective needs at least one term")
+        for t in terms:
+            if not isinstance(t, Term) or t.kind not in _KINDS:
+                raise ValueError(f"terms: expected Term with kind in {_KINDS}, got {t!r}")
+        if not any(t.kind == "similarity" for t in terms):
+            raise ValueError("terms: an image registration objective needs at least one similarity term")
+        self.terms = tuple(terms)
+        self.weights = weights
+
+    def replace(self, *, weights: Any) -> "Objective":
+        """The same terms with other ``weights`` ``(n_terms,)`` (may be traced or batched)."""
+        return Objective(self.terms, weights)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Term names in order."""
+        return tuple(t.name for t in self.terms)
+
+    def tree_flatten(self):
+        return (self.weights,), self.terms
+
+    @classmethod
+    def tree_unflatten(cls, terms, children):
+        obj = object.__new__(cls)
+        obj.terms = terms
+        obj.weights = children[0]
+        return obj
+
+    def __repr__(self) -> str:
+        return "Objective(" + " + ".join(f"{w} * {t.name}" for t, w in zip(self.terms, np.asarray(self.weights).tolist())) + ")"
+
+    def terms_values(
+        self,
+        transform: Transform,
+        fixed: jax.Array,
+        warped: jax.Array,
+        mask: jax.Array | None,
+        grid: Grid,
+    ) -> jax.Array:
+        """Unweighted value of every term, ``(n_terms,)``.
+
+        Args:
+          transform: the transform being optimised (its dense field is read by field terms).
+          fixed: fixed image array on ``grid``.
+          warped: moving image warped onto ``grid``.
+          mask: optional ``(*grid.shape)`` weights.
+          grid: the fixed grid of this level.
+        """
+        vals = []
+        field = None
+        for t in self.terms:
+            if t.kind == "similarity":
+                vals.append(t.fn(fixed, warped, mask))
+            elif t.kind == "field":
+                if field is None:
+                    field = regularized_field(transform, grid)
+                if field[0] is None:
+                    vals.append(jnp.zeros((), fixed.dtype))
+                else:
+                    vals.append(t.fn(field[0], tuple(float(s) for s in field[1].spacing)))
+            else:
+                vals.append(t.fn(transform))
+        return jnp.stack([jnp.asarray(v, fixed.dtype).reshape(()) for v in vals])
+
+    def __call__(self, transform, fixed, warped, mask, grid) -> jax.Array:
+        """Weighted sum ``sum_k w_k term_k`` (a scalar)."""
+        return jnp.dot(jnp.asarray(self.weights, fixed.dtype), self.terms_values(transform, fixed, warped, mask, grid))
+
+
+def regularized_field(transform: Transform, grid: Grid) -> tuple[jax.Array | None, Grid]:
+    """The dense field that ``field`` terms regularise, and its grid.
+
+    Velocity for a :class:`VelocityField`, displacement for a :class:`DisplacementField` (on their own grids),
+    the displacement sampled on ``grid`` for B-splines and other non-linear transforms, ``None`` for linear
+    transforms. Composites use their last non-linear member.
+    """
+    from jaxreg.transforms.compose import Composite
+
+    if isinstance(transform, Composite):
+        for t in reversed(transform.transforms):
+            if not isinstance(t, LinearTransform):
+                return regularized_field(t, grid)
+        return None, grid
+    if isinstance(transform, LinearTransform):
+        return None, grid
+    if isinstance(transform, VelocityField):
+        return transform.velocity, transform.grid
+    if isinstance(transform, DisplacementField):
+        return transform.displacement, transform.grid
+    if isinstance(transform, BSplineTransform):
+        return transform.sample_displacement(grid), grid
+    return transform.sample_displacement(grid), grid
+
+
+def objective(*terms: tuple[Term, float]) -> Objective:
+    """An :class:`Objective` from ``(term, weight)`` pairs made by the ``*_term`` helpers.
+
+    Example:
+      ``objective(similarity_term(lncc(9)), field_term(diffusion, 0.5))``
+    """
+    for t in terms:
+        if not (isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], Term)):
+            raise ValueError("terms: pass (term, weight) pairs made by similarity_term/field_term/transform_term")
+    return Objective(tuple(t for t, _ in terms), jnp.asarray([w for _, w in terms], jnp.float32))
+
+
