@@ -7,6 +7,7 @@ other, ``backward(forward(x)) = x`` on the fixed domain and ``forward(backward(y
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -50,7 +51,11 @@ def inverse_consistency(
             raise TypeError(f"{name}: expected a jaxreg Transform, got {type(t).__name__}")
         if t.ndim != grid.ndim:
             raise ValueError(f"{name}: a {t.ndim}-D transform cannot be evaluated on a {grid.ndim}-D grid")
-    mask = check_mask(mask, grid.shape)
+    return _inverse_consistency(forward, backward, check_mask(mask, grid.shape), grid=grid, dtype=jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "dtype"))
+def _inverse_consistency(forward, backward, mask, *, grid, dtype):
     x = grid.world_coords(dtype)
     bfx = backward(forward.sample_grid(grid, dtype))
     fbx = forward(backward.sample_grid(grid, dtype))

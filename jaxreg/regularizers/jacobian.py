@@ -11,10 +11,12 @@ spacing and direction), so that a penalty of zero here means no fold is counted 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreg.core.diff import index_gradient
 from jaxreg.core.grid import Grid
@@ -38,8 +40,18 @@ def jacobian_determinant_field(
     """
     n = check_field(u)
     sp, minv = frame(n, spacing, grid)
+    return _det_field(u, spacing=tuple(float(s) for s in sp), minv=_as_static(minv))
+
+
+def _as_static(m: np.ndarray | None) -> tuple[tuple[float, ...], ...] | None:
+    return None if m is None else tuple(tuple(float(v) for v in row) for row in m)
+
+
+@functools.partial(jax.jit, static_argnames=("spacing", "minv"))
+def _det_field(u: jax.Array, *, spacing: tuple[float, ...], minv: Any) -> jax.Array:
+    n = len(spacing)
     g = index_gradient(u, n)  # [..., i, a] per index step along a
-    g = g / jnp.asarray(sp, g.dtype) if minv is None else g @ jnp.asarray(minv, g.dtype)
+    g = g / jnp.asarray(spacing, g.dtype) if minv is None else g @ jnp.asarray(minv, g.dtype)
     return det(g + jnp.eye(n, dtype=g.dtype))
 
 
@@ -74,6 +86,11 @@ def folding(
     n = check_field(u)
     d = jacobian_determinant_field(u, spacing=spacing, grid=grid)
     mask = check_mask(mask, tuple(u.shape[:n]))
+    return _folding(d, mask, eps)
+
+
+@jax.jit
+def _folding(d: jax.Array, mask: jax.Array | None, eps: Any) -> jax.Array:
     h = jax.nn.relu(eps - d)
     return weighted_mean(h * h, mask)
 
@@ -119,5 +136,10 @@ def log_jacobian(
     n = check_field(u)
     d = jacobian_determinant_field(u, spacing=spacing, grid=grid)
     mask = check_mask(mask, tuple(u.shape[:n]))
+    return _log_jacobian(d, mask, eps)
+
+
+@jax.jit
+def _log_jacobian(d: jax.Array, mask: jax.Array | None, eps: Any) -> jax.Array:
     lg = safe_log(d, eps)
     return weighted_mean(lg * lg, mask)

@@ -29,6 +29,7 @@ Fatemi 1992, Vishnevskiy et al., IEEE TMI 2017 (total variation of displacements
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Sequence
 
@@ -102,11 +103,15 @@ def diffusion(
     check_min_size(u, n, 2, "diffusion")
     sp, _ = frame(n, spacing, grid)
     _require_orthonormal(grid, "diffusion")
-    spatial = tuple(u.shape[:n])
-    mask = check_mask(mask, spatial)
+    return _diffusion(u, check_mask(mask, tuple(u.shape[:n])), spacing=tuple(float(s) for s in sp))
+
+
+@functools.partial(jax.jit, static_argnames=("spacing",))
+def _diffusion(u: jax.Array, mask: jax.Array | None, *, spacing: tuple[float, ...]) -> jax.Array:
+    n, sp = len(spacing), spacing
     total = jnp.zeros((), u.dtype)
     for a in range(n):
-        d = (sl(u, a, 1, None) - sl(u, a, 0, -1)) / float(sp[a])
+        d = (sl(u, a, 1, None) - sl(u, a, 0, -1)) / sp[a]
         dens = jnp.sum(d * d, axis=-1)
         w = stencil_weights(mask, _edge_offsets(n, [a], [1]), dens.shape)
         total = total + weighted_mean(dens, w)
@@ -143,17 +148,21 @@ def bending(
     check_min_size(u, n, 3, "bending")
     sp, _ = frame(n, spacing, grid)
     _require_orthonormal(grid, "bending")
-    spatial = tuple(u.shape[:n])
-    mask = check_mask(mask, spatial)
+    return _bending(u, check_mask(mask, tuple(u.shape[:n])), spacing=tuple(float(s) for s in sp))
+
+
+@functools.partial(jax.jit, static_argnames=("spacing",))
+def _bending(u: jax.Array, mask: jax.Array | None, *, spacing: tuple[float, ...]) -> jax.Array:
+    n, sp = len(spacing), spacing
     total = jnp.zeros((), u.dtype)
     for a in range(n):
-        d2 = (sl(u, a, 2, None) - 2.0 * sl(u, a, 1, -1) + sl(u, a, 0, -2)) / float(sp[a] * sp[a])
+        d2 = (sl(u, a, 2, None) - 2.0 * sl(u, a, 1, -1) + sl(u, a, 0, -2)) / (sp[a] * sp[a])
         dens = jnp.sum(d2 * d2, axis=-1)
         w = stencil_weights(mask, _edge_offsets(n, [a], [2]), dens.shape)
         total = total + weighted_mean(dens, w)
         for b in range(a + 1, n):
             da = sl(u, a, 1, None) - sl(u, a, 0, -1)
-            dab = (sl(da, b, 1, None) - sl(da, b, 0, -1)) / float(sp[a] * sp[b])
+            dab = (sl(da, b, 1, None) - sl(da, b, 0, -1)) / (sp[a] * sp[b])
             dens = jnp.sum(dab * dab, axis=-1)
             w = stencil_weights(mask, _edge_offsets(n, [a, b], [1, 1]), dens.shape)
             total = total + 2.0 * weighted_mean(dens, w)
@@ -177,6 +186,16 @@ def forward_jacobian(
     n = check_field(u)
     check_min_size(u, n, 2, "a forward difference")
     sp, minv = frame(n, spacing, grid)
+    return _forward_jacobian(u, spacing=tuple(float(s) for s in sp), minv=_as_static(minv))
+
+
+def _as_static(m: np.ndarray | None) -> tuple[tuple[float, ...], ...] | None:
+    return None if m is None else tuple(tuple(float(v) for v in row) for row in m)
+
+
+@functools.partial(jax.jit, static_argnames=("spacing", "minv"))
+def _forward_jacobian(u: jax.Array, *, spacing: tuple[float, ...], minv: Any) -> jax.Array:
+    n, sp = len(spacing), np.asarray(spacing)
     spatial = tuple(u.shape[:n])
     crop = tuple(slice(0, s - 1) for s in spatial) + (slice(None),)
     cols = [(sl(u, a, 1, None) - sl(u, a, 0, -1))[crop] for a in range(n)]
@@ -224,8 +243,16 @@ def elastic(
       Scalar.
     """
     n = check_field(u)
-    g = forward_jacobian(u, spacing=spacing, grid=grid)
+    check_min_size(u, n, 2, "elastic")
+    sp, minv = frame(n, spacing, grid)
     mask = check_mask(mask, tuple(u.shape[:n]))
+    return _elastic(u, mask, mu, lam, spacing=tuple(float(s) for s in sp), minv=_as_static(minv))
+
+
+@functools.partial(jax.jit, static_argnames=("spacing", "minv"))
+def _elastic(u, mask, mu, lam, *, spacing, minv):
+    n = len(spacing)
+    g = _forward_jacobian(u, spacing=spacing, minv=minv)
     strain = 0.5 * (g + jnp.swapaxes(g, -1, -2))
     div = jnp.trace(g, axis1=-2, axis2=-1)
     dens = mu * jnp.sum(strain * strain, axis=(-2, -1)) + 0.5 * lam * div * div
@@ -262,7 +289,15 @@ def total_variation(
       Scalar.
     """
     n = check_field(u)
-    g = forward_jacobian(u, spacing=spacing, grid=grid)
+    check_min_size(u, n, 2, "total_variation")
+    sp, minv = frame(n, spacing, grid)
     mask = check_mask(mask, tuple(u.shape[:n]))
+    return _total_variation(u, mask, eps, spacing=tuple(float(s) for s in sp), minv=_as_static(minv))
+
+
+@functools.partial(jax.jit, static_argnames=("spacing", "minv"))
+def _total_variation(u, mask, eps, *, spacing, minv):
+    n = len(spacing)
+    g = _forward_jacobian(u, spacing=spacing, minv=minv)
     dens = jnp.sqrt(jnp.sum(g * g, axis=(-2, -1)) + eps)
     return weighted_mean(dens, _forward_weights(mask, n, tuple(g.shape[:n])))
