@@ -65,23 +65,30 @@ def main() -> None:
     coeffs = args.amplitude * jax.random.normal(key, bspline.coefficients.shape)
     bspline = jaxreg.BSplineTransform(coeffs, bspline.control_grid)
     both = jaxreg.compose(affine, bspline)
-    print(f"B-spline: control grid {'x'.join(map(str, bspline.control_grid.shape))}, 20 mm spacing, "
-          f"coefficients ~ N(0, {args.amplitude:g} mm)")
+    print(
+        f"B-spline: control grid {'x'.join(map(str, bspline.control_grid.shape))}, 20 mm spacing, "
+        f"coefficients ~ N(0, {args.amplitude:g} mm)"
+    )
 
     t0 = time.perf_counter()
-    warped = {k: jaxreg.warp(image, t, g, order=1) for k, t in (("affine", affine), ("bspline", bspline),
-                                                                  ("composite", both))}
-    dets = {k: np.asarray(jaxreg.jacobian_determinant(t, g)) for k, t in (("affine", affine),
-                                                                         ("bspline", bspline),
-                                                                         ("composite", both))}
+    warped = {
+        k: jaxreg.warp(image, t, g, order=1)
+        for k, t in (("affine", affine), ("bspline", bspline), ("composite", both))
+    }
+    dets = {
+        k: np.asarray(jaxreg.jacobian_determinant(t, g))
+        for k, t in (("affine", affine), ("bspline", bspline), ("composite", both))
+    }
     dt = time.perf_counter() - t0
     for k, d in dets.items():
         stats(k, d)
     chain = float(np.linalg.det(np.asarray(matrix))) * dets["bspline"]
     interior = tuple(slice(2, s - 2) for s in g.shape)
     rel = np.abs(dets["composite"] - chain)[interior].max() / np.abs(chain[interior]).max()
-    print(f"chain rule: det(M) = {np.linalg.det(np.asarray(matrix)):.4f}; "
-          f"max |det J_AoB - det(M) det J_B| / max|det J| = {rel:.2e} (interior)")
+    print(
+        f"chain rule: det(M) = {np.linalg.det(np.asarray(matrix)):.4f}; "
+        f"max |det J_AoB - det(M) det J_B| / max|det J| = {rel:.2e} (interior)"
+    )
     print(f"time: {dt:.2f} s for three warps and Jacobians (including JIT compilation)")
 
     out = Path(args.output)

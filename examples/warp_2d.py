@@ -34,7 +34,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image", default=None, help="a 2D NIfTI image (default: brain2d/r16 or a phantom)")
     p.add_argument("--max-displacement", type=float, default=8.0, help="largest velocity vector, mm")
-    p.add_argument("--smoothness", type=float, default=12.0, help="Gaussian smoothing of the random field, mm")
+    p.add_argument(
+        "--smoothness", type=float, default=12.0, help="Gaussian smoothing of the random field, mm"
+    )
     args = p.parse_args()
 
     path = Path(args.image) if args.image else DEFAULT_IMAGE
@@ -49,7 +51,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     velocity = random_velocity_field(
-        jax.random.PRNGKey(args.seed), g, smoothness_mm=args.smoothness, max_displacement_mm=args.max_displacement
+        jax.random.PRNGKey(args.seed),
+        g,
+        smoothness_mm=args.smoothness,
+        max_displacement_mm=args.max_displacement,
     )
     phi = velocity.exp()  # DisplacementField of exp(v) on the image grid
     warped = jaxreg.warp(image, phi, g, order=3)  # cubic B-spline interpolation

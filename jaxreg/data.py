@@ -147,7 +147,9 @@ def gaussian_smooth(data: jax.Array, grid: Grid, sigma_mm: float | Sequence[floa
     """
     data = jnp.asarray(data)
     if tuple(data.shape[: grid.ndim]) != grid.shape or data.ndim > grid.ndim + 1:
-        raise ValueError(f"data: expected shape {grid.shape} or {grid.shape + ('C',)}, got {tuple(data.shape)}")
+        raise ValueError(
+            f"data: expected shape {grid.shape} or {grid.shape + ('C',)}, got {tuple(data.shape)}"
+        )
     sig = np.broadcast_to(np.asarray(sigma_mm, dtype=np.float64), (grid.ndim,))
     if np.any(sig < 0) or not np.all(np.isfinite(sig)):
         raise ValueError(f"sigma_mm: expected non-negative finite values, got {sig.tolist()}")
@@ -193,9 +195,13 @@ def random_velocity_field(
     if not isinstance(grid, Grid):
         raise TypeError(f"grid: expected a jaxreg Grid, got {type(grid).__name__}")
     if not smoothness_mm > 0:
-        raise ValueError(f"smoothness_mm: expected a positive standard deviation in mm, got {smoothness_mm!r}")
+        raise ValueError(
+            f"smoothness_mm: expected a positive standard deviation in mm, got {smoothness_mm!r}"
+        )
     if not max_displacement_mm >= 0:
-        raise ValueError(f"max_displacement_mm: expected a non-negative length in mm, got {max_displacement_mm!r}")
+        raise ValueError(
+            f"max_displacement_mm: expected a non-negative length in mm, got {max_displacement_mm!r}"
+        )
     noise = jax.random.normal(key, (*grid.shape, grid.ndim), dtype=dtype)
     v = gaussian_smooth(noise, grid, smoothness_mm)
     norm = jnp.sqrt(jnp.max(jnp.sum(v * v, axis=-1)))

@@ -52,7 +52,9 @@ def pair(tmp_path):
     moving = phantom((24, 28, 20), spacing=(1.0, 1.5, 2.0))
     labels = phantom((24, 28, 20), spacing=(1.0, 1.5, 2.0), labels=True)
     rot = jaxreg.transforms.euler_to_matrix(jnp.deg2rad(jnp.array([0.0, 0.0, 10.0])))
-    fixed_grid = Grid.from_spacing((20, 22, 16), (1.2, 1.8, 2.2), origin=(-11.0, -19.0, -15.0), direction=np.asarray(rot))
+    fixed_grid = Grid.from_spacing(
+        (20, 22, 16), (1.2, 1.8, 2.2), origin=(-11.0, -19.0, -15.0), direction=np.asarray(rot)
+    )
     paths = {
         "moving": tmp_path / "moving.nii.gz",
         "labels": tmp_path / "labels.nii.gz",
@@ -151,8 +153,20 @@ def test_apply_matches_python_on_another_grid(pair, tmp_path, capsys):
     moving, fixed = load_image(pair["moving"]), load_image(pair["fixed"])
     for interp, order in (("linear", 1), ("cubic", 3), ("nearest", 0)):
         out = tmp_path / f"out_{interp}.nii.gz"
-        rc, _, err = run(capsys, "apply", "--fixed", pair["fixed"], "--moving", pair["moving"], "-t", tpath,
-                         "-o", out, "--interp", interp)
+        rc, _, err = run(
+            capsys,
+            "apply",
+            "--fixed",
+            pair["fixed"],
+            "--moving",
+            pair["moving"],
+            "-t",
+            tpath,
+            "-o",
+            out,
+            "--interp",
+            interp,
+        )
         assert rc == 0, err
         got = load_image(out)
         want = jaxreg.warp(moving, read_transform(tpath), fixed.grid, order=order)
@@ -168,7 +182,9 @@ def test_apply_order_follows_ants_and_inverse(pair, tmp_path, capsys):
     write_transform(b, bpath)
     moving, fixed = load_image(pair["moving"]), load_image(pair["fixed"])
     out = tmp_path / "ab.nii.gz"
-    rc, _, err = run(capsys, "apply", "-r", pair["fixed"], "-i", pair["moving"], "-t", apath, "-t", bpath, "-o", out)
+    rc, _, err = run(
+        capsys, "apply", "-r", pair["fixed"], "-i", pair["moving"], "-t", apath, "-t", bpath, "-o", out
+    )
     assert rc == 0, err
     got = np.asarray(load_image(out).data)
     # antsApplyTransforms -t A -t B: the fixed point goes through A first, the moving image is sampled at B(A(x))
@@ -178,7 +194,9 @@ def test_apply_order_follows_ants_and_inverse(pair, tmp_path, capsys):
     assert np.abs(got - np.asarray(other.data)).max() > 0.1
     # [file,1] uses the inverse of a linear transform
     out = tmp_path / "inv.nii.gz"
-    rc, _, err = run(capsys, "apply", "-r", pair["fixed"], "-i", pair["moving"], "-t", f"[{apath}, 1]", "-o", out)
+    rc, _, err = run(
+        capsys, "apply", "-r", pair["fixed"], "-i", pair["moving"], "-t", f"[{apath}, 1]", "-o", out
+    )
     assert rc == 0, err
     want = jaxreg.warp(moving, jaxreg.invert(a), fixed.grid)
     np.testing.assert_allclose(load_image(out).data, want.data, atol=1e-5)
@@ -189,8 +207,9 @@ def test_apply_labels_stay_integer(pair, tmp_path, capsys, flags):
     tpath = tmp_path / "t.mat"
     write_transform(jaxreg.Rigid(jnp.array([0.0, 0.1, 0.0]), jnp.array([0.5, 1.0, 0.0]), jnp.zeros(3)), tpath)
     out = tmp_path / "lab.nii.gz"
-    rc, _, err = run(capsys, "apply", "--fixed", pair["fixed"], "--moving", pair["labels"], "-t", tpath, "-o", out,
-                     *flags)
+    rc, _, err = run(
+        capsys, "apply", "--fixed", pair["fixed"], "--moving", pair["labels"], "-t", tpath, "-o", out, *flags
+    )
     assert rc == 0, err
     got = load_labels(out)
     assert np.issubdtype(np.dtype(nib.load(out).get_data_dtype()), np.integer)
@@ -216,8 +235,18 @@ def test_missing_files_are_one_line_errors(pair, tmp_path, capsys):
         rc, _, err = run(capsys, "apply", *args, "-o", out)
         assert_one_line_error(rc, err, "nope.")
     assert not out.exists()
-    rc, _, err = run(capsys, "apply", "--fixed", pair["fixed"], "--moving", pair["moving"], "-t", t,
-                     "-o", tmp_path / "no_such_dir" / "out.nii.gz")
+    rc, _, err = run(
+        capsys,
+        "apply",
+        "--fixed",
+        pair["fixed"],
+        "--moving",
+        pair["moving"],
+        "-t",
+        t,
+        "-o",
+        tmp_path / "no_such_dir" / "out.nii.gz",
+    )
     assert_one_line_error(rc, err, "no_such_dir")
 
 
@@ -290,7 +319,12 @@ def test_demo_writes_files_and_reports(demo_run):
     for name in ("template.nii.gz", "warped.nii.gz", "field.nii.gz", "demo.png"):
         assert (d / name).is_file(), name
     assert (d / "demo.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in d.iterdir()) == ["demo.png", "field.nii.gz", "template.nii.gz", "warped.nii.gz"]
+    assert sorted(p.name for p in d.iterdir()) == [
+        "demo.png",
+        "field.nii.gz",
+        "template.nii.gz",
+        "warped.nii.gz",
+    ]
     assert "34x40x33 voxels, 6x6x6 mm" in out
     m = re.search(r"max displacement ([\d.]+) mm", out)
     assert m and 3.0 < float(m.group(1)) < 7.0
@@ -304,8 +338,18 @@ def test_demo_field_reproduces_warped_through_apply(demo_run, capsys):
     assert rc == 0
     d = root / "demo_out"
     out = root / "check.nii.gz"
-    rc, _, err = run(capsys, "apply", "--fixed", d / "warped.nii.gz", "--moving", d / "template.nii.gz",
-                     "-t", d / "field.nii.gz", "-o", out)
+    rc, _, err = run(
+        capsys,
+        "apply",
+        "--fixed",
+        d / "warped.nii.gz",
+        "--moving",
+        d / "template.nii.gz",
+        "-t",
+        d / "field.nii.gz",
+        "-o",
+        out,
+    )
     assert rc == 0, err
     np.testing.assert_allclose(load_image(out).data, load_image(d / "warped.nii.gz").data, atol=1e-5)
 
@@ -348,12 +392,22 @@ def test_subprocess_exit_codes(tmp_path):
     small = tmp_path / "small.nii.gz"
     save_image(phantom((8, 9, 7)), small)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    ok = subprocess.run([sys.executable, "-m", "jaxreg.cli", "info", str(small)], capture_output=True, text=True,
-                        env=env, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "jaxreg.cli", "info", str(small)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "8 x 9 x 7 (3-D)" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "jaxreg.cli.main", "info", str(tmp_path / "missing.nii")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "jaxreg.cli.main", "info", str(tmp_path / "missing.nii")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("jaxreg: error: ")
@@ -369,11 +423,35 @@ def test_examples_run(tmp_path):
     img = tmp_path / "small2d.nii.gz"
     save_image(phantom((48, 40), spacing=2.0), img)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, str(REPO / "examples" / "warp_2d.py"), "-o", str(tmp_path / "ex"),
-                        "--image", str(img)], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "warp_2d.py"),
+            "-o",
+            str(tmp_path / "ex"),
+            "--image",
+            str(img),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "det J in [" in r.stdout and (tmp_path / "ex" / "warp_2d.png").is_file()
-    r = subprocess.run([sys.executable, str(REPO / "examples" / "transforms_3d.py"), "-o", str(tmp_path / "ex"),
-                        "--resolution", "8"], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "transforms_3d.py"),
+            "-o",
+            str(tmp_path / "ex"),
+            "--resolution",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "chain rule" in r.stdout and (tmp_path / "ex" / "transforms_3d.png").is_file()

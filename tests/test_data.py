@@ -48,7 +48,9 @@ def test_gaussian_smooth_matches_scipy_inside_and_keeps_constants():
     sigma_mm = 3.0
     got = np.asarray(data.gaussian_smooth(jnp.asarray(x), grid, sigma_mm))
     want = ndi.gaussian_filter(x, sigma_mm / grid.spacing, truncate=4.0, mode="constant")
-    inner = tuple(slice(int(np.ceil(4 * sigma_mm / s)) + 1, -int(np.ceil(4 * sigma_mm / s)) - 1) for s in grid.spacing)
+    inner = tuple(
+        slice(int(np.ceil(4 * sigma_mm / s)) + 1, -int(np.ceil(4 * sigma_mm / s)) - 1) for s in grid.spacing
+    )
     np.testing.assert_allclose(got[inner], want[inner], atol=1e-5)
     ones = data.gaussian_smooth(jnp.ones(grid.shape + (2,)), grid, sigma_mm)  # channels, border renormalised
     np.testing.assert_allclose(ones, 1.0, atol=1e-5)
@@ -73,11 +75,15 @@ def test_random_velocity_field_signature_is_key_first_keyword_only():
 @pytest.mark.parametrize("shape,spacing", [((48, 40), (1.0, 1.5)), ((24, 26, 22), 2.0)])
 def test_random_velocity_field_is_seeded_scaled_and_smooth(shape, spacing):
     grid = Grid.from_spacing(shape, spacing)
-    v = data.random_velocity_field(jax.random.PRNGKey(3), grid, smoothness_mm=8.0, max_displacement_mm=4.0, steps=6)
+    v = data.random_velocity_field(
+        jax.random.PRNGKey(3), grid, smoothness_mm=8.0, max_displacement_mm=4.0, steps=6
+    )
     assert isinstance(v, jaxreg.VelocityField) and v.grid == grid and v.steps == 6
     assert v.velocity.shape == (*shape, len(shape))
     same = data.random_velocity_field(jax.random.PRNGKey(3), grid, smoothness_mm=8.0, max_displacement_mm=4.0)
-    other = data.random_velocity_field(jax.random.PRNGKey(4), grid, smoothness_mm=8.0, max_displacement_mm=4.0)
+    other = data.random_velocity_field(
+        jax.random.PRNGKey(4), grid, smoothness_mm=8.0, max_displacement_mm=4.0
+    )
     np.testing.assert_array_equal(v.velocity, same.velocity)
     assert not np.allclose(v.velocity, other.velocity)
     norms = np.linalg.norm(np.asarray(v.velocity), axis=-1)
@@ -148,7 +154,9 @@ def test_checkerboard_arrays_and_images():
     with pytest.raises(ValueError, match="same shape"):
         checkerboard(a, np.ones((8, 5)))
     with pytest.raises(ValueError, match="same grid"):
-        checkerboard(Image(jnp.zeros((8, 6)), Grid((8, 6))), Image(jnp.zeros((8, 6)), Grid.from_spacing((8, 6), 2.0)))
+        checkerboard(
+            Image(jnp.zeros((8, 6)), Grid((8, 6))), Image(jnp.zeros((8, 6)), Grid.from_spacing((8, 6), 2.0))
+        )
 
 
 def test_show_slices_and_plot_grid(tmp_path):

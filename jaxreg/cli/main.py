@@ -91,7 +91,10 @@ def image_info(path: str | os.PathLike) -> dict[str, Any]:
     if data.size == 0 or n_bad == data.size:
         lo = hi = float("nan")
     elif n_bad:
-        lo, hi = float(np.nanmin(np.where(finite, data, np.nan))), float(np.nanmax(np.where(finite, data, np.nan)))
+        lo, hi = (
+            float(np.nanmin(np.where(finite, data, np.nan))),
+            float(np.nanmax(np.where(finite, data, np.nan))),
+        )
     else:
         lo, hi = data.min().item(), data.max().item()
     n_labels = int(np.unique(data).size) if np.issubdtype(data.dtype, np.integer) else None
@@ -131,7 +134,9 @@ def format_info(info: dict[str, Any]) -> str:
         f"spacing:     {x.join(_fmt(s) for s in info['spacing'])} mm",
         f"orientation: {info['axcodes']} (array axes point towards {', '.join(info['axcodes'])}; RAS+ world)",
         f"origin:      ({', '.join(_fmt(o) for o in info['origin'])}) mm (world position of voxel 0's centre)",
-        "affine:      voxel-to-world, mm (sform_code {}, qform_code {})".format(info["sform_code"], info["qform_code"]),
+        "affine:      voxel-to-world, mm (sform_code {}, qform_code {})".format(
+            info["sform_code"], info["qform_code"]
+        ),
     ]
     for row in info["affine"]:
         lines.append("             [" + " ".join(f"{v:10.4f}" for v in row) + " ]")
@@ -293,9 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    pi = sub.add_parser("info", help="print the geometry and value range of a NIfTI image",
-                        description="Print shape, spacing (mm), orientation codes, origin, the 4x4 voxel-to-world "
-                        "affine, dtype, value range and (integer images) the number of distinct labels.")
+    pi = sub.add_parser(
+        "info",
+        help="print the geometry and value range of a NIfTI image",
+        description="Print shape, spacing (mm), orientation codes, origin, the 4x4 voxel-to-world "
+        "affine, dtype, value range and (integer images) the number of distinct labels.",
+    )
     pi.add_argument("image", metavar="IMAGE", help="a .nii or .nii.gz file")
     pi.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     pi.set_defaults(func=cmd_info)
@@ -309,17 +317,39 @@ def build_parser() -> argparse.ArgumentParser:
         "antsRegistration is applied as -t 1Warp.nii.gz -t 0GenericAffine.mat. Transform files: ANTs/ITK .mat, "
         "ITK .tfm/.txt, ITK displacement-field NIfTI. OUT is written atomically and never over an input.",
     )
-    pa.add_argument("--fixed", "-r", required=True, metavar="F", help="reference image: its grid is the output grid")
+    pa.add_argument(
+        "--fixed", "-r", required=True, metavar="F", help="reference image: its grid is the output grid"
+    )
     pa.add_argument("--moving", "-i", required=True, metavar="M", help="image to warp")
-    pa.add_argument("-t", "--transform", action="append", required=True, metavar="T",
-                    help="transform file, repeatable, in ANTs order; [file,1] uses the inverse (linear only)")
+    pa.add_argument(
+        "-t",
+        "--transform",
+        action="append",
+        required=True,
+        metavar="T",
+        help="transform file, repeatable, in ANTs order; [file,1] uses the inverse (linear only)",
+    )
     pa.add_argument("-o", "--output", required=True, metavar="OUT", help="output .nii/.nii.gz")
-    pa.add_argument("--interp", "-n", choices=sorted(_INTERP_ORDER), default=None,
-                    help="interpolation (default linear; nearest on an integer image keeps its labels)")
-    pa.add_argument("--labels", action="store_true",
-                    help="the moving image is a label map: nearest neighbour, integer output")
-    pa.add_argument("--default-value", "-f", type=float, default=0.0, metavar="V",
-                    help="value outside the moving image (default 0)")
+    pa.add_argument(
+        "--interp",
+        "-n",
+        choices=sorted(_INTERP_ORDER),
+        default=None,
+        help="interpolation (default linear; nearest on an integer image keeps its labels)",
+    )
+    pa.add_argument(
+        "--labels",
+        action="store_true",
+        help="the moving image is a label map: nearest neighbour, integer output",
+    )
+    pa.add_argument(
+        "--default-value",
+        "-f",
+        type=float,
+        default=0.0,
+        metavar="V",
+        help="value outside the moving image (default 0)",
+    )
     pa.set_defaults(func=cmd_apply)
 
     pd = sub.add_parser(
@@ -329,14 +359,31 @@ def build_parser() -> argparse.ArgumentParser:
         "stationary-velocity-field diffeomorphism, and write template.nii.gz, warped.nii.gz, field.nii.gz and "
         "demo.png into DIR.",
     )
-    pd.add_argument("-o", "--output", default="jaxreg_demo", metavar="DIR", help="output folder (default ./jaxreg_demo)")
+    pd.add_argument(
+        "-o", "--output", default="jaxreg_demo", metavar="DIR", help="output folder (default ./jaxreg_demo)"
+    )
     pd.add_argument("--seed", type=int, default=0, help="random seed of the deformation (default 0)")
-    pd.add_argument("--resolution", type=_positive_int, default=2, metavar="MM",
-                    help="template voxel size in mm, an integer (default 2; 4 or more for a quick run)")
-    pd.add_argument("--max-displacement", type=_positive_float, default=5.0, metavar="MM",
-                    help="largest velocity vector in mm (default 5)")
-    pd.add_argument("--smoothness", type=_positive_float, default=12.0, metavar="MM",
-                    help="standard deviation of the Gaussian smoothing the random field, mm (default 12)")
+    pd.add_argument(
+        "--resolution",
+        type=_positive_int,
+        default=2,
+        metavar="MM",
+        help="template voxel size in mm, an integer (default 2; 4 or more for a quick run)",
+    )
+    pd.add_argument(
+        "--max-displacement",
+        type=_positive_float,
+        default=5.0,
+        metavar="MM",
+        help="largest velocity vector in mm (default 5)",
+    )
+    pd.add_argument(
+        "--smoothness",
+        type=_positive_float,
+        default=12.0,
+        metavar="MM",
+        help="standard deviation of the Gaussian smoothing the random field, mm (default 12)",
+    )
     pd.set_defaults(func=cmd_demo)
     return p
 
@@ -355,7 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:  # --help and --version
             return int(e.code or 0) if not isinstance(e.code, str) else 2
         if getattr(args, "func", None) is None:
-            print(f"{PROG}: error: a command is required: info, apply or demo (see '{PROG} --help')", file=sys.stderr)
+            print(
+                f"{PROG}: error: a command is required: info, apply or demo (see '{PROG} --help')",
+                file=sys.stderr,
+            )
             return 2
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

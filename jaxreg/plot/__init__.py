@@ -43,7 +43,9 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("jaxreg.plot needs matplotlib: install jaxreg[plot] (pip install 'jaxreg[plot]')") from e
+        raise ImportError(
+            "jaxreg.plot needs matplotlib: install jaxreg[plot] (pip install 'jaxreg[plot]')"
+        ) from e
     if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -149,8 +151,15 @@ def show_slices(
             ax = axes[r, c]
             sl = _slice(data, im.grid.ndim, axis, idx)
             sl = np.swapaxes(sl, 0, 1)  # first kept axis horizontal
-            h = ax.imshow(sl, cmap=cmaps[r], vmin=lo, vmax=hi, origin="lower", aspect=_aspect(im.grid, axis),
-                          interpolation="nearest")
+            h = ax.imshow(
+                sl,
+                cmap=cmaps[r],
+                vmin=lo,
+                vmax=hi,
+                origin="lower",
+                aspect=_aspect(im.grid, axis),
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0 and axis is not None:
