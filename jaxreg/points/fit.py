@@ -37,6 +37,7 @@ All fits are pure ``jnp`` functions of one point set; batch them with ``jax.vmap
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -124,16 +125,18 @@ def _prepare(fixed_points: Any, moving_points: Any, weights: Any, model: str):
 
 
 def _check_values(x: jax.Array, y: jax.Array, w: jax.Array, model: str) -> None:
-    for name, a in (("fixed_points", x), ("moving_points", y), ("weights", w)):
-        if not bool(jnp.all(jnp.isfinite(a))):
+    """Eager checks of concrete inputs, in NumPy (no dispatch or compilation per shape)."""
+    xn, yn, wn = (np.asarray(a, dtype=np.float64) for a in (x, y, w))
+    for name, a in (("fixed_points", xn), ("moving_points", yn), ("weights", wn)):
+        if not np.all(np.isfinite(a)):
             raise ValueError(f"{name}: expected finite values, got NaN or infinity")
-    if bool(jnp.any(w < 0)):
+    if np.any(wn < 0):
         raise ValueError("weights: expected non-negative values")
-    n_pos = int(jnp.sum(w > 0))
+    n_pos = int(np.sum(wn > 0))
     need = min_points(model, x.shape[-1])
     if n_pos < need:
         raise ValueError(f"weights: a {model} fit needs at least {need} points with positive weight, got {n_pos}")
-    fx, fy = (bool(v) for v in _degeneracy(x, y, w, model))
+    fx, fy = _degeneracy(xn, yn, wn, model, xp=np, rtol=_rtol(x.dtype))
     n = x.shape[-1]
     if fx:
         what = {
@@ -161,27 +164,29 @@ def _rtol(dtype: Any) -> float:
     return float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
 
 
-def _degeneracy(x: jax.Array, y: jax.Array, w: jax.Array, model: str) -> tuple[jax.Array, jax.Array]:
+def _degeneracy(x: Any, y: Any, w: Any, model: str, *, xp: Any = jnp, rtol: float | None = None) -> tuple[Any, Any]:
     """Flags ``(fixed degenerate, moving degenerate)`` as boolean scalars (moving: never, for affine).
 
     A point set is degenerate when the singular value of its (weighted, centred) coordinates that the model
-    needs (rigid/similarity: the ``(ndim-1)``-th, affine: the ``ndim``-th) is below ``sqrt(eps)`` times the RMS
-    distance of the points from the world origin (so coincident points far from the origin count too).
+    needs (rigid/similarity: the ``(ndim-1)``-th, affine: the ``ndim``-th) is at most ``sqrt(eps)`` times the RMS
+    distance of the points from the world origin (so coincident points far from the origin count too). ``xp`` is
+    ``jax.numpy`` (traceable) or ``numpy`` (eager checks).
     """
     n = x.shape[-1]
-    m = _moments(x, y, w)
-    rtol = _rtol(x.dtype)
-    sw = jnp.sqrt(m.w)[:, None]
-    sx = jnp.linalg.svd(sw * m.xc, compute_uv=False)
-    sy = jnp.linalg.svd(sw * m.yc, compute_uv=False) if model != "affine" else None
-    tiny = jnp.finfo(x.dtype).tiny
-    ref_x = jnp.sqrt(m.w @ jnp.sum(x * x, -1)) + tiny
-    ref_y = jnp.sqrt(m.w @ jnp.sum(y * y, -1)) + tiny
-    k = n - 1 if model == "affine" else n - 2
-    bad_x = sx[k] <= rtol * ref_x
+    rtol = _rtol(x.dtype) if rtol is None else rtol
+    w = w / xp.sum(w)
+    sw = xp.sqrt(w)[:, None]
+    tiny = np.finfo(np.float32).tiny
+
+    def bad(p: Any, k: int) -> Any:
+        pc = p - w @ p
+        s = xp.linalg.svd(sw * pc, compute_uv=False)
+        ref = xp.sqrt(w @ xp.sum(p * p, -1)) + tiny
+        return s[k] <= rtol * ref
+
     if model == "affine":
-        return bad_x, jnp.zeros((), bool)
-    return bad_x, sy[n - 2] <= rtol * ref_y
+        return bad(x, n - 1), xp.zeros((), bool)
+    return bad(x, n - 2), bad(y, n - 2)
 
 
 def is_degenerate(fixed_points: jax.Array, moving_points: jax.Array, *, model: Model = "rigid",
@@ -261,6 +266,12 @@ def _affine(x: jax.Array, y: jax.Array, w: jax.Array) -> Affine:
 _KERNELS = {"rigid": _rigid, "similarity": _similarity, "affine": _affine}
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def _fit(x: jax.Array, y: jax.Array, w: jax.Array, model: str) -> Any:
+    # One compiled kernel per (shape, dtype, model): eager calls then cost one dispatch, not one per operation.
+    return _KERNELS[model](x, y, w)
+
+
 # -- public fits -----------------------------------------------------------------------------------------------
 def fit_rigid(fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax.Array | None = None) -> Rigid:
     """Least-squares rigid transform with ``T(fixed_i) ~ moving_i`` (Kabsch / orthogonal Procrustes).
@@ -284,7 +295,7 @@ def fit_rigid(fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax
       ValueError: shapes differ or are not ``(N, 2|3)``, too few points, non-finite values, negative weights,
         or (concrete inputs only) a degenerate configuration; the message names the argument.
     """
-    return _KERNELS["rigid"](*_prepare(fixed_points, moving_points, weights, "rigid"))
+    return _fit(*_prepare(fixed_points, moving_points, weights, "rigid"), "rigid")
 
 
 def fit_similarity(
@@ -307,7 +318,7 @@ def fit_similarity(
     Raises:
       ValueError: as :func:`fit_rigid`.
     """
-    return _KERNELS["similarity"](*_prepare(fixed_points, moving_points, weights, "similarity"))
+    return _fit(*_prepare(fixed_points, moving_points, weights, "similarity"), "similarity")
 
 
 def fit_affine(fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax.Array | None = None) -> Affine:
@@ -329,7 +340,7 @@ def fit_affine(fixed_points: jax.Array, moving_points: jax.Array, *, weights: ja
     Raises:
       ValueError: as :func:`fit_rigid`.
     """
-    return _KERNELS["affine"](*_prepare(fixed_points, moving_points, weights, "affine"))
+    return _fit(*_prepare(fixed_points, moving_points, weights, "affine"), "affine")
 
 
 def fit_transform(
@@ -351,4 +362,4 @@ def fit_transform(
       The fitted transform (fixed -> moving).
     """
     _check_model(model)
-    return _KERNELS[model](*_prepare(fixed_points, moving_points, weights, model))
+    return _fit(*_prepare(fixed_points, moving_points, weights, model), model)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg.points.errors import fle_from_fre, fre, registration_errors
-from jaxreg.points.fit import _KERNELS, _check_model, _float, _prepare, Model, min_points
+from jaxreg.points.fit import _KERNELS, Model, _check_model, _fit, _float, _prepare, min_points
 from jaxreg.transforms.base import Transform
 
 __all__ = [
@@ -130,6 +130,12 @@ def predict_tre(
         raise ValueError(f"targets: expected shape (..., {n}) world mm, got {tuple(r.shape)}")
     if n_pts < min_points(model, n):
         raise ValueError(f"fiducials: a {n}-D {model} fit needs at least {min_points(model, n)} fiducials, got {n_pts}")
+    return _predict(x, r, jnp.asarray(fle_rms, x.dtype), model)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _predict(x: jax.Array, r: jax.Array, fle_rms: jax.Array, model: str) -> jax.Array:
+    n_pts, n = x.shape
     pa = principal_axes(x)
     q = (r - pa.centroid) @ pa.axes.T  # target coordinates along the principal axes
     q2 = q * q
@@ -145,8 +151,7 @@ def predict_tre(
             term = 0.5 * d2 / total
         if model == "similarity":
             term = term + d2 / total / n
-    fle2 = jnp.asarray(fle_rms, x.dtype) ** 2
-    return jnp.sqrt(fle2 / n_pts * (1.0 + term))
+    return jnp.sqrt(fle_rms**2 / n_pts * (1.0 + term))
 
 
 class TRESimulation(NamedTuple):
@@ -257,7 +262,12 @@ def leave_one_out_errors(
             f"fixed_points: leaving one out of a {n}-D {model} fit needs at least {min_points(model, n) + 1} "
             f"fiducials, got {n_pts}"
         )
-    masks = w[None, :] * (1.0 - jnp.eye(n_pts, dtype=w.dtype))
+    return _leave_one_out(x, y, w, model)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _leave_one_out(x, y, w, model):
+    masks = w[None, :] * (1.0 - jnp.eye(x.shape[0], dtype=w.dtype))
     fit = _KERNELS[model]
 
     def one(mask, xi, yi):
@@ -340,14 +350,13 @@ def drop_worst_fiducial(
     r = _float(fixed_targets).astype(x.dtype)
     if r.ndim != 2 or r.shape[-1] != n:
         raise ValueError(f"fixed_targets: expected shape (M, {n}) world mm, got {tuple(r.shape)}")
-    fit = _KERNELS[model]
-    before = fit(x, y, jnp.ones((n_pts,), x.dtype))
+    before = _fit(x, y, jnp.ones((n_pts,), x.dtype), model)
     errors = registration_errors(before, x, y)
     fre_before = jnp.sqrt(jnp.mean(errors**2))
     dropped = int(jnp.argmax(errors))
     keep = np.arange(n_pts) != dropped
     x_after, y_after = _prepare(x[keep], y[keep], None, model)[:2]
-    after = fit(x_after, y_after, jnp.ones((n_pts - 1,), x.dtype))
+    after = _fit(x_after, y_after, jnp.ones((n_pts - 1,), x.dtype), model)
     fre_after = fre(after, x_after, y_after)
     if fle_rms is None:
         fle = fle_from_fre(fre_before, n_pts, ndim=n, model=model)
