@@ -1,0 +1,50 @@
+"""Similarity metrics (image-matching terms of a registration objective).
+
+Every metric compares a fixed image ``F`` with a moving image ``M`` that has already been resampled on the
+fixed grid (pull warping: ``M = warp(moving, T, fixed_grid)``), and returns a scalar **loss where lower is
+better**. Conventions shared by all of them:
+
+* Images are ``(*spatial)`` (2D or 3D) or, where stated, channel-last ``(*spatial, C)``; the result keeps the
+  images' float dtype (float32 in, float32 out).
+* ``mask`` (optional, keyword or third positional argument) has the spatial shape; bool or float weights in
+  [0, 1]; voxels of weight 0 do not count and an empty mask gives a finite value, never NaN.
+* Options that change shapes or loops (window, bins, kernel, radius) configure a *factory* that returns the
+  loss function, e.g. ``lncc(window=9)(fixed, moving, mask)``; numeric options (``eps``, ``eta``, intensity
+  ranges) are traced arguments of the loss. Metrics without such options are plain functions
+  (``ssd(fixed, moving, mask)``).
+* All are pure and jitted, differentiable with respect to both images (except the hard ``"box"`` binning),
+  and vmappable over batches of pairs.
+
+=====================  ===========================================  ==========================  ===============
+name                   measure                                      loss                        form
+=====================  ===========================================  ==========================  ===============
+``ssd``, ``mse``       sum / mean of squared differences            >= 0                        function
+``ncc``                global normalised cross-correlation          ``-NCC`` in [-1, 1]         function
+``lncc``               local NCC (box or Gaussian window)           ``-LNCC`` in [-1, 0]        factory
+``mi``, ``nmi``        (normalised) mutual information, Parzen      ``-MI``, ``-NMI``           factory
+``correlation_ratio``  Roche's eta^2(M | F)                         ``1 - eta^2`` in [0, 1]     factory
+``ngf``                normalised gradient fields                   in [0, 1]                   function
+``mind``               SSD of MIND-SSC descriptors                  in [0, 1]                   factory
+=====================  ===========================================  ==========================  ===============
+
+``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors.
+"""
+
+from jaxreg.similarity.intensity import lncc, mse, ncc, ssd
+from jaxreg.similarity.mi import correlation_ratio, joint_histogram, mi, nmi
+from jaxreg.similarity.structure import mind, mind_ssc, ngf, ssc_pairs
+
+__all__ = [
+    "ssd",
+    "mse",
+    "ncc",
+    "lncc",
+    "joint_histogram",
+    "mi",
+    "nmi",
+    "correlation_ratio",
+    "ngf",
+    "mind_ssc",
+    "mind",
+    "ssc_pairs",
+]
