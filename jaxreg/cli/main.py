@@ -5,7 +5,9 @@ Subcommands:
 * ``jaxreg info IMAGE [--json]`` -- geometry and values of a NIfTI image;
 * ``jaxreg apply --fixed F --moving M -t T1 [-t T2 ...] -o OUT`` -- warp an image through transform files
   (``antsApplyTransforms`` order: the moving image is sampled at ``T2(T1(x))``, see :func:`load_transforms`);
-* ``jaxreg demo [-o DIR] [--seed N]`` -- warp the MNI152 template with a random smooth diffeomorphism.
+* ``jaxreg demo [-o DIR] [--seed N]`` -- warp the MNI152 template with a random smooth diffeomorphism;
+* ``jaxreg evaluate`` -- Dice/HD95 of label maps, Jacobian statistics of a transform (:mod:`jaxreg.cli.evaluate`);
+* ``jaxreg landmarks`` -- fit a rigid/similarity/affine transform to landmark files (:mod:`jaxreg.cli.landmarks`).
 
 User errors (missing or unreadable files, bad arguments, anything jaxreg raises as ``ValueError`` or
 ``OSError``) print one line ``jaxreg: error: ...`` on stderr and exit with status 2; ``--debug`` shows the
@@ -385,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="standard deviation of the Gaussian smoothing the random field, mm (default 12)",
     )
     pd.set_defaults(func=cmd_demo)
+
+    from jaxreg.cli import evaluate, landmarks  # subcommands kept in their own modules
+
+    evaluate.add_parser(sub)
+    landmarks.add_parser(sub)
     return p
 
 
@@ -403,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(e.code or 0) if not isinstance(e.code, str) else 2
         if getattr(args, "func", None) is None:
             print(
-                f"{PROG}: error: a command is required: info, apply or demo (see '{PROG} --help')",
+                f"{PROG}: error: a command is required: info, apply, demo, evaluate or landmarks (see '{PROG} --help')",
                 file=sys.stderr,
             )
             return 2
