@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.transforms.dense import VelocityField
+from jaxreg.warp.pyramid import smooth_array
 
 __all__ = ["load_mni152", "phantom", "random_velocity_field", "gaussian_smooth"]
 
@@ -119,23 +120,12 @@ def phantom(
 
 
 # -- smoothing and random deformations -------------------------------------------------------------------------
-def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
-    """``(size, size)`` Gaussian smoothing matrix (sigma in voxels), truncated at 4 sigma, rows summing to 1."""
-    i = np.arange(size, dtype=np.float64)
-    d = i[:, None] - i[None, :]
-    if sigma <= 0:
-        return np.eye(size)
-    k = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= 4.0 * sigma + 0.5)
-    # renormalising each row keeps constants constant at the border (no dark rim)
-    return k / k.sum(axis=1, keepdims=True)
-
-
 def gaussian_smooth(data: jax.Array, grid: Grid, sigma_mm: float | Sequence[float]) -> jax.Array:
     """Separable Gaussian smoothing of ``data`` on ``grid`` with a standard deviation in mm.
 
-    ``out = G_0 G_1 ... G_{n-1} data``, one 1D Gaussian per array axis with ``sigma_d = sigma_mm / spacing_d``
-    voxels, truncated at 4 sigma and renormalised at the border (so a constant stays constant). Applied as a
-    dense ``(n_d, n_d)`` matrix per axis: cheap for image-sized axes and differentiable.
+    One 1D Gaussian per array axis with ``sigma_d = sigma_mm / spacing_d`` voxels, truncated at 4 sigma, with
+    edge replication at the border (so a constant stays constant): :func:`jaxreg.warp.pyramid.smooth_array`
+    on an array and its grid.
 
     Args:
       data: ``(*grid.shape)`` or ``(*grid.shape, C)`` array.
@@ -154,13 +144,7 @@ def gaussian_smooth(data: jax.Array, grid: Grid, sigma_mm: float | Sequence[floa
     if np.any(sig < 0) or not np.all(np.isfinite(sig)):
         raise ValueError(f"sigma_mm: expected non-negative finite values, got {sig.tolist()}")
     dt = data.dtype if jnp.issubdtype(data.dtype, jnp.floating) else jnp.float32
-    out = data.astype(dt)
-    for d, (s, sp) in enumerate(zip(grid.shape, grid.spacing)):
-        if sig[d] == 0:
-            continue
-        g = jnp.asarray(_gaussian_matrix(s, sig[d] / sp), dtype=dt)
-        out = jnp.moveaxis(jnp.tensordot(g, out, axes=([1], [d])), 0, d)
-    return out
+    return smooth_array(data.astype(dt), sig / grid.spacing, truncate=4.0)
 
 
 def random_velocity_field(
