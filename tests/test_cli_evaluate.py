@@ -1,5 +1,5 @@
-"""``jaxreg evaluate`` (jaxreg/cli/evaluate.py): parsed with a parser built here exactly as the main parser builds
-its subcommands, and through ``jaxreg.cli.main.main`` once the subcommand is wired in there."""
+"""``jaxreg evaluate`` (jaxreg/cli/evaluate.py): parsed with a parser built here exactly as the main parser
+builds its subcommands, and through ``jaxreg.cli.main.main`` once the subcommand is wired in there."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ GRID = Grid.from_spacing((20, 22, 16), (1.0, 1.5, 2.0), origin=(-10.0, -15.0, -1
 
 @pytest.fixture
 def label_pair(tmp_path):
-    """Two label maps on one anisotropic grid: blocks 1..3 in A; in B block 2 is shifted, 3 is missing, 5 new."""
+    """Two label maps on one anisotropic grid: blocks 1..3 in A; in B block 2 is shifted, 3 is missing,
+    5 is new."""
     a = np.zeros(GRID.shape, np.int16)
     a[2:8, 3:10, 2:7] = 1
     a[10:17, 5:15, 4:12] = 2
@@ -62,7 +63,9 @@ def label_pair(tmp_path):
 
 def test_parser_class_and_defaults():
     p = parser()
-    args = p.parse_args(["evaluate", "--fixed-labels", "a.nii", "--warped-labels", "b.nii", "--labels", "2", "3"])
+    args = p.parse_args(
+        ["evaluate", "--fixed-labels", "a.nii", "--warped-labels", "b.nii", "--labels", "2", "3"]
+    )
     assert args.func is evaluate.run and args.labels == [2, 3]
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     assert isinstance(sub.choices["evaluate"], _Parser)
@@ -73,8 +76,9 @@ def test_parser_class_and_defaults():
 def test_labels_table_and_json(capsys, tmp_path, label_pair):
     pa, pb, a, b = label_pair
     out_json = tmp_path / "metrics.json"
-    rc, out = run(capsys, "--fixed-labels", pa, "--warped-labels", pb, "--labels", 1, 2, 3, 4, 5,
-                  "--json", out_json)
+    rc, out = run(
+        capsys, "--fixed-labels", pa, "--warped-labels", pb, "--labels", 1, 2, 3, 4, 5, "--json", out_json
+    )
     assert rc == 0
     assert "missing in B" in out and "in neither map" in out and "missing in A" in out
     res = json.loads(out_json.read_text())["labels"]
@@ -82,7 +86,9 @@ def test_labels_table_and_json(capsys, tmp_path, label_pair):
     ref_d = np.asarray(dice(a, b, labels=[1, 2, 3, 4, 5]))
     ref_h = np.asarray(hd95_per_label(a, b, labels=[1, 2, 3, 4, 5], spacing=GRID.spacing))
     assert rows[1]["dice"] == pytest.approx(1.0) and rows[1]["hd95_mm"] == pytest.approx(0.0)
-    assert rows[2]["dice"] == pytest.approx(ref_d[1], rel=1e-6) and rows[2]["hd95_mm"] == pytest.approx(ref_h[1])
+    assert rows[2]["dice"] == pytest.approx(ref_d[1], rel=1e-6) and rows[2]["hd95_mm"] == pytest.approx(
+        ref_h[1]
+    )
     assert rows[3]["dice"] == 0.0 and rows[3]["hd95_mm"] is None  # missing in B: Dice 0, HD95 inf -> null
     assert rows[4]["dice"] is None and rows[4]["voxels_fixed"] == 0  # in neither: excluded from the means
     assert res["num_labels_dice"] == 4 and res["mean_dice"] == pytest.approx(np.nanmean(ref_d), rel=1e-6)
@@ -106,13 +112,20 @@ def test_labels_json_formats(capsys, tmp_path, label_pair):
         path = tmp_path / name
         path.write_text(json.dumps(content))
         out_json = tmp_path / f"out_{name}"
-        rc, out = run(capsys, "--fixed-labels", pa, "--warped-labels", pb, "--labels-json", path, "--json", out_json)
+        rc, out = run(
+            capsys, "--fixed-labels", pa, "--warped-labels", pb, "--labels-json", path, "--json", out_json
+        )
         rows = json.loads(out_json.read_text())["labels"]["labels"]
         assert [r["label"] for r in rows] == [2, 1], name
         if name in ("objects.json", "mapping.json"):
             assert rows[0]["name"] == "Two" and "Two" in out
     bad = tmp_path / "bad.json"
-    for content, match in (({"foo": [1, 2]}, "eval_labels"), ([1, 1], "duplicate"), ([1.5], "integer"), ([], "non-empty")):
+    for content, match in (
+        ({"foo": [1, 2]}, "eval_labels"),
+        ([1, 1], "duplicate"),
+        ([1.5], "integer"),
+        ([], "non-empty"),
+    ):
         bad.write_text(json.dumps(content))
         with pytest.raises(ValueError, match=match):
             run(capsys, "--fixed-labels", pa, "--warped-labels", pb, "--labels-json", bad)
@@ -132,8 +145,17 @@ def test_shared_labels_json(capsys, shared_data, tmp_path):
     pa = tmp_path / "a.nii.gz"
     save_image(Image(jnp.asarray(a), grid), pa)
     out_json = tmp_path / "m.json"
-    rc, out = run(capsys, "--fixed-labels", pa, "--warped-labels", pa, "--labels-json",
-                  shared_data / "brain3d" / "labels.json", "--json", out_json)
+    rc, out = run(
+        capsys,
+        "--fixed-labels",
+        pa,
+        "--warped-labels",
+        pa,
+        "--labels-json",
+        shared_data / "brain3d" / "labels.json",
+        "--json",
+        out_json,
+    )
     res = json.loads(out_json.read_text())["labels"]
     assert len(res["labels"]) == 30 and res["num_labels_dice"] == 2 and res["mean_dice"] == 1.0
 
@@ -154,7 +176,9 @@ def test_different_grids_name_both_files(capsys, tmp_path, label_pair):
 
 def test_jacobian_statistics_of_transform_files(capsys, tmp_path, label_pair):
     pa, pb, *_ = label_pair
-    aff = Affine.from_homogeneous(jnp.diag(jnp.array([2.0, 1.0, 1.0, 1.0])), center=jnp.array([1.0, 2.0, 3.0]))
+    aff = Affine.from_homogeneous(
+        jnp.diag(jnp.array([2.0, 1.0, 1.0, 1.0])), center=jnp.array([1.0, 2.0, 3.0])
+    )
     tpath = tmp_path / "affine.mat"
     write_transform(aff, tpath)
     out_json = tmp_path / "jac.json"
@@ -162,7 +186,9 @@ def test_jacobian_statistics_of_transform_files(capsys, tmp_path, label_pair):
     assert rc == 0 and "SDlogJ" in out and "folding" in out
     jac = json.loads(out_json.read_text())["jacobian"]
     assert jac["num_voxels"] == int(np.prod(GRID.shape)) and jac["num_nonpositive"] == 0
-    assert jac["mean"] == pytest.approx(2.0, rel=1e-5) and jac["mean_log"] == pytest.approx(np.log(2), rel=1e-5)
+    assert jac["mean"] == pytest.approx(2.0, rel=1e-5) and jac["mean_log"] == pytest.approx(
+        np.log(2), rel=1e-5
+    )
     assert jac["std_log"] == pytest.approx(0.0, abs=1e-6)
     # a displacement field file with a reflected slab, and a mask: counts restricted to the mask
     u = np.zeros(GRID.shape + (3,), np.float32)
@@ -180,8 +206,19 @@ def test_jacobian_statistics_of_transform_files(capsys, tmp_path, label_pair):
     per_slice = GRID.shape[1] * GRID.shape[2]
     assert jac["num_voxels"] == 7 * per_slice and jac["num_nonpositive"] == 2 * per_slice
     # both parts at once
-    rc, out = run(capsys, "--fixed-labels", pa, "--warped-labels", pb, "--transform", tpath, "--grid", pa,
-                  "--json", out_json)
+    rc, out = run(
+        capsys,
+        "--fixed-labels",
+        pa,
+        "--warped-labels",
+        pb,
+        "--transform",
+        tpath,
+        "--grid",
+        pa,
+        "--json",
+        out_json,
+    )
     both = json.loads(out_json.read_text())
     assert "labels" in both and "jacobian" in both
 
@@ -201,7 +238,15 @@ def test_argument_errors(capsys, tmp_path, label_pair):
     with pytest.raises(ValueError, match="refusing to overwrite"):
         run(capsys, "--fixed-labels", pa, "--warped-labels", pb, "--json", pb)
     with pytest.raises(FileNotFoundError):
-        run(capsys, "--fixed-labels", pa, "--warped-labels", pb, "--json", tmp_path / "no" / "such" / "dir.json")
+        run(
+            capsys,
+            "--fixed-labels",
+            pa,
+            "--warped-labels",
+            pb,
+            "--json",
+            tmp_path / "no" / "such" / "dir.json",
+        )
     with pytest.raises(FileNotFoundError):
         run(capsys, "--fixed-labels", tmp_path / "missing.nii.gz", "--warped-labels", pb)
     # a failed run leaves no partial JSON behind
@@ -236,8 +281,22 @@ def test_main_dispatch_once_plugged(capsys, monkeypatch, tmp_path, label_pair):
     monkeypatch.setattr(cli_main, "build_parser", patched)
     pa, pb, *_ = label_pair
     out_json = tmp_path / "m.json"
-    assert cli_main.main(["evaluate", "--fixed-labels", str(pa), "--warped-labels", str(pb), "--labels", "1",
-                          "--json", str(out_json)]) == 0
+    assert (
+        cli_main.main(
+            [
+                "evaluate",
+                "--fixed-labels",
+                str(pa),
+                "--warped-labels",
+                str(pb),
+                "--labels",
+                "1",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out_json.read_text())["labels"]["labels"][0]["dice"] == pytest.approx(1.0)
     capsys.readouterr()
     other = tmp_path / "other.nii.gz"

@@ -1,5 +1,5 @@
-"""Evaluation metrics: overlap vs NumPy, EDT and surface distances vs ``scipy.ndimage`` on anisotropic grids (both
-the traced JAX path and the concrete host path), TRE, and Jacobian statistics on analytic fields."""
+"""Evaluation metrics: overlap vs NumPy, EDT and surface distances vs ``scipy.ndimage`` on anisotropic grids
+(both the traced JAX path and the concrete host path), TRE, and Jacobian statistics on analytic fields."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from jaxreg import Affine, DisplacementField, Grid, Translation, VelocityField
 from jaxreg.transforms import euler_to_matrix
 
 
-# ---- overlap --------------------------------------------------------------------------------------------------
+# ---- overlap -----------------------------------------------------------------------------------------------
 def np_dice(a, b, lab):
     x, y = a == lab, b == lab
     s = x.sum() + y.sum()
@@ -32,14 +32,14 @@ def test_dice_jaccard_vs_numpy_with_missing_labels():
     a[a == 4] = 0  # label 4 only in b
     labels = [1, 2, 3, 4, 5, 9]  # 9 in neither
     ov = E.overlap(a, b, labels=labels)
-    ref = np.array([np_dice(a, b, l) for l in labels])
+    ref = np.array([np_dice(a, b, lab) for lab in labels])
     np.testing.assert_allclose(ov.dice, ref, rtol=1e-6)
     np.testing.assert_allclose(ov.jaccard, ref / (2 - ref), rtol=1e-6)
     assert float(ov.dice[3]) == 0.0 and np.isnan(float(ov.dice[5]))
     np.testing.assert_array_equal(ov.present_a, [True, True, True, False, True, False])
     np.testing.assert_array_equal(ov.present_b, [True, True, True, True, True, False])
-    np.testing.assert_array_equal(ov.count_a, [np.sum(a == l) for l in labels])
-    np.testing.assert_array_equal(ov.intersection, [np.sum((a == l) & (b == l)) for l in labels])
+    np.testing.assert_array_equal(ov.count_a, [np.sum(a == lab) for lab in labels])
+    np.testing.assert_array_equal(ov.intersection, [np.sum((a == lab) & (b == lab)) for lab in labels])
     # the mean counts the one-sided label as 0 and skips the absent one
     np.testing.assert_allclose(E.mean_dice(a, b, labels=labels), np.nanmean(ref), rtol=1e-6)
     assert np.isnan(float(E.mean_dice(a, b, labels=[9, 10])))
@@ -59,9 +59,9 @@ def test_dice_jit_traced_labels_and_vmap():
     a = jnp.asarray(rng.integers(0, 4, (3, 12, 14)))
     b = jnp.asarray(rng.integers(0, 4, (3, 12, 14)))
     labels = jnp.array([1, 2, 3])
-    f = jax.jit(lambda x, y, l: E.dice(x, y, labels=l))
+    f = jax.jit(lambda x, y, labs: E.dice(x, y, labels=labs))
     out = jax.vmap(lambda x, y: f(x, y, labels))(a, b)
-    loop = np.stack([[np_dice(np.asarray(x), np.asarray(y), l) for l in (1, 2, 3)] for x, y in zip(a, b)])
+    loop = np.stack([[np_dice(np.asarray(x), np.asarray(y), lab) for lab in (1, 2, 3)] for x, y in zip(a, b)])
     np.testing.assert_allclose(out, loop, rtol=1e-6)
 
 
@@ -91,9 +91,10 @@ def test_soft_dice():
     np.testing.assert_allclose(E.soft_dice(p, q, mask=mask)[:3], E.soft_dice(p[:5], q[:5])[:3], rtol=1e-6)
 
 
-# ---- distance transform and surfaces ---------------------------------------------------------------------------
+# ---- distance transform and surfaces -----------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "shape,spacing", [((40,), (0.7,)), ((31, 40), (1.0, 2.5)), ((24, 20, 28), (0.7, 1.3, 2.0)), ((9, 1, 12), 1.5)]
+    "shape,spacing",
+    [((40,), (0.7,)), ((31, 40), (1.0, 2.5)), ((24, 20, 28), (0.7, 1.3, 2.0)), ((9, 1, 12), 1.5)],
 )
 def test_edt_matches_scipy(shape, spacing):
     rng = np.random.default_rng(len(shape))
@@ -102,11 +103,14 @@ def test_edt_matches_scipy(shape, spacing):
     ref = ndi.distance_transform_edt(~features, sampling=spacing)
     got = E.euclidean_distance_transform(features, spacing=spacing)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(E.euclidean_distance_transform(features, spacing=spacing, squared=True), ref**2,
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        E.euclidean_distance_transform(features, spacing=spacing, squared=True), ref**2, rtol=1e-5, atol=1e-4
+    )
     jitted = jax.jit(lambda f: E.euclidean_distance_transform(f, spacing=spacing))
     np.testing.assert_allclose(jitted(features), ref, rtol=1e-6, atol=1e-5)
-    assert np.all(np.isinf(np.asarray(E.euclidean_distance_transform(np.zeros(shape, bool), spacing=spacing))))
+    assert np.all(
+        np.isinf(np.asarray(E.euclidean_distance_transform(np.zeros(shape, bool), spacing=spacing)))
+    )
 
 
 def test_edt_single_feature_and_far_lines():
@@ -126,7 +130,7 @@ def test_surface_matches_scipy_erosion(ndim, connectivity):
     np.testing.assert_array_equal(E.surface(mask, connectivity=connectivity), ref)
 
 
-# ---- surface distances ----------------------------------------------------------------------------------------
+# ---- surface distances -------------------------------------------------------------------------------------
 def reference_surface_distances(a, b, spacing, percentile, connectivity=1, pooled=False):
     """Independent reference: scipy erosion surfaces and scipy EDTs (the MedPy recipe)."""
     st = ndi.generate_binary_structure(a.ndim, connectivity)
@@ -161,11 +165,16 @@ def test_surface_distances_match_scipy_host_and_jit(shape, spacing, pooled):
         host = E.surface_distances(a, b, spacing=spacing, percentile=p, pooled=pooled)
         np.testing.assert_allclose(host, [hd, hdp, assd], rtol=1e-5)
         if p == 95.0:  # the traced (all-JAX) path: one compilation per test
-            traced = jax.jit(lambda x, y: E.surface_distances(x, y, spacing=spacing, percentile=p, pooled=pooled))
+            traced = jax.jit(
+                lambda x, y: E.surface_distances(x, y, spacing=spacing, percentile=p, pooled=pooled)
+            )
             np.testing.assert_allclose(traced(a, b), [hd, hdp, assd], rtol=1e-5)
     np.testing.assert_allclose(E.hausdorff(a, b, spacing=spacing), hd, rtol=1e-5)
-    np.testing.assert_allclose(E.hausdorff(a, b, spacing=spacing, percentile=95, pooled=pooled),
-                               reference_surface_distances(a, b, spacing, 95, pooled=pooled)[1], rtol=1e-5)
+    np.testing.assert_allclose(
+        E.hausdorff(a, b, spacing=spacing, percentile=95, pooled=pooled),
+        reference_surface_distances(a, b, spacing, 95, pooled=pooled)[1],
+        rtol=1e-5,
+    )
     np.testing.assert_allclose(E.average_surface_distance(a, b, spacing=spacing), assd, rtol=1e-5)
 
 
@@ -174,8 +183,9 @@ def test_surface_distances_full_connectivity_and_symmetry():
     sp = (1.2, 0.8, 2.0)
     ref = reference_surface_distances(a, b, sp, 95, connectivity=3)
     np.testing.assert_allclose(E.surface_distances(a, b, spacing=sp, connectivity=3), ref, rtol=1e-5)
-    np.testing.assert_allclose(E.surface_distances(a, b, spacing=sp), E.surface_distances(b, a, spacing=sp),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        E.surface_distances(a, b, spacing=sp), E.surface_distances(b, a, spacing=sp), rtol=1e-6
+    )
     assert np.allclose(E.surface_distances(a, a, spacing=sp), 0.0)
 
 
@@ -221,8 +231,11 @@ def test_per_label_surface_distances():
     for i, lab in enumerate(labels):
         if lab in (3, 6):
             continue
-        np.testing.assert_allclose([res.hausdorff[i], res.percentile[i], res.assd[i]],
-                                   reference_surface_distances(a == lab, b == lab, sp, 95), rtol=1e-5)
+        np.testing.assert_allclose(
+            [res.hausdorff[i], res.percentile[i], res.assd[i]],
+            reference_surface_distances(a == lab, b == lab, sp, 95),
+            rtol=1e-5,
+        )
     assert np.isinf(float(res.percentile[2])) and np.isnan(float(res.percentile[4]))
     np.testing.assert_allclose(E.hd95_per_label(a, b, labels=labels, spacing=sp), res.percentile)
     with pytest.raises(ValueError, match="same shape"):
@@ -243,7 +256,8 @@ def test_distance_argument_errors():
 
 def test_real_brain_labels_hd95(shared_data):
     """HD95 of the 30 aseg structures of subj1 against a copy shifted by (2, -1, 3) voxels: each structure's
-    value equals the scipy reference on three spot-checked labels; all 30 in a few seconds (no compilation)."""
+    value equals the scipy reference on three spot-checked labels; all 30 in a few seconds (no
+    compilation)."""
     from jaxreg.io import load_labels
 
     lab = load_labels(shared_data / "brain3d" / "subj1_aseg.nii.gz")
@@ -263,7 +277,7 @@ def test_real_brain_labels_hd95(shared_data):
     assert elapsed < 60, elapsed
 
 
-# ---- landmarks ------------------------------------------------------------------------------------------------
+# ---- landmarks ---------------------------------------------------------------------------------------------
 def test_target_registration_error():
     p = np.random.default_rng(0).normal(size=(7, 3))
     r = E.target_registration_error(p, p)
@@ -278,18 +292,23 @@ def test_target_registration_error():
         E.target_registration_error(np.zeros((3, 2)), np.zeros((3, 3)))
 
 
-# ---- Jacobian statistics --------------------------------------------------------------------------------------
+# ---- Jacobian statistics -----------------------------------------------------------------------------------
 def test_jacobian_statistics_affine():
     rot = np.asarray(euler_to_matrix(jnp.deg2rad(jnp.array([10.0, 20.0, -30.0]))))
     grid = Grid.from_spacing((10, 12, 8), (1.0, 2.0, 1.5), direction=rot)
     m = rot @ np.diag([2.0, 1.0, 1.0]) @ rot.T  # det 2
-    st = E.jacobian_statistics(Affine.from_homogeneous(jnp.asarray(np.block([[m, np.ones((3, 1))],
-                                                                            [np.zeros((1, 3)), np.ones((1, 1))]]),
-                                                                  jnp.float32)), grid)
+    st = E.jacobian_statistics(
+        Affine.from_homogeneous(
+            jnp.asarray(np.block([[m, np.ones((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]), jnp.float32)
+        ),
+        grid,
+    )
     np.testing.assert_allclose([st.min, st.max, st.mean], 2.0, rtol=1e-5)
     np.testing.assert_allclose(st.mean_log, np.log(2.0), rtol=1e-5)
     assert float(st.std_log) < 1e-6 and float(st.std) < 1e-5
-    assert int(st.num_nonpositive) == 0 and int(st.num_voxels) == 960 and float(st.fraction_nonpositive) == 0.0
+    assert (
+        int(st.num_nonpositive) == 0 and int(st.num_voxels) == 960 and float(st.fraction_nonpositive) == 0.0
+    )
 
 
 def test_jacobian_statistics_counts_analytic_folds():
@@ -326,7 +345,7 @@ def test_jacobian_statistics_smooth_diffeomorphism_and_jit():
     assert 0.0 < float(st.std_log) < 1.0 and abs(float(st.mean) - 1.0) < 0.2
 
 
-# ---- API --------------------------------------------------------------------------------------------------------
+# ---- API ---------------------------------------------------------------------------------------------------
 def test_public_api_documented_and_keyword_only():
     for name in E.__all__:
         obj = getattr(E, name)

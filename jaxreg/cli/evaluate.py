@@ -2,12 +2,12 @@
 
 * ``--fixed-labels A --warped-labels B [--labels L ... | --labels-json FILE]`` prints, per label, Dice and the
   95th-percentile Hausdorff distance (mm, on A's grid), the voxel counts, and the means: mean Dice counts a
-  label missing from one map as 0 and skips labels missing from both; mean HD95 is over labels present in both.
-  Without ``--labels``/``--labels-json`` every non-zero label of either map is evaluated.
+  label missing from one map as 0 and skips labels missing from both; mean HD95 is over labels present in
+  both. Without ``--labels``/``--labels-json`` every non-zero label of either map is evaluated.
 * ``--transform T --grid IMAGE [--mask M]`` prints the statistics of ``det J`` of the transform file ``T`` on
   the grid of ``IMAGE`` (folding count and fraction, min/max/mean, SDlogJ).
-* ``--json OUT`` also writes everything as JSON (atomically; never over an input). Non-finite values (NaN: label
-  in neither map; inf: in one only) are written as ``null``.
+* ``--json OUT`` also writes everything as JSON (atomically; never over an input). Non-finite values
+  (NaN: label in neither map; inf: in one only) are written as ``null``.
 
 Conventions are those of :mod:`jaxreg.evaluation` (surfaces, HD95 = max of the two directed 95th percentiles,
 SDlogJ of ``log det J`` clipped to [1e-9, 1e9]).
@@ -33,7 +33,8 @@ __all__ = ["add_parser", "run", "read_label_list", "evaluate_labels", "evaluate_
 
 _DESCRIPTION = (
     "Evaluate a registration. With --fixed-labels/--warped-labels: Dice and HD95 (mm) per label of two label "
-    "maps on the same grid (e.g. the fixed segmentation and the moving one warped with 'jaxreg apply --labels'). "
+    "maps on the same grid (e.g. the fixed segmentation and the moving one warped with "
+    "'jaxreg apply --labels'). "
     "With --transform/--grid: statistics of the Jacobian determinant of a transform file on an image's grid "
     "(folding, SDlogJ). --json OUT writes the results as JSON."
 )
@@ -48,25 +49,40 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     Returns:
       The new subparser.
     """
-    p = subparsers.add_parser("evaluate", help="Dice/HD95 of label maps and Jacobian statistics of a transform",
-                              description=_DESCRIPTION)
+    p = subparsers.add_parser(
+        "evaluate",
+        help="Dice/HD95 of label maps and Jacobian statistics of a transform",
+        description=_DESCRIPTION,
+    )
     p.add_argument("--fixed-labels", metavar="A", help="reference label map (.nii/.nii.gz)")
     p.add_argument("--warped-labels", metavar="B", help="label map to compare, on the same grid as A")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--labels", nargs="+", type=int, metavar="L",
-                       help="label values to evaluate (default: every non-zero label of A or B)")
-    which.add_argument("--labels-json", metavar="FILE",
-                       help="JSON list of labels: [2, 3, ...], {'eval_labels': [...]}, {'labels': [{'id': 2, "
-                       "'name': ...}, ...]} or {'2': 'name', ...}")
-    p.add_argument("--transform", "-t", metavar="T", help="transform file (ITK/ANTs .mat/.tfm/.txt, field .nii.gz)")
+    which.add_argument(
+        "--labels",
+        nargs="+",
+        type=int,
+        metavar="L",
+        help="label values to evaluate (default: every non-zero label of A or B)",
+    )
+    which.add_argument(
+        "--labels-json",
+        metavar="FILE",
+        help="JSON list of labels: [2, 3, ...], {'eval_labels': [...]}, {'labels': [{'id': 2, "
+        "'name': ...}, ...]} or {'2': 'name', ...}",
+    )
+    p.add_argument(
+        "--transform", "-t", metavar="T", help="transform file (ITK/ANTs .mat/.tfm/.txt, field .nii.gz)"
+    )
     p.add_argument("--grid", metavar="IMAGE", help="image whose grid the Jacobian of T is evaluated on")
-    p.add_argument("--mask", metavar="MASK", help="optional mask on IMAGE's grid restricting the Jacobian statistics")
+    p.add_argument(
+        "--mask", metavar="MASK", help="optional mask on IMAGE's grid restricting the Jacobian statistics"
+    )
     p.add_argument("--json", metavar="OUT", help="also write the results to this JSON file (atomically)")
     p.set_defaults(func=run)
     return p
 
 
-# -- labels -----------------------------------------------------------------------------------------------------
+# -- labels --------------------------------------------------------------------------------------------------
 def _as_label(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{path}: expected integer label values, got {value!r}")
@@ -90,7 +106,8 @@ def read_label_list(path: str | os.PathLike) -> tuple[list[int], dict[int, str]]
       ``(labels, names)``: labels in file order, names by label (possibly empty).
 
     Raises:
-      ValueError: unreadable JSON, an unknown layout, non-integer or duplicate labels (message names the file).
+      ValueError: unreadable JSON, an unknown layout, non-integer or duplicate labels (the message names
+        the file).
     """
     path = os.fspath(path)
     try:
@@ -169,15 +186,17 @@ def evaluate_labels(
         )
     if not np.allclose(ga.affine, gb.affine, rtol=0, atol=1e-4):
         raise ValueError(
-            f"label maps on different grids: {os.fspath(fixed_path)} and {os.fspath(warped_path)} have the same "
-            "shape but different voxel-to-world affines; resample one onto the other's grid first "
+            f"label maps on different grids: {os.fspath(fixed_path)} and {os.fspath(warped_path)} have the "
+            "same shape but different voxel-to-world affines; resample one onto the other's grid first "
             "(jaxreg apply --labels)"
         )
     a, b = np.asarray(a_img.data), np.asarray(b_img.data)
     if labels is None:
         labels = [int(v) for v in np.union1d(np.unique(a), np.unique(b)) if v != 0]
         if not labels:
-            raise ValueError(f"{os.fspath(fixed_path)}, {os.fspath(warped_path)}: no non-zero labels to evaluate")
+            raise ValueError(
+                f"{os.fspath(fixed_path)}, {os.fspath(warped_path)}: no non-zero labels to evaluate"
+            )
     labels = [int(v) for v in labels]
     ov = overlap(a, b, labels=labels)
     hd95 = np.asarray(hd95_per_label(a, b, labels=labels, spacing=tuple(ga.spacing)))
@@ -208,7 +227,9 @@ def evaluate_labels(
 
 
 def evaluate_transform(
-    transform_path: str | os.PathLike, grid_path: str | os.PathLike, mask_path: str | os.PathLike | None = None
+    transform_path: str | os.PathLike,
+    grid_path: str | os.PathLike,
+    mask_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Jacobian-determinant statistics of a transform file on an image's grid (see
     :func:`jaxreg.evaluation.jacobian_statistics`), as plain Python values (non-finite as ``None``)."""
@@ -240,7 +261,7 @@ def evaluate_transform(
     return out
 
 
-# -- text output ------------------------------------------------------------------------------------------------
+# -- text output ---------------------------------------------------------------------------------------------
 def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
@@ -269,7 +290,8 @@ def _format_labels(res: dict[str, Any], names: dict[int, str]) -> str:
         "one map counts as 0)"
     )
     lines.append(
-        f"mean HD95 {_fmt(res['mean_hd95_mm'], '.3f')} mm over {res['num_labels_hd95']} labels present in both maps"
+        f"mean HD95 {_fmt(res['mean_hd95_mm'], '.3f')} mm over {res['num_labels_hd95']} labels present in "
+        "both maps"
     )
     return "\n".join(lines)
 
@@ -285,7 +307,8 @@ def _format_jacobian(res: dict[str, Any]) -> str:
             f"({_fmt(None if frac is None else 100 * frac, '.4f')} %)",
             f"  min / max / mean:     {_fmt(res['min'], '.4g')} / {_fmt(res['max'], '.4g')} / "
             f"{_fmt(res['mean'], '.4g')}",
-            f"  SDlogJ:               {_fmt(res['std_log'], '.4f')} (std of log det J, det clipped to [1e-9, 1e9]; "
+            f"  SDlogJ:               {_fmt(res['std_log'], '.4f')} (std of log det J, det clipped to "
+            "[1e-9, 1e9]; "
             f"mean log det J {_fmt(res['mean_log'], '.4f')})",
         ]
     )
@@ -303,16 +326,32 @@ def run(args: argparse.Namespace) -> int:
     if (args.fixed_labels is None) != (args.warped_labels is None):
         raise ValueError("evaluate: --fixed-labels and --warped-labels go together")
     if (args.transform is None) != (args.grid is None):
-        raise ValueError("evaluate: --transform and --grid go together (the grid comes from the image's header)")
+        raise ValueError(
+            "evaluate: --transform and --grid go together (the grid comes from the image's header)"
+        )
     if args.mask is not None and args.transform is None:
-        raise ValueError("evaluate: --mask restricts the Jacobian statistics; it needs --transform and --grid")
+        raise ValueError(
+            "evaluate: --mask restricts the Jacobian statistics; it needs --transform and --grid"
+        )
     if (args.labels is not None or args.labels_json is not None) and not have_labels:
         raise ValueError("evaluate: --labels/--labels-json need --fixed-labels and --warped-labels")
     if not have_labels and not have_jac:
-        raise ValueError("evaluate: nothing to do; give --fixed-labels A --warped-labels B and/or --transform T "
-                         "--grid IMAGE")
-    inputs = [p for p in (args.fixed_labels, args.warped_labels, args.labels_json, args.transform, args.grid,
-                          args.mask) if p is not None]
+        raise ValueError(
+            "evaluate: nothing to do; give --fixed-labels A --warped-labels B and/or --transform T "
+            "--grid IMAGE"
+        )
+    inputs = [
+        p
+        for p in (
+            args.fixed_labels,
+            args.warped_labels,
+            args.labels_json,
+            args.transform,
+            args.grid,
+            args.mask,
+        )
+        if p is not None
+    ]
     if args.json is not None:
         from jaxreg.io import check_not_input
 

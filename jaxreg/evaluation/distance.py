@@ -10,9 +10,10 @@ Definitions (the MedPy convention, also that of DeepMind's ``surface-distance`` 
   voxel of ``S``, on the grid's (possibly anisotropic) ``spacing``.
 * Directed distances ``D_AB = {d(x, surface(B)) : x in surface(A)}`` and ``D_BA`` likewise.
 * Hausdorff distance ``HD = max(max D_AB, max D_BA)``; the ``p``-th percentile Hausdorff distance (HD95 for
-  ``p = 95``) is ``max(P_p(D_AB), P_p(D_BA))`` by default (as MONAI and DeepMind's ``compute_robust_hausdorff``
-  do, the latter weighting by surfel area) or, with ``pooled=True``, ``P_p(D_AB u D_BA)`` (MedPy's ``hd95``).
-  Percentiles interpolate linearly between order statistics (NumPy's default).
+  ``p = 95``) is ``max(P_p(D_AB), P_p(D_BA))`` by default (as MONAI and DeepMind's
+  ``compute_robust_hausdorff`` do, the latter weighting by surfel area) or, with ``pooled=True``,
+  ``P_p(D_AB u D_BA)`` (MedPy's ``hd95``). Percentiles interpolate linearly between order statistics
+  (NumPy's default).
 * Average symmetric surface distance ``ASSD = (mean D_AB + mean D_BA) / 2`` (MedPy's ``assd``).
 * Empty masks: both empty -> NaN (nothing to compare); exactly one empty -> inf (no surface to reach).
 
@@ -69,7 +70,7 @@ class SurfaceDistances(NamedTuple):
     assd: jax.Array
 
 
-# -- static argument checks --------------------------------------------------------------------------------------
+# -- static argument checks ----------------------------------------------------------------------------------
 def _spacing(spacing: Any, ndim: int) -> tuple[float, ...]:
     if spacing is None:
         raise ValueError("spacing: required (voxel size in mm per array axis), e.g. spacing=grid.spacing")
@@ -103,7 +104,7 @@ def _as_mask(x: Any, name: str) -> jax.Array:
     return x if x.dtype == jnp.bool_ else x != 0
 
 
-# -- distance transform ------------------------------------------------------------------------------------------
+# -- distance transform --------------------------------------------------------------------------------------
 def _first_pass(features: jax.Array, axis: int, h: float) -> jax.Array:
     """Exact squared 1-D distance (mm^2) along ``axis`` to the nearest feature; inf where a line has none."""
     m = features.shape[axis]
@@ -118,7 +119,8 @@ def _first_pass(features: jax.Array, axis: int, h: float) -> jax.Array:
     return jnp.where(d < m, df * df, jnp.inf)
 
 
-_UNROLL = 8  # offsets per while-loop step (3x faster than 1 on CPU; extra offsets beyond m hit the inf padding)
+# offsets per while-loop step (3x faster than 1 on CPU); offsets beyond the axis length hit the inf padding
+_UNROLL = 8
 
 
 def _envelope_pass(f: jax.Array, axis: int, h: float, cap_sq: jax.Array | None) -> jax.Array:
@@ -158,7 +160,9 @@ def _envelope_pass(f: jax.Array, axis: int, h: float, cap_sq: jax.Array | None) 
     return out
 
 
-def _edt_squared(features: jax.Array, spacing: tuple[float, ...], cap_sq: jax.Array | None = None) -> jax.Array:
+def _edt_squared(
+    features: jax.Array, spacing: tuple[float, ...], cap_sq: jax.Array | None = None
+) -> jax.Array:
     f = _first_pass(features, 0, spacing[0])
     for ax in range(1, features.ndim):
         f = _envelope_pass(f, ax, spacing[ax], cap_sq)
@@ -195,8 +199,8 @@ def euclidean_distance_transform(
     """Exact Euclidean distance (mm) from every voxel centre to the nearest ``True`` voxel of ``features``.
 
     Equals ``scipy.ndimage.distance_transform_edt(~features, sampling=spacing)`` (note the negation: SciPy
-    measures the distance to the nearest *zero*), except that it is ``inf`` everywhere when ``features`` has no
-    ``True`` voxel. Jit-able; the method is in the module docstring.
+    measures the distance to the nearest *zero*), except that it is ``inf`` everywhere when ``features``
+    has no ``True`` voxel. Jit-able; the method is in the module docstring.
 
     Args:
       features: boolean (or non-zero = True) array, 1-D to 3-D.
@@ -210,7 +214,7 @@ def euclidean_distance_transform(
     return _edt(features, spacing=_spacing(spacing, features.ndim), squared=bool(squared))
 
 
-# -- surfaces ----------------------------------------------------------------------------------------------------
+# -- surfaces ------------------------------------------------------------------------------------------------
 def _surface(mask: jax.Array, connectivity: int) -> jax.Array:
     n = mask.ndim
     padded = jnp.pad(mask, 1, constant_values=False)
@@ -244,7 +248,7 @@ def surface(mask: jax.Array, *, connectivity: int = 1) -> jax.Array:
     return _surface_jit(mask, connectivity=_connectivity(connectivity, mask.ndim))
 
 
-# -- metrics -----------------------------------------------------------------------------------------------------
+# -- metrics -------------------------------------------------------------------------------------------------
 def _masked_percentile(values: jax.Array, mask: jax.Array, count: jax.Array, p: float) -> jax.Array:
     """Linear-interpolation percentile (NumPy's default) of ``values[mask]``; garbage when ``count == 0``."""
     if p == 100.0:
@@ -300,7 +304,9 @@ def _surface_np(mask: np.ndarray, connectivity: int) -> np.ndarray:
     return mask & ~ndi.binary_erosion(mask, structure=st, border_value=0)
 
 
-def _metrics_host(a: np.ndarray, b: np.ndarray, *, spacing, percentile, connectivity, pooled) -> tuple[float, ...]:
+def _metrics_host(
+    a: np.ndarray, b: np.ndarray, *, spacing, percentile, connectivity, pooled
+) -> tuple[float, ...]:
     """:func:`_metrics` for concrete masks, on the host: the same surfaces (``scipy.ndimage``) and exact
     nearest-surface-voxel distances from k-d trees (``scipy.spatial.cKDTree``) in float64; no compilation.
     Returns ``(hausdorff, percentile, assd)`` as Python floats."""
@@ -367,7 +373,9 @@ def surface_distances(
     """
     a, b = _as_mask(a_mask, "a_mask"), _as_mask(b_mask, "b_mask")
     if a.shape != b.shape:
-        raise ValueError(f"a_mask, b_mask: expected the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"a_mask, b_mask: expected the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     opts = dict(
         spacing=_spacing(spacing, a.ndim),
         percentile=_percentile(percentile),
@@ -380,7 +388,9 @@ def surface_distances(
         if box is None:
             nan = jnp.asarray(jnp.nan, jnp.float32)
             return SurfaceDistances(nan, nan, nan)
-        return SurfaceDistances(*(jnp.asarray(v, jnp.float32) for v in _metrics_host(a_np[box], b_np[box], **opts)))
+        return SurfaceDistances(
+            *(jnp.asarray(v, jnp.float32) for v in _metrics_host(a_np[box], b_np[box], **opts))
+        )
     return _metrics(a, b, **opts)
 
 
@@ -410,7 +420,9 @@ def average_surface_distance(
 
     See :func:`surface_distances`. Returns a float32 scalar: NaN if both masks are empty, inf if one is.
     """
-    return surface_distances(a_mask, b_mask, spacing=spacing, percentile=100.0, connectivity=connectivity).assd
+    return surface_distances(
+        a_mask, b_mask, spacing=spacing, percentile=100.0, connectivity=connectivity
+    ).assd
 
 
 def _label_boxes(x: np.ndarray, labels: np.ndarray) -> dict[int, tuple[slice, ...]]:

@@ -6,10 +6,10 @@ two border layers), in world units, so spacing and orientation are accounted for
 
 SDlogJ convention: ``std(log(clip(det J, 1e-9, 1e9)))`` over the (masked) voxels, with the clipping bounds of
 the Learn2Reg evaluation so that folded voxels give a large finite value instead of NaN. Learn2Reg's script
-(``MDL-UzL/L2R``, ``evaluation/evaluation.py``) differs in three ways that change its numbers: it adds 3 to the
-determinant before clipping (``log(clip(det + 3, ...))``, a quirk that is not the log of the volume change),
-works in voxel units with zero padding, and drops a 2-voxel border. Here the statistic is the standard
-deviation of ``log det J`` itself; compare values across tools only under one convention.
+(``MDL-UzL/L2R``, ``evaluation/evaluation.py``) differs in three ways that change its numbers: it adds 3 to
+the determinant before clipping (``log(clip(det + 3, ...))``, a quirk that is not the log of the volume
+change), works in voxel units with zero padding, and drops a 2-voxel border. Here the statistic is the
+standard deviation of ``log det J`` itself; compare values across tools only under one convention.
 """
 
 from __future__ import annotations

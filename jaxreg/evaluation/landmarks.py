@@ -1,8 +1,8 @@
 """Target registration error of corresponding landmarks (Fitzpatrick, West & Maurer, IEEE TMI 17(5), 1998).
 
-Here the points are given: e.g. fixed landmarks mapped by the registration, ``T(x_i)``, against their annotated
-counterparts ``y_i`` in the moving image, both in world mm. (To map the points through a transform first, see
-``jaxreg.points.tre`` or use ``transform(points)``.)
+Here the points are given: e.g. fixed landmarks mapped by the registration, ``T(x_i)``, against their
+annotated counterparts ``y_i`` in the moving image, both in world mm. (To map the points through a transform
+first, see ``jaxreg.points.tre`` or use ``transform(points)``.)
 """
 
 from __future__ import annotations

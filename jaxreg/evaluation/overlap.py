@@ -55,7 +55,9 @@ def _check_labels(labels: Any) -> jax.Array:
     else:
         arr = np.asarray(labels)
         if arr.ndim != 1 or arr.size == 0:
-            raise ValueError(f"labels: expected a non-empty 1-D sequence of label values, got shape {arr.shape}")
+            raise ValueError(
+                f"labels: expected a non-empty 1-D sequence of label values, got shape {arr.shape}"
+            )
         if not (np.issubdtype(arr.dtype, np.integer) or np.all(np.round(arr) == arr)):
             raise ValueError(f"labels: expected integer label values, got {arr.tolist()}")
         if np.unique(arr).size != arr.size:
@@ -69,7 +71,9 @@ def _check_labels(labels: Any) -> jax.Array:
 def _check_maps(a: Any, b: Any) -> tuple[jax.Array, jax.Array]:
     a, b = jnp.asarray(a), jnp.asarray(b)
     if a.shape != b.shape:
-        raise ValueError(f"a, b: label maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"a, b: label maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     for name, x in (("a", a), ("b", b)):
         if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
             raise ValueError(f"{name}: expected an integer label map, got dtype {x.dtype}")
@@ -168,7 +172,9 @@ def soft_dice(p: jax.Array, q: jax.Array, *, mask: jax.Array | None = None, eps:
     """
     p, q = jnp.asarray(p), jnp.asarray(q)
     if p.shape != q.shape or p.ndim < 2:
-        raise ValueError(f"p, q: expected equal shapes (*spatial, C), got {tuple(p.shape)} and {tuple(q.shape)}")
+        raise ValueError(
+            f"p, q: expected equal shapes (*spatial, C), got {tuple(p.shape)} and {tuple(q.shape)}"
+        )
     dt = jnp.result_type(p.dtype, q.dtype, jnp.float32)
     if mask is not None:
         mask = jnp.asarray(mask)

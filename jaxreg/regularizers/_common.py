@@ -20,7 +20,9 @@ __all__: list[str] = []
 def check_field(u: jax.Array, name: str = "u") -> int:
     """Validate a ``(*spatial, ndim)`` field and return ``ndim``."""
     if not hasattr(u, "shape") or u.ndim < 2:
-        raise ValueError(f"{name}: expected a (*spatial, ndim) displacement field, got shape {getattr(u, 'shape', None)}")
+        raise ValueError(
+            f"{name}: expected a (*spatial, ndim) displacement field, got shape {getattr(u, 'shape', None)}"
+        )
     n = int(u.shape[-1])
     if u.ndim - 1 != n or n not in (1, 2, 3):
         raise ValueError(
@@ -35,7 +37,9 @@ def check_field(u: jax.Array, name: str = "u") -> int:
 def check_min_size(u: jax.Array, ndim: int, need: int, what: str) -> None:
     for ax in range(ndim):
         if u.shape[ax] < need:
-            raise ValueError(f"u: {what} needs at least {need} samples along every axis, got shape {tuple(u.shape)}")
+            raise ValueError(
+                f"u: {what} needs at least {need} samples along every axis, got shape {tuple(u.shape)}"
+            )
 
 
 def frame(
@@ -46,8 +50,8 @@ def frame(
     Returns:
       spacing: ``(ndim,)`` float64 voxel size in mm per array axis.
       minv: ``None`` when array axes are world axes (``spacing`` given, or a grid with identity direction);
-        otherwise the ``(ndim, ndim)`` matrix ``A^-1`` (``A`` the grid's linear part) that maps derivatives per
-        index step to world derivatives: ``dU/dx = dU/di @ A^-1``.
+        otherwise the ``(ndim, ndim)`` matrix ``A^-1`` (``A`` the grid's linear part) that maps
+        derivatives per index step to world derivatives: ``dU/dx = dU/di @ A^-1``.
     """
     if grid is not None:
         if spacing is not None:
@@ -63,7 +67,9 @@ def frame(
     if spacing is None:
         return np.ones(ndim), None
     if isinstance(spacing, jax.core.Tracer):
-        raise TypeError("spacing: expected static Python/NumPy numbers (it fixes the stencil), got a traced array")
+        raise TypeError(
+            "spacing: expected static Python/NumPy numbers (it fixes the stencil), got a traced array"
+        )
     sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (ndim,)).copy()
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"spacing: expected positive finite voxel sizes in mm, got {sp.tolist()}")
@@ -75,7 +81,9 @@ def check_mask(mask: Any, shape: tuple[int, ...]) -> jax.Array | None:
         return None
     mask = jnp.asarray(mask)
     if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"mask: expected shape {tuple(shape)} (the field's spatial shape), got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask: expected shape {tuple(shape)} (the field's spatial shape), got {tuple(mask.shape)}"
+        )
     return mask
 
 
@@ -113,7 +121,7 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
 
 
 def det(j: jax.Array) -> jax.Array:
-    """Determinant of ``(..., n, n)`` matrices, n in 1..3, written out (no LU: exact, fast, differentiable)."""
+    """Determinant of ``(..., n, n)`` matrices, n in 1..3, written out (no LU: exact and differentiable)."""
     n = j.shape[-1]
     if n == 1:
         return j[..., 0, 0]

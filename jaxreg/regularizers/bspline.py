@@ -2,11 +2,13 @@
 
 For ``u(x) = sum_k c_k prod_d beta((x_d - p_{k,d}) / h_d)`` (see :class:`jaxreg.BSplineTransform`; ``t`` below
 is the continuous control-grid index, ``x_d = p_{0,d} + h_d t_d`` along the control grid's axes) every second
-derivative is again a tensor product, ``d^2 u / dx_a dx_b = (1/(h_a h_b)) sum_k c_k prod_d beta^(m_d)(t_d - k_d)``
+derivative is again a tensor product,
+``d^2 u / dx_a dx_b = (1/(h_a h_b)) sum_k c_k prod_d beta^(m_d)(t_d - k_d)``
 with ``m_d`` the number of times ``d`` occurs in ``(a, b)``. Its square integrates *exactly* over a box,
 separably:
 
-``int (d^2 u/dx_a dx_b)^2 dx = prod_d h_d / (h_a h_b)^2 * sum_i c_i^T (G_0^(m_0) x ... x G_{n-1}^(m_{n-1})) c_i``
+``int (d^2 u/dx_a dx_b)^2 dx = prod(h) / (h_a h_b)^2 sum_i c_i^T (G_0^(m_0) x ... x G_{n-1}^(m_{n-1})) c_i``
+(``x`` the Kronecker product, ``c_i`` component ``i`` of the coefficients, flattened)
 
 with the per-axis Gram matrices ``G^(m)[k, l] = int beta^(m)(t - k) beta^(m)(t - l) dt`` over the box's
 interval. ``beta^(m)`` is piecewise polynomial between integer knots, so each Gram entry is computed exactly
@@ -21,7 +23,6 @@ This is the exact integral over the domain, not the sum at control points that N
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,9 @@ def _beta(t: np.ndarray, m: int) -> np.ndarray:
     a = np.abs(t)
     inner, outer = a < 1, (a >= 1) & (a < 2)
     if m == 0:
-        return np.where(inner, (4.0 - 6.0 * a**2 + 3.0 * a**3) / 6.0, np.where(outer, (2.0 - a) ** 3 / 6.0, 0.0))
+        return np.where(
+            inner, (4.0 - 6.0 * a**2 + 3.0 * a**3) / 6.0, np.where(outer, (2.0 - a) ** 3 / 6.0, 0.0)
+        )
     if m == 1:
         s = np.sign(t)
         return np.where(inner, -2.0 * t + 1.5 * t * a, np.where(outer, -0.5 * s * (2.0 - a) ** 2, 0.0))
@@ -92,7 +95,9 @@ def _domain(transform: BSplineTransform, domain: Grid | None) -> tuple[np.ndarra
     if not isinstance(domain, Grid):
         raise TypeError(f"domain: expected a jaxreg Grid, got {type(domain).__name__}")
     if domain.ndim != n or not domain.is_axis_aligned_with(cg):
-        raise ValueError("domain: expected a grid whose axes are aligned with the control grid's (same order)")
+        raise ValueError(
+            "domain: expected a grid whose axes are aligned with the control grid's (same order)"
+        )
     m = cg.inverse_affine @ domain.affine
     first = m[:n, n]
     last = first + np.diag(m[:n, :n]) * (np.asarray(domain.shape) - 1)

@@ -30,8 +30,8 @@ def inverse_consistency(
 ) -> jax.Array:
     """Mean inverse-consistency error ``||b(f(x)) - x||^2 + ||f(b(x)) - x||^2`` over the voxels of ``grid``.
 
-    Both round trips are evaluated at the same points ``x`` (the voxel centres of ``grid``, world mm), which is
-    what the symmetric penalty of Christensen & Johnson does on a common domain; pass the fixed grid when
+    Both round trips are evaluated at the same points ``x`` (the voxel centres of ``grid``, world mm), which
+    is what the symmetric penalty of Christensen & Johnson does on a common domain; pass the fixed grid when
     ``forward`` and ``backward`` share it (the usual case for symmetric or diffeomorphic pairs).
 
     Units: mm^2. Reference: Christensen & Johnson, "Consistent image registration", IEEE TMI 20(7), 2001.
@@ -51,7 +51,9 @@ def inverse_consistency(
             raise TypeError(f"{name}: expected a jaxreg Transform, got {type(t).__name__}")
         if t.ndim != grid.ndim:
             raise ValueError(f"{name}: a {t.ndim}-D transform cannot be evaluated on a {grid.ndim}-D grid")
-    return _inverse_consistency(forward, backward, check_mask(mask, grid.shape), grid=grid, dtype=jnp.dtype(dtype))
+    return _inverse_consistency(
+        forward, backward, check_mask(mask, grid.shape), grid=grid, dtype=jnp.dtype(dtype)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "dtype"))

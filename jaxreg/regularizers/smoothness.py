@@ -1,4 +1,4 @@
-"""Smoothness regularisers of dense displacement fields: diffusion, bending, linear elasticity, total variation.
+"""Smoothness regularisers of dense displacement fields: diffusion, bending, linear elasticity, TV.
 
 Each is a pure function of a displacement field ``u`` of shape ``(*spatial, ndim)`` (world mm, components in
 array-axis order, as :class:`jaxreg.DisplacementField` stores it) and returns the *mean over the domain* of an
@@ -219,7 +219,7 @@ def elastic(
     lam: Any = 1.0,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Linear elastic energy: the mean of ``mu ||eps(u)||_F^2 + lam/2 (div u)^2``, ``eps = (grad u + grad u^T)/2``.
+    """Linear elastic energy: the mean of ``mu ||eps||_F^2 + lam/2 (div u)^2``, ``eps = sym grad u``.
 
     The strain energy density of a homogeneous isotropic linear-elastic solid with Lamé constants ``mu``
     (shear modulus) and ``lam``; rigid motions are free only infinitesimally (a rotation's linearised strain
