@@ -123,8 +123,8 @@ def phantom(
 def gaussian_smooth(data: jax.Array, grid: Grid, sigma_mm: float | Sequence[float]) -> jax.Array:
     """Separable Gaussian smoothing of ``data`` on ``grid`` with a standard deviation in mm.
 
-    One 1D Gaussian per array axis with ``sigma_d = sigma_mm / spacing_d`` voxels, truncated at 4 sigma, with
-    edge replication at the border (so a constant stays constant): :func:`jaxreg.warp.pyramid.smooth_array`
+    One 1D Gaussian per array axis with ``sigma_d = sigma_mm / spacing_d`` voxels, truncated at 4 sigma and
+    renormalised at the border (so a constant stays constant): :func:`jaxreg.warp.pyramid.smooth_array`
     on an array and its grid.
 
     Args:

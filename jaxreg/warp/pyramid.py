@@ -1,8 +1,8 @@
 """Image pyramids: spacing-aware Gaussian smoothing and downsampling onto coarser grids.
 
 Smoothing is separable (one 1-D convolution per axis) with ``sigma`` given in mm and converted to voxels per
-axis, so anisotropic images are smoothed isotropically in physical space. The border is handled by edge
-replication, the convention of ITK's ``DiscreteGaussianImageFilter`` with a zero-flux boundary.
+axis, so anisotropic images are smoothed isotropically in physical space. At the border the kernel is truncated
+to the image and renormalised (normalised convolution), so constants stay constant.
 """
 
 from __future__ import annotations
@@ -28,39 +28,42 @@ def gaussian_kernel(sigma: float, *, truncate: float = 3.0) -> np.ndarray:
     return k / k.sum()
 
 
-def _smoothing_matrix(n: int, taps: np.ndarray) -> np.ndarray:
-    """``(n, n)`` matrix of the 1-D convolution with edge replication (clamped indices)."""
+def _band(n: int, taps: np.ndarray) -> np.ndarray:
+    """``(n, n)`` matrix of the 1-D convolution with ``taps``, truncated at the border (not renormalised)."""
     r = (len(taps) - 1) // 2
-    m = np.zeros((n, n))
     i = np.arange(n)
-    for k, w in enumerate(taps):
-        np.add.at(m, (i, np.clip(i + k - r, 0, n - 1)), w)
-    return m
+    d = i[None, :] - i[:, None] + r
+    return np.where((d >= 0) & (d < len(taps)), taps[np.clip(d, 0, len(taps) - 1)], 0.0)
 
 
 def _conv_axis(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     r = (len(taps) - 1) // 2
     if r == 0:
         return x
+    n = x.shape[axis]
     if len(taps) > 9:
         # long kernels: one dense matrix product per axis (a single op, BLAS speed) instead of many shifts
-        m = jnp.asarray(_smoothing_matrix(x.shape[axis], taps), x.dtype)
+        m = _band(n, taps)
+        m = jnp.asarray(m / m.sum(axis=1, keepdims=True), x.dtype)
         return jnp.moveaxis(jnp.tensordot(m, x, axes=([1], [axis])), 0, axis)
     pad = [(0, 0)] * x.ndim
     pad[axis] = (r, r)
-    xp = jnp.pad(x, pad, mode="edge")
-    n = x.shape[axis]
+    xp = jnp.pad(x, pad)
     out = jnp.zeros_like(x)
-    # sum of shifted copies: XLA fuses this into one pass; cheaper than a generic conv for short kernels
+    # sum of shifted copies (XLA fuses them into one pass), then divide by the weight that fell inside
     for k, w in enumerate(taps):
         out = out + jnp.asarray(w, x.dtype) * jax.lax.slice_in_dim(xp, k, k + n, axis=axis)
-    return out
+    norm = _band(n, taps).sum(axis=1)
+    shape = [1] * x.ndim
+    shape[axis] = n
+    return out / jnp.asarray(norm, x.dtype).reshape(shape)
 
 
 def smooth_array(data: jax.Array, sigma_voxels: Sequence[float], *, truncate: float = 3.0) -> jax.Array:
     """Separable Gaussian smoothing of ``data`` ``(*spatial[, C])`` with per-axis ``sigma_voxels``.
 
-    Edge replication at the border (scipy's ``mode="nearest"``), kernels truncated at ``truncate`` sigma.
+    Kernels are truncated at ``truncate`` sigma; at the border the part of the kernel outside the image is
+    dropped and the rest renormalised, so constants stay constant and border voxels get no extra weight.
     """
     out = data
     for ax, s in enumerate(sigma_voxels):
