@@ -25,8 +25,9 @@ Two implementations of these definitions, tested against each other and against 
   further axis ``a`` takes the lower envelope ``f'(i) = min_j f(j) + (h_a (i - j))^2`` by a vectorised
   brute-force minimum over offsets ``k``, stopped once ``(h_a k)^2`` exceeds every value that could still
   improve (and, for surface distances, an upper bound of the directed Hausdorff distance from 1-D distances
-  along the axes); percentiles by sorting. Cost ``O(N K)`` per pass, ``K`` the largest distance that matters
-  in voxels, plus one XLA compilation per shape.
+  along the axes); percentiles by bisection on the values' bits (exact order statistics without a sort).
+  Cost ``O(N K)`` per pass, ``K`` the largest distance that matters in voxels, plus one XLA compilation per
+  shape.
 * Concrete inputs (the usual evaluation case, and ``jaxreg evaluate``): masks are cropped to the bounding box
   of their union (exact: every surface voxel lies inside it, and outside it is background anyway), surfaces
   come from ``scipy.ndimage.binary_erosion`` and nearest-surface-voxel distances from k-d trees
@@ -161,30 +162,36 @@ def _envelope_pass(f: jax.Array, axis: int, h: float, cap_sq: jax.Array | None) 
 
 
 def _edt_squared(
-    features: jax.Array, spacing: tuple[float, ...], cap_sq: jax.Array | None = None
+    features: jax.Array,
+    spacing: tuple[float, ...],
+    cap_sq: jax.Array | None = None,
+    first: jax.Array | None = None,
 ) -> jax.Array:
-    f = _first_pass(features, 0, spacing[0])
+    f = _first_pass(features, 0, spacing[0]) if first is None else first
     for ax in range(1, features.ndim):
         f = _envelope_pass(f, ax, spacing[ax], cap_sq)
     return f
 
 
-def _axis_bound_sq(features: jax.Array, spacing: tuple[float, ...]) -> jax.Array:
-    """An upper bound of the squared EDT: the smallest squared 1-D distance along any single axis (O(N))."""
-    out = _first_pass(features, 0, spacing[0])
-    for ax in range(1, features.ndim):
-        out = jnp.minimum(out, _first_pass(features, ax, spacing[ax]))
-    return out
-
-
 def _distance_at(queries: jax.Array, features: jax.Array, spacing: tuple[float, ...]) -> jax.Array:
     """Exact distance (mm) to the nearest ``features`` voxel, valid where ``queries`` is True.
 
-    The EDT passes are capped at the largest per-axis bound over the query voxels (an upper bound of the
-    directed Hausdorff distance), so the work follows the distances that matter, not the farthest voxel.
+    Every query's distance is at most its smallest 1-D distance along an axis line (when one of its lines
+    meets a feature). The EDT passes are capped at the largest such finite bound ``C`` over the queries, so
+    the work follows the distances that matter, not the farthest voxel of the array. Capped values ``<= C^2``
+    are exact (module docstring of :func:`_envelope_pass`); if a query (one whose lines meet no feature)
+    ends above ``C^2``, the uncapped transform is computed instead.
     """
-    cap = jnp.max(jnp.where(queries, _axis_bound_sq(features, spacing), 0.0))
-    return jnp.sqrt(_edt_squared(features, spacing, cap))
+    first = _first_pass(features, 0, spacing[0])
+    bound = first
+    for ax in range(1, features.ndim):
+        bound = jnp.minimum(bound, _first_pass(features, ax, spacing[ax]))
+    bound = jnp.where(queries, bound, 0.0)
+    cap = jnp.max(jnp.where(jnp.isfinite(bound), bound, 0.0))
+    capped = _edt_squared(features, spacing, cap, first)
+    exact = jnp.all(jnp.where(queries, capped <= cap, True))
+    full = jax.lax.cond(exact, lambda: capped, lambda: _edt_squared(features, spacing, None, first))
+    return jnp.sqrt(full)
 
 
 @functools.partial(jax.jit, static_argnames=("spacing", "squared"))
@@ -249,16 +256,34 @@ def surface(mask: jax.Array, *, connectivity: int = 1) -> jax.Array:
 
 
 # -- metrics -------------------------------------------------------------------------------------------------
+def _kth_smallest(values: jax.Array, mask: jax.Array, k: jax.Array) -> jax.Array:
+    """The ``k``-th smallest (0-based) of ``values[mask]`` for non-negative floats (inf allowed), exactly.
+
+    Bisection on the IEEE-754 bit patterns, which order non-negative floats like the floats themselves: 31
+    masked counts over the array instead of a sort (several times faster on CPU for large volumes).
+    """
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
+
+    def step(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(mask & (bits <= mid), dtype=jnp.int32) >= k + 1
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, 32, step, (jnp.int32(0), jnp.int32(0x7F800000)))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
+
+
 def _masked_percentile(values: jax.Array, mask: jax.Array, count: jax.Array, p: float) -> jax.Array:
     """Linear-interpolation percentile (NumPy's default) of ``values[mask]``; garbage when ``count == 0``."""
     if p == 100.0:
         return jnp.max(jnp.where(mask, values, -jnp.inf))
-    s = jnp.sort(jnp.where(mask, values, jnp.inf).ravel())
-    pos = (p / 100.0) * (jnp.maximum(count, 1) - 1).astype(jnp.float32)
+    n = jnp.maximum(count, 1)
+    pos = (p / 100.0) * (n - 1).astype(jnp.float32)
     lo = jnp.floor(pos).astype(jnp.int32)
-    hi = jnp.minimum(lo + 1, jnp.maximum(count, 1) - 1)
     frac = pos - lo.astype(jnp.float32)
-    vlo, vhi = s[lo], s[hi]
+    vlo = _kth_smallest(values, mask, lo)
+    vhi = _kth_smallest(values, mask, jnp.minimum(lo + 1, n - 1))
     return jnp.where(frac > 0, vlo + (vhi - vlo) * frac, vlo)
 
 
@@ -280,7 +305,7 @@ def _finish(hd, hdp, assd, na, nb, xp):
 
 @functools.partial(jax.jit, static_argnames=("spacing", "percentile", "connectivity", "pooled"))
 def _metrics(a, b, *, spacing, percentile, connectivity, pooled) -> SurfaceDistances:
-    """All metrics in JAX (for traced inputs): percentiles by sorting."""
+    """All metrics in JAX (for traced inputs)."""
     sa, sb, dab, dba = _directed(a, b, spacing, connectivity)
     na, nb = jnp.sum(sa, dtype=jnp.int32), jnp.sum(sb, dtype=jnp.int32)
     hd = jnp.maximum(jnp.max(jnp.where(sa, dab, -jnp.inf)), jnp.max(jnp.where(sb, dba, -jnp.inf)))
