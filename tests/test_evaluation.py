@@ -210,6 +210,20 @@ def test_surface_distances_known_values_and_empty_masks():
         assert np.all(np.isinf(np.asarray(fn(empty, a))))
 
 
+def test_traced_path_when_axis_bounds_miss():
+    """Query voxels whose axis lines meet no surface voxel of the other mask: the capped EDT cannot vouch for
+    them, so the traced path must fall back to the full transform (here the far point is 14.1 mm away)."""
+    for far in ((10, 10), (1, 1)):
+        a = np.zeros((12, 12), bool)
+        b = np.zeros((12, 12), bool)
+        a[1, 0] = a[far] = True
+        b[0, 0] = True
+        ref = reference_surface_distances(a, b, (1.0, 1.0), 95)
+        traced = jax.jit(lambda x, y: E.surface_distances(x, y, spacing=(1.0, 1.0)))(a, b)
+        np.testing.assert_allclose(traced, ref, rtol=1e-6)
+        np.testing.assert_allclose(E.surface_distances(a, b, spacing=1.0), ref, rtol=1e-6)
+
+
 def test_surface_distances_vmap_equals_loop():
     pairs = [random_shapes((20, 24), seed=s) for s in range(3)]
     a = jnp.asarray(np.stack([p[0] for p in pairs]))
