@@ -37,7 +37,7 @@ from jaxreg.points import (
     simulate_tre,
     tre,
 )
-from jaxreg.transforms import BSplineTransform, DisplacementField, Rigid, invert
+from jaxreg.transforms import DisplacementField, Rigid, invert
 from jaxreg.transforms.linear import Affine, Similarity, rotation_matrix
 from jaxreg.warp import warp
 
@@ -73,7 +73,7 @@ def _points(rng: np.random.Generator, n_pts: int, ndim: int) -> np.ndarray:
     seed=st.integers(0, 2**31 - 1),
     ndim=st.sampled_from([2, 3]),
     model=st.sampled_from(["rigid", "similarity", "affine"]),
-    extra=st.sampled_from([0, 5]),  # few distinct shapes: each compiles the fit once
+    extra=st.integers(0, 6),
 )
 def test_fit_recovers_noiseless_transform_exactly(seed, ndim, model, extra):
     rng = np.random.default_rng(seed)
@@ -82,7 +82,11 @@ def test_fit_recovers_noiseless_transform_exactly(seed, ndim, model, extra):
         n_pts = ndim + 1 + extra
         x = _points(rng, n_pts, ndim)
         y = x @ a.T + b
-        t = FITS[model](x, y)
+        # pad with zero-weight rows to one shape (one compilation per model), whatever the number of points
+        pad = ndim + 7 - n_pts
+        w = np.concatenate([np.ones(n_pts), np.zeros(pad)])
+        junk = rng.normal(scale=100.0, size=(pad, ndim))
+        t = FITS[model](np.concatenate([x, junk]), np.concatenate([y, -junk]), weights=w)
         assert type(t) is {"rigid": Rigid, "similarity": Similarity, "affine": Affine}[model]
         h = np.asarray(t.homogeneous())
         np.testing.assert_allclose(h[:ndim, :ndim], a, atol=1e-9)
@@ -277,28 +281,25 @@ def test_degenerate_configurations_give_nan_under_jit_and_vmap():
         assert all(np.all(np.isnan(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(t)), model
         assert bool(jax.jit(lambda a, b, m=model: is_degenerate(a, b, model=m))(line, good))
         assert not bool(is_degenerate(good, good, model=model))
-    tb = jax.vmap(fit_rigid)(jnp.stack([line, good]), jnp.stack([good, good]))
+    tb = jax.jit(jax.vmap(fit_rigid))(jnp.stack([line, good]), jnp.stack([good, good]))
     assert np.all(np.isnan(np.asarray(tb.translation[0])))
     assert np.all(np.isfinite(np.asarray(tb.translation[1])))
 
 
 # -- jit, vmap -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["rigid", "similarity", "affine"])
-def test_vmap_equals_loop_and_jit_equals_eager(model):
+def test_vmap_equals_loop(model):
+    """A vmapped fit equals a loop of fits. (Eager calls run the same jitted kernel, after eager validation.)"""
     rng = np.random.default_rng(11)
     xs = np.stack([_points(rng, 6, 3) for _ in range(5)]).astype(np.float32)
     ys = (xs + rng.normal(scale=2.0, size=xs.shape)).astype(np.float32)
     ws = rng.uniform(0.5, 1.5, size=(5, 6)).astype(np.float32)
     fit = FITS[model]
-    batched = jax.vmap(lambda a, b, w: fit(a, b, weights=w))(xs, ys, ws)
-    jitted = jax.jit(lambda a, b, w: fit(a, b, weights=w))
+    batched = jax.jit(jax.vmap(lambda a, b, w: fit(a, b, weights=w)))(xs, ys, ws)
     for i in range(5):
-        eager = fit(xs[i], ys[i], weights=ws[i])
         one = jax.tree_util.tree_map(lambda leaf: leaf[i], batched)
+        eager = fit(xs[i], ys[i], weights=ws[i])
         np.testing.assert_allclose(np.asarray(one.homogeneous()), np.asarray(eager.homogeneous()), rtol=1e-5, atol=1e-4)
-        np.testing.assert_allclose(
-            np.asarray(jitted(xs[i], ys[i], ws[i]).homogeneous()), np.asarray(eager.homogeneous()), rtol=1e-5, atol=1e-4
-        )
 
 
 def test_jitted_fit_does_not_recompile():
@@ -489,24 +490,45 @@ def test_landmark_distance_value_and_weights():
 
 
 def test_landmark_distance_gradients(x64):
-    """``jax.grad`` through the landmark term for a linear and two deformable transforms (checked numerically)."""
-    from jax.test_util import check_grads
+    """``jax.grad`` through the landmark term for a linear and a deformable transform.
 
+    Each gradient is checked against a central finite difference along a random direction (float64). (The
+    B-spline FFD differentiates the same way, but compiling its cubic-interpolation gradient costs ~4 s.)
+    """
     rng = np.random.default_rng(19)
     x = rng.uniform(-20, 20, size=(5, 3))
     y = x + rng.normal(scale=3.0, size=x.shape)
-    rigid = Rigid(jnp.asarray([0.1, 0.2, -0.1]), jnp.asarray([1.0, 2.0, 3.0]), jnp.asarray([1.0, 0.0, 0.0]))
-    f_rigid = jax.jit(lambda r, t: landmark_distance(Rigid(r, t, rigid.center), x, y))
-    check_grads(f_rigid, (rigid.rotation, rigid.translation), order=1, modes=["rev"])
     grid = Grid.from_spacing((12, 12, 12), spacing=4.0, origin=(-24.0, -24.0, -24.0))
-    u = jnp.asarray(rng.normal(size=(12, 12, 12, 3)))
-    f_field = jax.jit(lambda d: landmark_distance(DisplacementField(d, grid), x, y))
-    check_grads(f_field, (u,), order=1, modes=["rev"])
-    g = jax.grad(f_field)(u)
-    assert 0 < np.count_nonzero(np.asarray(g)) <= 5 * 8 * 3  # trilinear: 8 voxels per landmark
-    bs = BSplineTransform.identity(grid, 10.0, dtype=jnp.float64)
-    f_spline = jax.jit(lambda c: landmark_distance(BSplineTransform(c, bs.control_grid), x, y))
-    check_grads(f_spline, (bs.coefficients,), order=1, modes=["rev"])
-    # one gradient step on the B-spline coefficients reduces the landmark distance
-    c1 = bs.coefficients - 0.5 * jax.grad(f_spline)(bs.coefficients)
-    assert float(f_spline(c1)) < float(f_spline(bs.coefficients))
+    centre = jnp.asarray([1.0, 0.0, 0.0])
+    cases = {
+        "rigid": (lambda p: Rigid(p[:3], p[3:], centre), jnp.asarray([0.1, 0.2, -0.1, 1.0, 2.0, 3.0])),
+        "field": (lambda u: DisplacementField(u, grid), jnp.asarray(rng.normal(size=(12, 12, 12, 3)))),
+    }
+    for name, (make, params) in cases.items():
+        f = jax.jit(lambda p, make=make: landmark_distance(make(p), x, y))
+        g = np.asarray(jax.grad(f)(params))
+        v = rng.normal(size=params.shape)
+        h = 1e-5
+        fd = (float(f(params + h * v)) - float(f(params - h * v))) / (2 * h)
+        assert np.sum(g * v) == pytest.approx(fd, rel=1e-6, abs=1e-9), name
+        assert float(f(params - 1e-3 * g)) < float(f(params))  # a small gradient step descends
+        if name == "field":
+            assert 0 < np.count_nonzero(g) <= 5 * 8 * 3  # trilinear: 8 voxels per landmark
+
+
+# -- the example ---------------------------------------------------------------------------------------------------
+def test_fiducials_example_runs(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "fiducials.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--trials", "300", "--samples", "500", "-o", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "RMS FRE (mm)" in out and "lowered the FRE in 100.0%" in out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "fiducials.png").is_file()
