@@ -95,7 +95,7 @@ def _folding(d: jax.Array, mask: jax.Array | None, eps: Any) -> jax.Array:
     return weighted_mean(h * h, mask)
 
 
-def safe_log(x: jax.Array, eps: Any = 1e-3) -> jax.Array:
+def safe_log(x: jax.Array, *, eps: Any = 1e-3) -> jax.Array:
     """``log x`` for ``x >= eps``, continued below by its tangent ``log eps + (x - eps) / eps``.
 
     Finite and C^1 for every real ``x`` (including ``x <= 0``), increasing, with slope ``1/eps`` below
@@ -141,5 +141,5 @@ def log_jacobian(
 
 @jax.jit
 def _log_jacobian(d: jax.Array, mask: jax.Array | None, eps: Any) -> jax.Array:
-    lg = safe_log(d, eps)
+    lg = safe_log(d, eps=eps)
     return weighted_mean(lg * lg, mask)
