@@ -256,6 +256,15 @@ def test_per_label_surface_distances():
         E.hd95_per_label(a, b[:-1], labels=labels, spacing=sp)
 
 
+def test_per_label_negative_and_huge_label_values():
+    a = np.zeros((10, 10), np.int64)
+    a[2:5, 2:5], a[6:8, 6:8], a[0:2, 7:9] = 10**9, 3, -4
+    b = np.roll(a, 1, axis=0)
+    hd = E.hd95_per_label(a, b, labels=[10**9, 3, -4, 7], spacing=(1.0, 2.0))
+    np.testing.assert_allclose(hd[:3], 1.0)
+    assert np.isnan(float(hd[3]))
+
+
 def test_distance_argument_errors():
     a = np.ones((5, 5), bool)
     with pytest.raises(ValueError, match="spacing"):

@@ -450,19 +450,22 @@ def average_surface_distance(
     ).assd
 
 
+_MAX_FIND_OBJECTS = 1 << 16  # find_objects allocates one entry per value up to the largest label
+
+
 def _label_boxes(x: np.ndarray, labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
     """Bounding box of every listed label of ``x`` in one pass (``scipy.ndimage.find_objects``)."""
     import scipy.ndimage as ndi
 
     boxes: dict[int, tuple[slice, ...]] = {}
-    pos = labels[labels > 0]
+    pos = labels[(labels > 0) & (labels <= _MAX_FIND_OBJECTS)]
     if pos.size and x.size and x.max() > 0:
         xi = np.where(x > 0, x, 0).astype(np.int64)
         objs = ndi.find_objects(xi, max_label=int(pos.max()))
         for lab in pos:
             if objs[int(lab) - 1] is not None:
                 boxes[int(lab)] = objs[int(lab) - 1]
-    for lab in labels[labels <= 0]:
+    for lab in labels[(labels <= 0) | (labels > _MAX_FIND_OBJECTS)]:  # one pass per label
         m = x == lab
         if m.any():
             idx = np.nonzero(m)
