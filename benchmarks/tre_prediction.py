@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import jax  # noqa: E402
-from scipy.spatial.transform import Rotation  # noqa: E402
+import jax
+from scipy.spatial.transform import Rotation
 
-from jaxreg.points import predict_tre, simulate_tre  # noqa: E402
+from jaxreg.points import predict_tre, simulate_tre
 
 
 def configuration(rng: np.random.Generator, ndim: int, n_targets: int):
@@ -39,18 +39,26 @@ def configuration(rng: np.random.Generator, ndim: int, n_targets: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", type=int, default=4, help="random configurations per (ndim, model) (default 4)")
+    p.add_argument(
+        "--configs", type=int, default=4, help="random configurations per (ndim, model) (default 4)"
+    )
     p.add_argument("--targets", type=int, default=3, help="targets per configuration (default 3)")
-    p.add_argument("--samples", type=int, default=20000, help="Monte Carlo draws per configuration (default 20000)")
+    p.add_argument(
+        "--samples", type=int, default=20000, help="Monte Carlo draws per configuration (default 20000)"
+    )
     p.add_argument("--fle", type=float, default=1.0, help="RMS FLE, mm (default 1)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rng = np.random.default_rng(args.seed)
     key = jax.random.key(args.seed)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; FLE {args.fle} mm RMS; {args.samples} draws per "
-          "configuration; TRE in mm (RMS over draws)")
-    print(f"{'fit':<15}{'N':>3}{'target':>7}{'dist (mm)':>10}{'predicted':>10}{'simulated':>10}{'+-SE':>7}"
-          f"{'ratio':>8}{'within 5%':>10}{'draws/s':>10}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; FLE {args.fle} mm RMS; {args.samples} draws per "
+        "configuration; TRE in mm (RMS over draws)"
+    )
+    print(
+        f"{'fit':<15}{'N':>3}{'target':>7}{'dist (mm)':>10}{'predicted':>10}{'simulated':>10}{'+-SE':>7}"
+        f"{'ratio':>8}{'within 5%':>10}{'draws/s':>10}"
+    )
     worst, count, failures = 0.0, 0, 0
     for ndim, model in ((3, "rigid"), (2, "rigid"), (3, "similarity"), (3, "affine")):
         for _ in range(args.configs):
@@ -69,10 +77,15 @@ def main() -> None:
                 ratio = rms[j] / pred[j]
                 ok = abs(ratio - 1) <= 0.05
                 worst, count, failures = max(worst, abs(ratio - 1)), count + 1, failures + (not ok)
-                print(f"{f'{ndim}-D {model}':<15}{len(fid):>3}{j + 1:>7}{dist[j]:>10.1f}{pred[j]:>10.3f}{rms[j]:>10.3f}"
-                      f"{se[j]:>7.3f}{ratio:>8.3f}{'yes' if ok else 'NO':>10}{rate if j == 0 else float('nan'):>10.0f}"
-                      .replace(" nan", "    "))
-    print(f"{count} comparisons: largest |simulated/predicted - 1| = {100 * worst:.2f}%, {failures} outside 5%")
+                print(
+                    f"{f'{ndim}-D {model}':<15}{len(fid):>3}{j + 1:>7}{dist[j]:>10.1f}{pred[j]:>10.3f}{rms[j]:>10.3f}"
+                    f"{se[j]:>7.3f}{ratio:>8.3f}{'yes' if ok else 'NO':>10}{rate if j == 0 else float('nan'):>10.0f}".replace(
+                        " nan", "    "
+                    )
+                )
+    print(
+        f"{count} comparisons: largest |simulated/predicted - 1| = {100 * worst:.2f}%, {failures} outside 5%"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ import numpy as np
 from jaxreg.points import drop_worst_fiducial, fit_rigid, fle_from_fre, predict_tre, registration_errors
 from jaxreg.transforms import Rigid
 
-SEMI_AXES = np.array([90.0, 110.0, 100.0])  # mm: x left-right, y posterior-anterior, z inferior-superior (RAS)
+SEMI_AXES = np.array(
+    [90.0, 110.0, 100.0]
+)  # mm: x left-right, y posterior-anterior, z inferior-superior (RAS)
 # (name, elevation above the ear plane, azimuth from the right (+x) towards the front (+y)), degrees
 FIDUCIALS = [
     ("forehead", 25, 90),
@@ -89,11 +91,19 @@ def make_trial(mri: np.ndarray, targets: np.ndarray, truth: Rigid, fle: float):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--output", default=None, help="folder for fiducials.png (needs matplotlib); none by default")
+    p.add_argument(
+        "-o", "--output", default=None, help="folder for fiducials.png (needs matplotlib); none by default"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--fle", type=float, default=1.0, help="total RMS fiducial localisation error, mm (default 1)")
-    p.add_argument("--trials", type=int, default=5000, help="simulated registrations for the summary (default 5000)")
-    p.add_argument("--samples", type=int, default=4000, help="Monte Carlo draws per TRE simulation (default 4000)")
+    p.add_argument(
+        "--fle", type=float, default=1.0, help="total RMS fiducial localisation error, mm (default 1)"
+    )
+    p.add_argument(
+        "--trials", type=int, default=5000, help="simulated registrations for the summary (default 5000)"
+    )
+    p.add_argument(
+        "--samples", type=int, default=4000, help="Monte Carlo draws per TRE simulation (default 4000)"
+    )
     args = p.parse_args()
     t0 = time.perf_counter()
 
@@ -108,21 +118,34 @@ def main() -> None:
     k_sim, k_many = jax.random.split(key)
 
     # many independent registrations (vmapped); the first one is examined in detail
-    fre_b, fre_a, tre_b, tre_a, mri_all, trk_all = jax.jit(jax.vmap(trial))(jax.random.split(k_many, args.trials))
+    fre_b, fre_a, tre_b, tre_a, mri_all, trk_all = jax.jit(jax.vmap(trial))(
+        jax.random.split(k_many, args.trials)
+    )
     mri_obs, trk_obs = mri_all[0], trk_all[0]
 
     # -- one registration --------------------------------------------------------------------------------------
     res = drop_worst_fiducial(
-        k_sim, mri_obs, trk_obs, targets, moving_targets=truth(jnp.asarray(targets, jnp.float32)),
-        fle_rms=args.fle, num_samples=args.samples,
+        k_sim,
+        mri_obs,
+        trk_obs,
+        targets,
+        moving_targets=truth(jnp.asarray(targets, jnp.float32)),
+        fle_rms=args.fle,
+        num_samples=args.samples,
     )
     d = res.dropped
     fle_est = float(fle_from_fre(res.fre_before, n))
-    print(f"Head {2 * SEMI_AXES[0]:.0f} x {2 * SEMI_AXES[1]:.0f} x {2 * SEMI_AXES[2]:.0f} mm, {n} skin fiducials, "
-          f"FLE {args.fle:.2f} mm RMS (MRI and tracker), rigid fit MRI -> tracker.")
-    print(f"One registration (seed {args.seed}, the first of the {args.trials} below): per-fiducial FRE (mm):")
+    print(
+        f"Head {2 * SEMI_AXES[0]:.0f} x {2 * SEMI_AXES[1]:.0f} x {2 * SEMI_AXES[2]:.0f} mm, {n} skin fiducials, "
+        f"FLE {args.fle:.2f} mm RMS (MRI and tracker), rigid fit MRI -> tracker."
+    )
+    print(
+        f"One registration (seed {args.seed}, the first of the {args.trials} below): per-fiducial FRE (mm):"
+    )
     print("  " + "  ".join(f"{nm} {e:.2f}" for nm, e in zip(names, np.asarray(res.fiducial_errors))))
-    print(f"The largest is '{names[d]}' ({float(res.fiducial_errors[d]):.2f} mm): drop it and re-register with {n - 1}.")
+    print(
+        f"The largest is '{names[d]}' ({float(res.fiducial_errors[d]):.2f} mm): drop it and re-register with {n - 1}."
+    )
     print(f"(FLE estimated from this FRE: {fle_est:.2f} mm; the table uses the true {args.fle:.2f} mm.)\n")
     print(f"{'':16}{'all ' + str(n):>10}{'worst dropped':>15}{'change':>9}")
     change = 100 * (float(res.fre_after) / float(res.fre_before) - 1)
@@ -131,28 +154,43 @@ def main() -> None:
     print(f"{'target':16}" + f"{'before  after':>19}" * 3)
     for i, (name, _) in enumerate(TARGETS):
         row = f"{name:16}"
-        for b, a in ((res.predicted_tre_before, res.predicted_tre_after),
-                     (res.simulated_tre_before, res.simulated_tre_after), (res.tre_before, res.tre_after)):
+        for b, a in (
+            (res.predicted_tre_before, res.predicted_tre_after),
+            (res.simulated_tre_before, res.simulated_tre_after),
+            (res.tre_before, res.tre_after),
+        ):
             row += f"{float(b[i]):>12.2f}{float(a[i]):>7.2f}"
         print(row)
 
     # -- many registrations ------------------------------------------------------------------------------------
     fre_b, fre_a, tre_b, tre_a = (np.asarray(v, np.float64) for v in (fre_b, fre_a, tre_b, tre_a))
     pred_b = np.asarray(predict_tre(mri, targets, fle_rms=args.fle))
-    pred_a = np.array([np.asarray(predict_tre(np.delete(mri, i, 0), targets, fle_rms=args.fle)) for i in range(n)])
-    print(f"\nOver {args.trials} independent registrations (same layout and FLE), dropping the worst fiducial:")
-    print(f"  lowered the FRE in {100 * np.mean(fre_a < fre_b):.1f}% of them "
-          f"(RMS {np.sqrt(np.mean(fre_b**2)):.2f} -> {np.sqrt(np.mean(fre_a**2)):.2f} mm)")
-    print(f"{'target':16}{'RMS TRE before':>15}{'after':>8}{'TRE worse in':>14}{'corr(FRE, TRE)':>16}"
-          f"{'predicted before':>18}{'after (range over dropped)':>28}")
+    pred_a = np.array(
+        [np.asarray(predict_tre(np.delete(mri, i, 0), targets, fle_rms=args.fle)) for i in range(n)]
+    )
+    print(
+        f"\nOver {args.trials} independent registrations (same layout and FLE), dropping the worst fiducial:"
+    )
+    print(
+        f"  lowered the FRE in {100 * np.mean(fre_a < fre_b):.1f}% of them "
+        f"(RMS {np.sqrt(np.mean(fre_b**2)):.2f} -> {np.sqrt(np.mean(fre_a**2)):.2f} mm)"
+    )
+    print(
+        f"{'target':16}{'RMS TRE before':>15}{'after':>8}{'TRE worse in':>14}{'corr(FRE, TRE)':>16}"
+        f"{'predicted before':>18}{'after (range over dropped)':>28}"
+    )
     for i, (name, _) in enumerate(TARGETS):
         rb, ra = np.sqrt(np.mean(tre_b[:, i] ** 2)), np.sqrt(np.mean(tre_a[:, i] ** 2))
         worse = 100 * np.mean(tre_a[:, i] > tre_b[:, i])
         corr = np.corrcoef(fre_b, tre_b[:, i])[0, 1]
-        print(f"{name:16}{rb:>15.2f}{ra:>8.2f}{worse:>13.0f}%{corr:>16.2f}{pred_b[i]:>18.2f}"
-              f"{pred_a[:, i].min():>18.2f} - {pred_a[:, i].max():.2f}")
-    print("A lower FRE does not mean a lower TRE: FRE and TRE are uncorrelated, and the dropped fiducial was only\n"
-          "unlucky, not wrong; removing it leaves fewer fiducials spread over less of the head.")
+        print(
+            f"{name:16}{rb:>15.2f}{ra:>8.2f}{worse:>13.0f}%{corr:>16.2f}{pred_b[i]:>18.2f}"
+            f"{pred_a[:, i].min():>18.2f} - {pred_a[:, i].max():.2f}"
+        )
+    print(
+        "A lower FRE does not mean a lower TRE: FRE and TRE are uncorrelated, and the dropped fiducial was only\n"
+        "unlucky, not wrong; removing it leaves fewer fiducials spread over less of the head."
+    )
 
     if args.output:
         try:
@@ -168,19 +206,26 @@ def main() -> None:
             th = np.linspace(0, 2 * np.pi, 200)
             ax[0].plot(SEMI_AXES[0] * np.cos(th), SEMI_AXES[1] * np.sin(th), "0.7")
             ax[0].scatter(mri[:, 0], mri[:, 1], c="C0", label="fiducials")
-            ax[0].scatter(mri[d, 0], mri[d, 1], s=140, facecolors="none", edgecolors="C3", label="dropped (one run)")
+            ax[0].scatter(
+                mri[d, 0], mri[d, 1], s=140, facecolors="none", edgecolors="C3", label="dropped (one run)"
+            )
             ax[0].scatter(targets[:, 0], targets[:, 1], marker="x", c="C1", label="targets")
             for (nm, _, _), q in zip(FIDUCIALS, mri):
                 ax[0].annotate(nm, q[:2], fontsize=7, xytext=(3, 3), textcoords="offset points")
             ax[0].set(aspect="equal", xlabel="x (R) mm", ylabel="y (A) mm", title="layout (axial projection)")
             ax[0].legend(fontsize=7, loc="lower left")
             ax[1].scatter(fre_b, tre_b[:, 0], s=2, alpha=0.3)
-            ax[1].set(xlabel="RMS FRE (mm)", ylabel=f"TRE at {TARGETS[0][0]} (mm)",
-                      title=f"FRE vs TRE, {args.trials} registrations")
+            ax[1].set(
+                xlabel="RMS FRE (mm)",
+                ylabel=f"TRE at {TARGETS[0][0]} (mm)",
+                title=f"FRE vs TRE, {args.trials} registrations",
+            )
             bins = np.linspace(0, np.percentile(tre_a[:, 0], 99.5), 50)
             ax[2].hist(tre_b[:, 0], bins=bins, alpha=0.6, label=f"all {n} fiducials")
             ax[2].hist(tre_a[:, 0], bins=bins, alpha=0.6, label="worst dropped")
-            ax[2].set(xlabel=f"TRE at {TARGETS[0][0]} (mm)", ylabel="registrations", title="TRE before / after")
+            ax[2].set(
+                xlabel=f"TRE at {TARGETS[0][0]} (mm)", ylabel="registrations", title="TRE before / after"
+            )
             ax[2].legend()
             fig.tight_layout()
             path = save_figure(fig, out / "fiducials.png")

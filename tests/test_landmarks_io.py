@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg.cli.landmarks import add_parser, parse_weights, run
+from jaxreg.cli.landmarks import add_parser, parse_weights
 from jaxreg.io import read_transform
 from jaxreg.io.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
 from jaxreg.points import fit_rigid
@@ -48,7 +48,9 @@ def test_file_coordinates_follow_each_convention(tmp_path):
     slicer = np.genfromtxt(tmp_path / "a.fcsv", delimiter=",", comments="#", usecols=(1, 2, 3))
     np.testing.assert_array_equal(slicer, PTS @ F3)  # LPS
     text = (tmp_path / "a.fcsv").read_text()
-    assert text.startswith("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n# columns = id,x,y,z,")
+    assert text.startswith(
+        "# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n# columns = id,x,y,z,"
+    )
     ants = np.loadtxt(tmp_path / "b.csv", delimiter=",", skiprows=1)
     assert (tmp_path / "b.csv").read_text().startswith("x,y,z,t\n")
     np.testing.assert_array_equal(ants[:, :3], PTS @ F3)  # LPS
@@ -67,14 +69,25 @@ SLICER_LPS = """# Markups fiducial file version = 4.13
 
 @pytest.mark.parametrize(
     "line,flip",
-    [("# CoordinateSystem = LPS", True), ("# CoordinateSystem = RAS", False), ("# CoordinateSystem = 1", True),
-     ("# CoordinateSystem = 0", False), (None, False)],
+    [
+        ("# CoordinateSystem = LPS", True),
+        ("# CoordinateSystem = RAS", False),
+        ("# CoordinateSystem = 1", True),
+        ("# CoordinateSystem = 0", False),
+        (None, False),
+    ],
 )
 def test_slicer_coordinate_systems(tmp_path, line, flip):
-    text = SLICER_LPS.replace("# CoordinateSystem = LPS", line) if line else SLICER_LPS.replace("# CoordinateSystem = LPS\n", "")
+    text = (
+        SLICER_LPS.replace("# CoordinateSystem = LPS", line)
+        if line
+        else SLICER_LPS.replace("# CoordinateSystem = LPS\n", "")
+    )
     (tmp_path / "f.fcsv").write_text(text)
     lm = read_landmarks(tmp_path / "f.fcsv")
-    raw = np.array([[-19.9067, 13.9347, 29.44297], [-7.3939, -76.9499, 17.55254], [81.7333, -42.9415, 9.625587]])
+    raw = np.array(
+        [[-19.9067, 13.9347, 29.44297], [-7.3939, -76.9499, 17.55254], [81.7333, -42.9415, 9.625587]]
+    )
     np.testing.assert_allclose(lm.points, raw @ F3 if flip else raw)
     assert lm.labels == ("F-1", "F-2", "F-3")
 
@@ -111,7 +124,9 @@ def test_ants_csv_is_detected_and_flipped(tmp_path):
     lm = read_landmarks(tmp_path / "a.csv")
     np.testing.assert_array_equal(lm.points, [[1, -2, 3], [-4, 5, 6]])
     # the same file read as plain RAS CSV on request
-    np.testing.assert_array_equal(read_landmarks(tmp_path / "a.csv", format="csv").points, [[-1, 2, 3], [4, -5, 6]])
+    np.testing.assert_array_equal(
+        read_landmarks(tmp_path / "a.csv", format="csv").points, [[-1, 2, 3], [4, -5, 6]]
+    )
 
 
 def test_2d_points(tmp_path):
@@ -216,12 +231,24 @@ def _pair(rng, n=7):
 def test_cli_writes_a_transform_that_itk_applies_in_the_fit_direction(tmp_path, capsys):
     sitk = pytest.importorskip("SimpleITK")
     rng = np.random.default_rng(0)
-    fixed, moving, true = _pair(rng)
+    fixed, moving, _ = _pair(rng)
     noisy = moving + rng.normal(scale=0.5, size=moving.shape)
     write_landmarks(tmp_path / "F.csv", fixed, labels=[f"L{i}" for i in range(7)])
     write_landmarks(tmp_path / "M.fcsv", noisy)  # LPS on disk
-    assert _cli(["landmarks", "--fixed", str(tmp_path / "F.csv"), "--moving", str(tmp_path / "M.fcsv"),
-                 "-o", str(tmp_path / "T.mat")]) == 0
+    assert (
+        _cli(
+            [
+                "landmarks",
+                "--fixed",
+                str(tmp_path / "F.csv"),
+                "--moving",
+                str(tmp_path / "M.fcsv"),
+                "-o",
+                str(tmp_path / "T.mat"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     with jax.enable_x64(True):
         t = fit_rigid(fixed, noisy)
@@ -264,10 +291,36 @@ def test_cli_transform_aligns_images_with_jaxreg_apply(tmp_path, capsys):
     save_image(Image(jnp.asarray(blobs(fixed_grid, fixed_lm)), fixed_grid), tmp_path / "fixed.nii.gz")
     write_landmarks(tmp_path / "fixed.fcsv", fixed_lm)
     write_landmarks(tmp_path / "moving.csv", moving_lm, format="ants")
-    assert _cli(["landmarks", "--fixed", str(tmp_path / "fixed.fcsv"), "--moving", str(tmp_path / "moving.csv"),
-                 "-o", str(tmp_path / "T.tfm")]) == 0
-    assert main(["apply", "--fixed", str(tmp_path / "fixed.nii.gz"), "--moving", str(tmp_path / "moving.nii.gz"),
-                 "-t", str(tmp_path / "T.tfm"), "-o", str(tmp_path / "out.nii.gz")]) == 0
+    assert (
+        _cli(
+            [
+                "landmarks",
+                "--fixed",
+                str(tmp_path / "fixed.fcsv"),
+                "--moving",
+                str(tmp_path / "moving.csv"),
+                "-o",
+                str(tmp_path / "T.tfm"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "apply",
+                "--fixed",
+                str(tmp_path / "fixed.nii.gz"),
+                "--moving",
+                str(tmp_path / "moving.nii.gz"),
+                "-t",
+                str(tmp_path / "T.tfm"),
+                "-o",
+                str(tmp_path / "out.nii.gz"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     out = np.asarray(load_image(tmp_path / "out.nii.gz").data)
     moving = Image(jnp.asarray(blobs(moving_grid, moving_lm)), moving_grid)
@@ -290,7 +343,20 @@ def test_cli_weights_models_and_errors(tmp_path, capsys):
     (tmp_path / "w.txt").write_text("# weights\n1\n2\n1\n0.5\n1\n")
     base = ["landmarks", "--fixed", str(tmp_path / "F.csv"), "--moving", str(tmp_path / "M.csv")]
     for model in ("similarity", "affine"):
-        assert _cli(base + ["--model", model, "-o", str(tmp_path / f"{model}.txt"), "--weights", str(tmp_path / "w.txt")]) == 0
+        assert (
+            _cli(
+                base
+                + [
+                    "--model",
+                    model,
+                    "-o",
+                    str(tmp_path / f"{model}.txt"),
+                    "--weights",
+                    str(tmp_path / "w.txt"),
+                ]
+            )
+            == 0
+        )
         assert "weighted RMS FRE" in capsys.readouterr().out
     assert _cli(base + ["-o", str(tmp_path / "r.mat"), "--weights", "1,2,1,0.5,1"]) == 0
     np.testing.assert_array_equal(parse_weights("1, 2 3", 3), [1, 2, 3])
@@ -305,11 +371,31 @@ def test_cli_weights_models_and_errors(tmp_path, capsys):
     assert (tmp_path / "w.txt").read_text().startswith("# weights")
     write_landmarks(tmp_path / "M4.csv", moving[:4])
     with pytest.raises(ValueError, match="same number of landmarks"):
-        _cli(["landmarks", "--fixed", str(tmp_path / "F.csv"), "--moving", str(tmp_path / "M4.csv"), "-o", str(tmp_path / "r.mat")])
+        _cli(
+            [
+                "landmarks",
+                "--fixed",
+                str(tmp_path / "F.csv"),
+                "--moving",
+                str(tmp_path / "M4.csv"),
+                "-o",
+                str(tmp_path / "r.mat"),
+            ]
+        )
     line = np.stack([np.linspace(0, 1, 5)] * 3, axis=1) * 50.0
     write_landmarks(tmp_path / "L.csv", line)
     with pytest.raises(ValueError, match="fixed_points: .*collinear"):
-        _cli(["landmarks", "--fixed", str(tmp_path / "L.csv"), "--moving", str(tmp_path / "M.csv"), "-o", str(tmp_path / "r.mat")])
+        _cli(
+            [
+                "landmarks",
+                "--fixed",
+                str(tmp_path / "L.csv"),
+                "--moving",
+                str(tmp_path / "M.csv"),
+                "-o",
+                str(tmp_path / "r.mat"),
+            ]
+        )
 
 
 def test_main_reports_landmark_errors_in_one_line(tmp_path, capsys):
@@ -320,10 +406,34 @@ def test_main_reports_landmark_errors_in_one_line(tmp_path, capsys):
     if "landmarks" not in sub.choices:
         pytest.skip("jaxreg.cli.main does not wire the landmarks subcommand yet")
     write_landmarks(tmp_path / "F.csv", PTS)
-    assert main(["landmarks", "--fixed", str(tmp_path / "F.csv"), "--moving", str(tmp_path / "F.csv"), "-o",
-                 str(tmp_path / "T.mat")]) == 0
-    assert main(["landmarks", "--fixed", str(tmp_path / "F.csv"), "--moving", str(tmp_path / "nope.csv"), "-o",
-                 str(tmp_path / "T.mat")]) == 2
+    assert (
+        main(
+            [
+                "landmarks",
+                "--fixed",
+                str(tmp_path / "F.csv"),
+                "--moving",
+                str(tmp_path / "F.csv"),
+                "-o",
+                str(tmp_path / "T.mat"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "landmarks",
+                "--fixed",
+                str(tmp_path / "F.csv"),
+                "--moving",
+                str(tmp_path / "nope.csv"),
+                "-o",
+                str(tmp_path / "T.mat"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.csv" in err
 

@@ -38,7 +38,7 @@ from jaxreg.points import (
     tre,
 )
 from jaxreg.transforms import DisplacementField, Rigid, invert
-from jaxreg.transforms.linear import Affine, Similarity, rotation_matrix
+from jaxreg.transforms.linear import Affine, Similarity
 from jaxreg.warp import warp
 
 FITS = {"rigid": fit_rigid, "similarity": fit_similarity, "affine": fit_affine}
@@ -96,7 +96,11 @@ def test_fit_recovers_noiseless_transform_exactly(seed, ndim, model, extra):
         assert float(fre(t, x, y)) < 1e-7
 
 
-@given(seed=st.integers(0, 2**31 - 1), ndim=st.sampled_from([2, 3]), model=st.sampled_from(["rigid", "similarity", "affine"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    ndim=st.sampled_from([2, 3]),
+    model=st.sampled_from(["rigid", "similarity", "affine"]),
+)
 def test_fit_is_invariant_to_point_order(seed, ndim, model):
     rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
@@ -297,9 +301,11 @@ def test_vmap_equals_loop(model):
     fit = FITS[model]
     batched = jax.jit(jax.vmap(lambda a, b, w: fit(a, b, weights=w)))(xs, ys, ws)
     for i in range(5):
-        one = jax.tree_util.tree_map(lambda leaf: leaf[i], batched)
+        one = jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], batched)
         eager = fit(xs[i], ys[i], weights=ws[i])
-        np.testing.assert_allclose(np.asarray(one.homogeneous()), np.asarray(eager.homogeneous()), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(one.homogeneous()), np.asarray(eager.homogeneous()), rtol=1e-5, atol=1e-4
+        )
 
 
 def test_jitted_fit_does_not_recompile():
@@ -356,7 +362,9 @@ def test_error_measures(x64):
     assert num_parameters("rigid", 3) == 6 and num_parameters("similarity", 2) == 4
     assert num_parameters("affine", 3) == 12
     assert float(expected_fre(1.0, 10)) == pytest.approx(np.sqrt(0.8))
-    assert float(fle_from_fre(expected_fre(1.3, 7, ndim=2, model="affine"), 7, ndim=2, model="affine")) == pytest.approx(1.3)
+    assert float(
+        fle_from_fre(expected_fre(1.3, 7, ndim=2, model="affine"), 7, ndim=2, model="affine")
+    ) == pytest.approx(1.3)
     with pytest.raises(ValueError, match="num_fiducials"):
         fle_from_fre(1.0, 2)
 
@@ -390,7 +398,9 @@ def _configuration(seed: int, ndim: int):
     return fid.astype(np.float32), targets.astype(np.float32)
 
 
-@pytest.mark.parametrize("ndim,model,configs", [(3, "rigid", 6), (2, "rigid", 3), (3, "similarity", 3), (3, "affine", 3)])
+@pytest.mark.parametrize(
+    "ndim,model,configs", [(3, "rigid", 6), (2, "rigid", 3), (3, "similarity", 3), (3, "affine", 3)]
+)
 def test_predicted_tre_and_fre_agree_with_simulation(ndim, model, configs):
     """Predicted TRE within 5% of the Monte Carlo RMS TRE on random configurations; expected FRE within 3%.
 
@@ -406,11 +416,15 @@ def test_predicted_tre_and_fre_agree_with_simulation(ndim, model, configs):
         n_pts = fid.shape[0]
         padded = np.concatenate([fid, np.repeat(fid[:1], N_MAX - n_pts, axis=0)])
         w = (np.arange(N_MAX) < n_pts).astype(np.float32)
-        sim = simulate_tre(jax.random.key(c), padded, targets, fle_rms=fle, num_samples=4000, model=model, weights=w)
+        sim = simulate_tre(
+            jax.random.key(c), padded, targets, fle_rms=fle, num_samples=4000, model=model, weights=w
+        )
         pred = np.asarray(predict_tre(fid, targets, fle_rms=fle, model=model))
         rms, se = np.asarray(sim.tre_rms), np.asarray(sim.tre_rms_se)
         assert np.all(se / rms < 0.05 / 4)
-        np.testing.assert_allclose(rms / pred, 1.0, atol=0.05, err_msg=f"configuration {c}: {n_pts} fiducials")
+        np.testing.assert_allclose(
+            rms / pred, 1.0, atol=0.05, err_msg=f"configuration {c}: {n_pts} fiducials"
+        )
         if ndim * n_pts - num_parameters(model, ndim) >= 4:
             want = float(expected_fre(fle, n_pts, ndim=ndim, model=model))
             assert float(sim.fre_rms) == pytest.approx(want, rel=0.03)
@@ -463,12 +477,16 @@ def test_drop_worst_fiducial_lowers_fre_but_raises_expected_tre():
     fid = rng.normal(size=(6, 3)).astype(np.float32) * np.float32([60, 70, 50])
     noisy = fid + rng.normal(scale=1.0 / np.sqrt(3), size=fid.shape).astype(np.float32)
     targets = np.array([[0.0, 0.0, 0.0], [30.0, -20.0, 10.0]], np.float32)
-    res = drop_worst_fiducial(jax.random.key(0), fid, noisy, targets, moving_targets=targets, fle_rms=1.0, num_samples=2000)
+    res = drop_worst_fiducial(
+        jax.random.key(0), fid, noisy, targets, moving_targets=targets, fle_rms=1.0, num_samples=2000
+    )
     assert res.dropped == int(np.argmax(np.asarray(res.fiducial_errors)))
     assert float(res.fre_after) < float(res.fre_before)
     assert np.all(np.asarray(res.predicted_tre_after) > np.asarray(res.predicted_tre_before))
     assert np.all(np.asarray(res.simulated_tre_after) > np.asarray(res.simulated_tre_before))
-    np.testing.assert_allclose(np.asarray(res.simulated_tre_before) / np.asarray(res.predicted_tre_before), 1, atol=0.06)
+    np.testing.assert_allclose(
+        np.asarray(res.simulated_tre_before) / np.asarray(res.predicted_tre_before), 1, atol=0.06
+    )
     assert res.tre_before.shape == (2,) and res.tre_after.shape == (2,)
     est = drop_worst_fiducial(jax.random.key(0), fid, noisy, targets, num_samples=2000)
     assert float(est.fle_rms) == pytest.approx(float(fle_from_fre(est.fre_before, 6)))
@@ -523,7 +541,9 @@ def test_fiducials_example_runs(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "examples" / "fiducials.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "--trials", "300", "--samples", "500", "-o", str(tmp_path)])
+    monkeypatch.setattr(
+        sys, "argv", [str(script), "--trials", "300", "--samples", "500", "-o", str(tmp_path)]
+    )
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     assert "RMS FRE (mm)" in out and "lowered the FRE in 100.0%" in out

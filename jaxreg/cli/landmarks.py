@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["add_parser", "run", "parse_weights"]
+__all__ = ["add_parser", "parse_weights", "run"]
 
 _SUFFIXES = (".mat", ".tfm", ".txt")
 
@@ -36,7 +36,9 @@ def parse_weights(spec: str, count: int) -> np.ndarray:
     """
     text = spec
     if os.path.isfile(spec):
-        text = "\n".join(line.split("#", 1)[0] for line in Path(spec).read_text(encoding="utf-8").splitlines())
+        text = "\n".join(
+            line.split("#", 1)[0] for line in Path(spec).read_text(encoding="utf-8").splitlines()
+        )
     fields = [f for f in text.replace(",", " ").split()]
     try:
         w = np.array([float(f) for f in fields], dtype=np.float64)
@@ -66,15 +68,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the fiducial registration error (FRE) of every landmark and the RMS FRE.",
     )
     p.add_argument("--fixed", required=True, metavar="F", help="landmarks in the fixed (reference) space")
-    p.add_argument("--moving", required=True, metavar="M", help="the corresponding landmarks in the moving space")
+    p.add_argument(
+        "--moving", required=True, metavar="M", help="the corresponding landmarks in the moving space"
+    )
     p.add_argument("--model", choices=MODELS, default="rigid", help="transform family (default rigid)")
-    p.add_argument("-o", "--output", required=True, metavar="T", help="output transform: .mat (ANTs), .tfm or .txt (ITK)")
-    p.add_argument("--weights", metavar="W", default=None,
-                   help="per-pair weights (e.g. 1/FLE_i^2): comma-separated numbers or a file of them")
-    p.add_argument("--pair", choices=("order", "label"), default="order",
-                   help="pair landmarks row by row (default) or by their labels")
-    p.add_argument("--format", choices=("auto", "csv", "fcsv", "ants"), default="auto",
-                   help="landmark file format (default: from the suffix; a .csv with an x,y,z,t header is ANTs/LPS)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="T", help="output transform: .mat (ANTs), .tfm or .txt (ITK)"
+    )
+    p.add_argument(
+        "--weights",
+        metavar="W",
+        default=None,
+        help="per-pair weights (e.g. 1/FLE_i^2): comma-separated numbers or a file of them",
+    )
+    p.add_argument(
+        "--pair",
+        choices=("order", "label"),
+        default="order",
+        help="pair landmarks row by row (default) or by their labels",
+    )
+    p.add_argument(
+        "--format",
+        choices=("auto", "csv", "fcsv", "ants"),
+        default="auto",
+        help="landmark file format (default: from the suffix; a .csv with an x,y,z,t header is ANTs/LPS)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -102,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     from jaxreg.points import fit_transform, fle_from_fre, leave_one_out_errors, min_points, num_parameters
     from jaxreg.points.errors import registration_errors
 
-    inputs = [args.fixed, args.moving] + ([args.weights] if args.weights and os.path.isfile(args.weights) else [])
+    inputs = [args.fixed, args.moving] + (
+        [args.weights] if args.weights and os.path.isfile(args.weights) else []
+    )
     _check_output(args.output, inputs)
     t0 = time.perf_counter()
     fixed = read_landmarks(args.fixed, format=args.format)
@@ -111,12 +131,20 @@ def run(args: argparse.Namespace) -> int:
     n_pts, ndim = x.shape
     w = parse_weights(args.weights, n_pts) if args.weights else None
     with jax.enable_x64(True):  # files hold doubles: fit in double precision
-        t = fit_transform(jnp.asarray(x), jnp.asarray(y), model=args.model, weights=None if w is None else jnp.asarray(w))
+        t = fit_transform(
+            jnp.asarray(x), jnp.asarray(y), model=args.model, weights=None if w is None else jnp.asarray(w)
+        )
         errors = np.asarray(registration_errors(t, x, y))
         loo = None
         if n_pts > min_points(args.model, ndim):
-            loo = np.asarray(leave_one_out_errors(jnp.asarray(x), jnp.asarray(y), model=args.model,
-                                                  weights=None if w is None else jnp.asarray(w)))
+            loo = np.asarray(
+                leave_one_out_errors(
+                    jnp.asarray(x),
+                    jnp.asarray(y),
+                    model=args.model,
+                    weights=None if w is None else jnp.asarray(w),
+                )
+            )
         write_transform(t, args.output, inputs=inputs)
     dt = time.perf_counter() - t0
 
@@ -126,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
         header += f"  {'left out (mm)':>13}"
     if w is not None:
         header += f"  {'weight':>8}"
-    print(f"{args.model} fit of {n_pts} {ndim}-D landmark pairs (T maps fixed to moving points, T(fixed) ~ moving)")
+    print(
+        f"{args.model} fit of {n_pts} {ndim}-D landmark pairs (T maps fixed to moving points, T(fixed) ~ moving)"
+    )
     print(header)
     for i in range(n_pts):
         line = f"{i + 1:>3}  {labels[i] or '-':<{width}}  {errors[i]:>9.3f}"
@@ -143,11 +173,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"weighted RMS FRE: {rms:.3f} mm")
     if w is None and ndim * n_pts > num_parameters(args.model, ndim):
         fle = float(fle_from_fre(rms, n_pts, ndim=ndim, model=args.model))
-        print(f"FLE implied by the FRE: {fle:.3f} mm RMS (equal isotropic FLE assumed; a low FRE does not mean a low TRE)")
+        print(
+            f"FLE implied by the FRE: {fle:.3f} mm RMS (equal isotropic FLE assumed; a low FRE does not mean a low TRE)"
+        )
     elif w is None:
-        print("the landmarks determine the fit exactly: FRE carries no information about the localisation error")
+        print(
+            "the landmarks determine the fit exactly: FRE carries no information about the localisation error"
+        )
     if loo is not None and not np.all(np.isfinite(loo)):
         print("note: NaN leave-one-out errors mark landmarks without which the rest are degenerate")
-    print(f"wrote {args.output} ({dt:.1f} s); apply it with: jaxreg apply --fixed FIXED_IMAGE --moving MOVING_IMAGE "
-          f"-t {args.output} -o OUT.nii.gz")
+    print(
+        f"wrote {args.output} ({dt:.1f} s); apply it with: jaxreg apply --fixed FIXED_IMAGE --moving MOVING_IMAGE "
+        f"-t {args.output} -o OUT.nii.gz"
+    )
     return 0

@@ -53,11 +53,26 @@ import numpy as np
 
 from jaxreg.io._atomic import PathLike, atomic_write
 
-__all__ = ["Landmarks", "read_landmarks", "write_landmarks", "match_landmarks", "FORMATS"]
+__all__ = ["FORMATS", "Landmarks", "match_landmarks", "read_landmarks", "write_landmarks"]
 
 FORMATS = ("csv", "fcsv", "ants")
 _FCSV_VERSION = "4.11"
-_FCSV_COLUMNS = ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label", "desc", "associatedNodeID"]
+_FCSV_COLUMNS = [
+    "id",
+    "x",
+    "y",
+    "z",
+    "ow",
+    "ox",
+    "oy",
+    "oz",
+    "vis",
+    "sel",
+    "lock",
+    "label",
+    "desc",
+    "associatedNodeID",
+]
 _LABEL_NAMES = ("label", "name", "id")
 
 
@@ -119,7 +134,9 @@ def _coords(lineno: int, fields: list[str], cols: Sequence[int], path: PathLike)
     try:
         vals = [float(fields[c]) for c in cols]
     except (ValueError, IndexError):
-        raise ValueError(f"{path}:{lineno}: expected numbers in columns {[c + 1 for c in cols]}, got {fields}") from None
+        raise ValueError(
+            f"{path}:{lineno}: expected numbers in columns {[c + 1 for c in cols]}, got {fields}"
+        ) from None
     if not all(math.isfinite(v) for v in vals):
         raise ValueError(f"{path}:{lineno}: non-finite coordinate in {fields}")
     return vals
@@ -135,7 +152,9 @@ def _finish(points: list[list[float]], labels: list[str], path: PathLike, ndim: 
                 raise ValueError(f"{path}: ndim=2 asked for, but the points have non-zero z coordinates")
             arr = arr[:, :2]
         else:
-            raise ValueError(f"{path}: expected {ndim}-D points, the file has {arr.shape[1]} coordinates per point")
+            raise ValueError(
+                f"{path}: expected {ndim}-D points, the file has {arr.shape[1]} coordinates per point"
+            )
     return Landmarks(arr, tuple(labels))
 
 
@@ -215,7 +234,9 @@ def _read_fcsv(text: str, path: PathLike, ndim: int | None) -> Landmarks:
             elif code in ("LPS", "1"):
                 system = "LPS"
             else:
-                raise ValueError(f"{path}: unknown CoordinateSystem {m.group(1)!r}; expected RAS, LPS, 0 or 1")
+                raise ValueError(
+                    f"{path}: unknown CoordinateSystem {m.group(1)!r}; expected RAS, LPS, 0 or 1"
+                )
         m = _COLUMNS_RE.match(line)
         if m:
             columns = [c.strip() for c in m.group(1).split(",")]
@@ -287,7 +308,9 @@ def write_landmarks(
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] not in (2, 3) or pts.shape[0] == 0:
-        raise ValueError(f"points: expected shape (N, ndim) with N >= 1 and ndim 2 or 3, RAS mm, got {pts.shape}")
+        raise ValueError(
+            f"points: expected shape (N, ndim) with N >= 1 and ndim 2 or 3, RAS mm, got {pts.shape}"
+        )
     if not np.all(np.isfinite(pts)):
         raise ValueError("points: expected finite coordinates")
     n_pts, n = pts.shape
@@ -319,7 +342,9 @@ def write_landmarks(
         lps = pts * _flip(3) + 0.0
         for i, p in enumerate(lps):
             label = labels[i] if labels is not None else f"F-{i + 1}"
-            w.writerow([str(i + 1)] + [_num(v) for v in p] + ["0", "0", "0", "1", "1", "1", "0", label, "", ""])
+            w.writerow(
+                [str(i + 1)] + [_num(v) for v in p] + ["0", "0", "0", "1", "1", "1", "0", label, "", ""]
+            )
     text = buf.getvalue()
 
     def write(tmp: str) -> None:
@@ -329,7 +354,9 @@ def write_landmarks(
     atomic_write(path, write, inputs=inputs)
 
 
-def match_landmarks(fixed: Landmarks, moving: Landmarks, *, by: str = "order") -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def match_landmarks(
+    fixed: Landmarks, moving: Landmarks, *, by: str = "order"
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Pair two landmark sets: row by row (``by="order"``) or by their labels (``by="label"``).
 
     Args:

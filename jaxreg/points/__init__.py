@@ -14,7 +14,15 @@ function handles one point set and is batched with ``jax.vmap``. Landmark files 
 """
 
 from jaxreg.points.errors import expected_fre, fle_from_fre, fre, num_parameters, registration_errors, tre
-from jaxreg.points.fit import MODELS, fit_affine, fit_rigid, fit_similarity, fit_transform, is_degenerate, min_points
+from jaxreg.points.fit import (
+    MODELS,
+    fit_affine,
+    fit_rigid,
+    fit_similarity,
+    fit_transform,
+    is_degenerate,
+    min_points,
+)
 from jaxreg.points.objective import landmark_distance, landmark_term
 from jaxreg.points.prediction import (
     DropWorstFiducial,
@@ -29,26 +37,26 @@ from jaxreg.points.prediction import (
 
 __all__ = [
     "MODELS",
+    "DropWorstFiducial",
+    "PrincipalAxes",
+    "TRESimulation",
+    "drop_worst_fiducial",
+    "expected_fre",
+    "fit_affine",
     "fit_rigid",
     "fit_similarity",
-    "fit_affine",
     "fit_transform",
-    "is_degenerate",
-    "min_points",
-    "registration_errors",
-    "fre",
-    "tre",
-    "num_parameters",
-    "expected_fre",
     "fle_from_fre",
-    "PrincipalAxes",
-    "principal_axes",
-    "predict_tre",
-    "TRESimulation",
-    "simulate_tre",
-    "leave_one_out_errors",
-    "DropWorstFiducial",
-    "drop_worst_fiducial",
+    "fre",
+    "is_degenerate",
     "landmark_distance",
     "landmark_term",
+    "leave_one_out_errors",
+    "min_points",
+    "num_parameters",
+    "predict_tre",
+    "principal_axes",
+    "registration_errors",
+    "simulate_tre",
+    "tre",
 ]

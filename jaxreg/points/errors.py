@@ -31,12 +31,12 @@ from jaxreg.points.fit import MODELS, Model
 from jaxreg.transforms.base import Transform
 
 __all__ = [
-    "registration_errors",
-    "fre",
-    "tre",
-    "num_parameters",
     "expected_fre",
     "fle_from_fre",
+    "fre",
+    "num_parameters",
+    "registration_errors",
+    "tre",
 ]
 
 
@@ -70,7 +70,11 @@ def registration_errors(transform: Transform, fixed_points: jax.Array, moving_po
 
 
 def fre(
-    transform: Transform, fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax.Array | None = None
+    transform: Transform,
+    fixed_points: jax.Array,
+    moving_points: jax.Array,
+    *,
+    weights: jax.Array | None = None,
 ) -> jax.Array:
     """Root-mean-square fiducial registration error ``sqrt(sum_i w_i |T(x_i) - y_i|^2 / sum_i w_i)`` (mm).
 
@@ -88,7 +92,9 @@ def fre(
         return jnp.sqrt(jnp.mean(e2))
     w = jnp.asarray(weights, e2.dtype)
     if w.shape != e2.shape:
-        raise ValueError(f"weights: expected shape {tuple(e2.shape)}, one per point pair, got {tuple(w.shape)}")
+        raise ValueError(
+            f"weights: expected shape {tuple(e2.shape)}, one per point pair, got {tuple(w.shape)}"
+        )
     return jnp.sqrt(jnp.sum(w * e2) / jnp.sum(w))
 
 
@@ -129,7 +135,9 @@ def _fre_factor(num_fiducials: int, ndim: int, model: Model) -> float:
     return dof / (ndim * num_fiducials)
 
 
-def expected_fre(fle_rms: jax.Array, num_fiducials: int, *, ndim: int = 3, model: Model = "rigid") -> jax.Array:
+def expected_fre(
+    fle_rms: jax.Array, num_fiducials: int, *, ndim: int = 3, model: Model = "rigid"
+) -> jax.Array:
     """RMS FRE expected from an RMS FLE: ``sqrt(1 - p / (ndim N)) FLE_rms`` (mm).
 
     Args:
@@ -144,7 +152,9 @@ def expected_fre(fle_rms: jax.Array, num_fiducials: int, *, ndim: int = 3, model
     return jnp.sqrt(_fre_factor(num_fiducials, ndim, model)) * jnp.asarray(fle_rms)
 
 
-def fle_from_fre(fre_rms: jax.Array, num_fiducials: int, *, ndim: int = 3, model: Model = "rigid") -> jax.Array:
+def fle_from_fre(
+    fre_rms: jax.Array, num_fiducials: int, *, ndim: int = 3, model: Model = "rigid"
+) -> jax.Array:
     """Estimate the RMS FLE from an observed RMS FRE: ``FRE_rms / sqrt(1 - p / (ndim N))`` (mm).
 
     An unbiased estimate of ``<FLE^2>`` (squared), assuming identical, independent, isotropic FLE at every

@@ -46,7 +46,7 @@ import numpy as np
 
 from jaxreg.transforms.linear import Affine, Rigid, Similarity, rotation_vector
 
-__all__ = ["fit_rigid", "fit_similarity", "fit_affine", "fit_transform", "is_degenerate", "MODELS"]
+__all__ = ["MODELS", "fit_affine", "fit_rigid", "fit_similarity", "fit_transform", "is_degenerate"]
 
 Model = Literal["rigid", "similarity", "affine"]
 MODELS: tuple[str, ...] = ("rigid", "similarity", "affine")
@@ -135,7 +135,9 @@ def _check_values(x: jax.Array, y: jax.Array, w: jax.Array, model: str) -> None:
     n_pos = int(np.sum(wn > 0))
     need = min_points(model, x.shape[-1])
     if n_pos < need:
-        raise ValueError(f"weights: a {model} fit needs at least {need} points with positive weight, got {n_pos}")
+        raise ValueError(
+            f"weights: a {model} fit needs at least {need} points with positive weight, got {n_pos}"
+        )
     fx, fy = _degeneracy(xn, yn, wn, model, xp=np, rtol=_rtol(x.dtype))
     n = x.shape[-1]
     if fx:
@@ -164,7 +166,9 @@ def _rtol(dtype: Any) -> float:
     return float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
 
 
-def _degeneracy(x: Any, y: Any, w: Any, model: str, *, xp: Any = jnp, rtol: float | None = None) -> tuple[Any, Any]:
+def _degeneracy(
+    x: Any, y: Any, w: Any, model: str, *, xp: Any = jnp, rtol: float | None = None
+) -> tuple[Any, Any]:
     """Flags ``(fixed degenerate, moving degenerate)`` as boolean scalars (moving: never, for affine).
 
     A point set is degenerate when the singular value of its (weighted, centred) coordinates that the model
@@ -189,8 +193,13 @@ def _degeneracy(x: Any, y: Any, w: Any, model: str, *, xp: Any = jnp, rtol: floa
     return bad(x, n - 2), bad(y, n - 2)
 
 
-def is_degenerate(fixed_points: jax.Array, moving_points: jax.Array, *, model: Model = "rigid",
-                  weights: jax.Array | None = None) -> jax.Array:
+def is_degenerate(
+    fixed_points: jax.Array,
+    moving_points: jax.Array,
+    *,
+    model: Model = "rigid",
+    weights: jax.Array | None = None,
+) -> jax.Array:
     """Whether a configuration does not determine a ``model`` fit (traceable; the fits' NaN condition).
 
     Args:
@@ -211,6 +220,8 @@ def is_degenerate(fixed_points: jax.Array, moving_points: jax.Array, *, model: M
         raise ValueError(f"fixed_points/moving_points: shapes differ, {tuple(x.shape)} and {tuple(y.shape)}")
     dtype = jnp.result_type(x.dtype, y.dtype)
     w = jnp.ones(x.shape[:1], dtype) if weights is None else _float(weights).astype(dtype)
+    if w.shape != x.shape[:1]:
+        raise ValueError(f"weights: expected shape ({x.shape[0]},), one per point pair, got {tuple(w.shape)}")
     fx, fy = _degeneracy(x.astype(dtype), y.astype(dtype), w, model)
     return fx | fy
 
@@ -273,7 +284,9 @@ def _fit(x: jax.Array, y: jax.Array, w: jax.Array, model: str) -> Any:
 
 
 # -- public fits -----------------------------------------------------------------------------------------------
-def fit_rigid(fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax.Array | None = None) -> Rigid:
+def fit_rigid(
+    fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax.Array | None = None
+) -> Rigid:
     """Least-squares rigid transform with ``T(fixed_i) ~ moving_i`` (Kabsch / orthogonal Procrustes).
 
     Minimises ``sum_i w_i |R (x_i - x_bar) + y_bar - y_i|^2`` over proper rotations ``R`` (det +1: when the
@@ -321,7 +334,9 @@ def fit_similarity(
     return _fit(*_prepare(fixed_points, moving_points, weights, "similarity"), "similarity")
 
 
-def fit_affine(fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax.Array | None = None) -> Affine:
+def fit_affine(
+    fixed_points: jax.Array, moving_points: jax.Array, *, weights: jax.Array | None = None
+) -> Affine:
     """Least-squares affine transform ``T(x) = A (x - x_bar) + y_bar`` with ``T(fixed_i) ~ moving_i``.
 
     ``A = H C^-1`` with ``H = sum_i w_i (y_i - y_bar)(x_i - x_bar)^T`` and ``C = sum_i w_i (x_i - x_bar)

@@ -13,7 +13,8 @@ over a linear family is the closed-form fit of :mod:`jaxreg.points.fit`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,9 @@ from jaxreg.transforms.base import Transform
 __all__ = ["landmark_distance", "landmark_term"]
 
 
-def _check(fixed_points: Any, moving_points: Any, weights: Any) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+def _check(
+    fixed_points: Any, moving_points: Any, weights: Any
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     x, y = jnp.asarray(fixed_points), jnp.asarray(moving_points)
     if x.ndim != 2 or x.shape != y.shape:
         raise ValueError(
@@ -34,7 +37,9 @@ def _check(fixed_points: Any, moving_points: Any, weights: Any) -> tuple[jax.Arr
         return x, y, None
     w = jnp.asarray(weights)
     if w.shape != x.shape[:1]:
-        raise ValueError(f"weights: expected shape ({x.shape[0]},), one per landmark pair, got {tuple(w.shape)}")
+        raise ValueError(
+            f"weights: expected shape ({x.shape[0]},), one per landmark pair, got {tuple(w.shape)}"
+        )
     return x, y, w
 
 

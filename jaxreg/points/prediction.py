@@ -47,14 +47,14 @@ from jaxreg.points.fit import _KERNELS, Model, _check_model, _fit, _float, _prep
 from jaxreg.transforms.base import Transform
 
 __all__ = [
-    "PrincipalAxes",
-    "principal_axes",
-    "predict_tre",
-    "TRESimulation",
-    "simulate_tre",
-    "leave_one_out_errors",
     "DropWorstFiducial",
+    "PrincipalAxes",
+    "TRESimulation",
     "drop_worst_fiducial",
+    "leave_one_out_errors",
+    "predict_tre",
+    "principal_axes",
+    "simulate_tre",
 ]
 
 
@@ -79,7 +79,9 @@ class PrincipalAxes(NamedTuple):
 def _check_configuration(points: Any, name: str) -> jax.Array:
     x = _float(points)
     if x.ndim != 2 or x.shape[-1] not in (2, 3) or x.shape[0] < 2:
-        raise ValueError(f"{name}: expected shape (N, ndim) with N >= 2 and ndim 2 or 3, world mm, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected shape (N, ndim) with N >= 2 and ndim 2 or 3, world mm, got {tuple(x.shape)}"
+        )
     return x
 
 
@@ -129,7 +131,9 @@ def predict_tre(
     if r.ndim < 1 or r.shape[-1] != n:
         raise ValueError(f"targets: expected shape (..., {n}) world mm, got {tuple(r.shape)}")
     if n_pts < min_points(model, n):
-        raise ValueError(f"fiducials: a {n}-D {model} fit needs at least {min_points(model, n)} fiducials, got {n_pts}")
+        raise ValueError(
+            f"fiducials: a {n}-D {model} fit needs at least {min_points(model, n)} fiducials, got {n_pts}"
+        )
     return _predict(x, r, jnp.asarray(fle_rms, x.dtype), model)
 
 
@@ -368,7 +372,9 @@ def drop_worst_fiducial(
     if moving_targets is not None:
         rt = _float(moving_targets).astype(x.dtype)
         if rt.shape != r.shape:
-            raise ValueError(f"moving_targets: expected shape {tuple(r.shape)} like fixed_targets, got {tuple(rt.shape)}")
+            raise ValueError(
+                f"moving_targets: expected shape {tuple(r.shape)} like fixed_targets, got {tuple(rt.shape)}"
+            )
         tre_before, tre_after = registration_errors(before, r, rt), registration_errors(after, r, rt)
     else:
         tre_before = tre_after = None
