@@ -16,7 +16,8 @@ N diag(f_k^2)`` the configuration's inertia tensor. The same first-order least-s
   the target's distance from the fiducial centroid and ``f^2 = (1/N) sum_i |x_i - x_bar|^2``;
 * similarity: the scale error is uncorrelated with rotation and translation (``sum_i x_i . (w x x_i) = 0``)
   and adds ``(1/ndim) d^2 / f^2`` (same ``d``, ``f`` as the 2-D rigid case) inside the bracket;
-* affine: the fit is an ordinary linear regression, so the result is exact (no linearisation):
+* affine: the fit is an ordinary linear regression, so the result is exact (no linearisation) for FLE on
+  the moving points:
   ``<TRE^2> = (FLE_rms^2 / N) (1 + (r - x_bar)^T C^-1 (r - x_bar))``, ``C = (1/N) sum_i (x_i - x_bar)(x_i -
   x_bar)^T``, i.e. ``sum_k d_k^2 / lambda_k`` over the principal axes with ``d_k`` the coordinate along axis k.
 
