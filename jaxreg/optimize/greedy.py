@@ -82,6 +82,8 @@ def _make_level_runner(sim: Callable, fgrid: Grid, mgrid: Grid, opts: GreedyOpti
 
     def force_of(fixed_w, moving_w, mask):
         if opts.force == "demons":
+            if moving_w.ndim > n:
+                raise ValueError("options.force: 'demons' needs scalar images; use force='metric' with channels")
             diff = moving_w - fixed_w
             gw = index_gradient(moving_w, n)
             denom = jnp.sum(gw**2, -1) + diff**2
@@ -91,12 +93,15 @@ def _make_level_runner(sim: Callable, fgrid: Grid, mgrid: Grid, opts: GreedyOpti
                 f = f * mask[..., None]
             return f, jnp.mean(diff**2)
         val, (dfix, dmov) = jax.value_and_grad(sim, argnums=(0, 1))(fixed_w, moving_w, mask)
-        gm = index_gradient(moving_w, n)
-        force = dmov[..., None] * gm
+        force = _chain(dmov, moving_w)
         if opts.symmetric:
-            gf = index_gradient(fixed_w, n)
-            force = 0.5 * (force - dfix[..., None] * gf)
+            force = 0.5 * (force - _chain(dfix, fixed_w))
         return force, val
+
+    def _chain(dimage, image):
+        # dS/dposition = sum over channels of dS/dW_c * grad W_c (index units)
+        g = index_gradient(image, n)  # (*shape[, C], n)
+        return (dimage[..., None] * g).sum(axis=-2) if image.ndim > n else dimage[..., None] * g
 
     def run(v, fixed, moving, mask, hmat):
         index = fgrid.index_coords(fixed.dtype)
