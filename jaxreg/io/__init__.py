@@ -5,6 +5,8 @@ Nothing in the JAX core imports this package, so nibabel and scipy.io stay optio
 * :mod:`jaxreg.io.nifti`: ``.nii``/``.nii.gz`` <-> :class:`~jaxreg.core.grid.Image` (data on a RAS+ mm grid).
 * :mod:`jaxreg.io.itk`: ITK/ANTs ``.mat``, ``.tfm``/``.txt`` and displacement-field NIfTI files <-> jaxreg
   transforms, with the LPS <-> RAS conversion and ANTs' ``-t`` order convention (:func:`compose_files`).
+* :mod:`jaxreg.io.landmarks`: landmark files in world mm: plain CSV (RAS), 3D Slicer ``.fcsv`` (RAS/LPS) and
+  ANTs CSV (LPS).
 * :func:`atomic_write`: every writer writes a temporary file next to the destination and renames it.
 """
 
@@ -20,9 +22,14 @@ from jaxreg.io.itk import (
     write_displacement_field,
     write_transform,
 )
+from jaxreg.io.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
 from jaxreg.io.nifti import load_image, load_labels, save_image
 
 __all__ = [
+    "Landmarks",
+    "match_landmarks",
+    "read_landmarks",
+    "write_landmarks",
     "atomic_write",
     "check_not_input",
     "compose_files",
