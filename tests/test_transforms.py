@@ -390,3 +390,13 @@ def test_bad_inputs_raise_clear_errors():
         rotation_matrix(jnp.zeros(4))
     with pytest.raises(ValueError, match="spacing"):
         BSplineTransform.identity(GRID3, 0.0)
+
+
+def test_refine_bspline_is_exact():
+    from jaxreg.transforms import refine_bspline
+
+    b = BSplineTransform.identity(GRID3, 12.0)
+    b = BSplineTransform(jnp.asarray(np.random.default_rng(0).normal(size=b.coefficients.shape), jnp.float32), b.control_grid)
+    r = refine_bspline(b)
+    np.testing.assert_allclose(r.control_grid.spacing, b.control_grid.spacing / 2)
+    np.testing.assert_allclose(r.sample_displacement(GRID3), b.sample_displacement(GRID3), atol=1e-5)

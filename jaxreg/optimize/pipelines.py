@@ -30,7 +30,7 @@ from jaxreg.transforms.base import LinearTransform, Transform
 from jaxreg.transforms.compose import compose
 from jaxreg.transforms.linear import Affine, Rigid, Similarity
 
-__all__ = ["linear_optimizer", "register_linear", "register_pair", "PipelineResult", "DEFAULT_LINEAR_LEVELS", "DEFAULT_GREEDY_LEVELS"]
+__all__ = ["linear_optimizer", "register_linear", "register_pair", "register_bspline", "register_dense", "PipelineResult", "DEFAULT_LINEAR_LEVELS", "DEFAULT_GREEDY_LEVELS"]
 
 DEFAULT_LINEAR_LEVELS = (Level(4, 0.0, 100), Level(2, 0.0, 50))
 DEFAULT_GREEDY_LEVELS = (Level(4, 0.0, 40), Level(2, 0.0, 20))
@@ -238,3 +238,148 @@ def register_pair(
     deform = greedy_register(f, m, similarity=sim, levels=deformable_levels, options=greedy, outer=affine, fixed_mask=fixed_mask)
     stages["deformable"] = deform
     return PipelineResult(compose(affine, deform.optimized), affine, deform.optimized, stages, time.perf_counter() - t0)
+
+
+def _similarity(metric: str | Any):
+    if callable(metric):
+        return metric
+    if metric.startswith("lncc"):
+        key = metric if metric != "lncc" else "lncc5"
+        if key not in _METRIC_CACHE:
+            from jaxreg.similarity import lncc
+
+            _METRIC_CACHE[key] = lncc(int(key[4:]))
+        return _METRIC_CACHE[key]
+    return _cached_metric(metric)
+
+
+_TERM_CACHE: dict[str, Any] = {}
+
+
+def _regularizer(name: str):
+    """Field term ``fn(field, spacing)`` wrapping a :mod:`jaxreg.regularizers` function (cached object)."""
+    if name not in _TERM_CACHE:
+        from jaxreg import regularizers
+
+        if name not in ("diffusion", "bending", "elastic", "total_variation"):
+            raise ValueError(f"regularizer: expected 'diffusion', 'bending', 'elastic' or 'total_variation', got {name!r}")
+        fn = getattr(regularizers, name)
+        _TERM_CACHE[name] = lambda u, spacing: fn(u, spacing=spacing)
+        _TERM_CACHE[name].__name__ = name
+    return _TERM_CACHE[name]
+
+
+def register_bspline(
+    fixed: Image,
+    moving: Image,
+    *,
+    outer: Transform | None = None,
+    metric: str | Any = "lncc5",
+    spacings_mm: Sequence[float] = (40.0, 20.0, 10.0),
+    levels: Sequence[Level] = (Level(4, 0.0, 60), Level(2, 0.0, 40), Level(1, 0.0, 20)),
+    bending_weight: float = 0.01,
+    step_mm: float = 0.5,
+    fixed_mask: Image | None = None,
+    progress: bool = False,
+) -> RegistrationResult:
+    """Multi-level cubic B-spline FFD with bending energy (as NiftyReg ``reg_f3d``).
+
+    Control level ``k`` has spacing ``spacings_mm[k]`` (each half the previous one, refined exactly with
+    :func:`~jaxreg.transforms.refine_bspline`) and is optimised on image level ``levels[k]`` with Adam on the
+    coefficients (mm) against ``metric + bending_weight * bending`` (the analytic bending energy of the
+    control points, :func:`jaxreg.regularizers.bspline_bending_energy`).
+
+    Args:
+      fixed: fixed image.
+      moving: moving image.
+      outer: fixed linear stage applied after the FFD.
+      metric: similarity name (``"lncc5"``, ``"ssd"``, ``"ncc"``, ``"mi"``...) or a loss function.
+      spacings_mm: control-point spacings, coarse to fine, each half the previous.
+      levels: one image level per control level.
+      bending_weight: weight of the bending energy.
+      step_mm: Adam learning rate on coefficients (mm).
+      fixed_mask: optional fixed mask.
+      progress: tqdm bars.
+
+    Returns:
+      :class:`RegistrationResult` (``optimized`` is the final :class:`~jaxreg.transforms.BSplineTransform`).
+    """
+    from jaxreg.regularizers import bspline_bending_energy
+    from jaxreg.transforms.bspline import BSplineTransform, refine_bspline
+    from jaxreg.optimize.objective import transform_term
+
+    if len(spacings_mm) != len(levels):
+        raise ValueError(f"levels: expected one level per control spacing ({len(spacings_mm)}), got {len(levels)}")
+    for a, b in zip(spacings_mm[:-1], spacings_mm[1:]):
+        if not np.isclose(b, a / 2):
+            raise ValueError(f"spacings_mm: each spacing must be half the previous one, got {list(spacings_mm)}")
+    t0 = time.perf_counter()
+    key = "bspline_bending"
+    if key not in _TERM_CACHE:
+        _TERM_CACHE[key] = lambda t: bspline_bending_energy(t)
+        _TERM_CACHE[key].__name__ = "bending"
+    obj = objective(similarity_term(_similarity(metric), name=str(metric)), transform_term(_TERM_CACHE[key], bending_weight))
+    opt_key = ("adam", float(step_mm))
+    if opt_key not in _OPT_CACHE:
+        _OPT_CACHE[opt_key] = optax.adam(step_mm)
+    t: Transform = BSplineTransform.identity(fixed.grid, spacings_mm[0])
+    records = []
+    for k, level in enumerate(levels):
+        if k:
+            t = refine_bspline(t)
+        res = register(fixed, moving, t, objective=obj, optimizer=_OPT_CACHE[opt_key], levels=[level], outer=outer,
+                       fixed_mask=fixed_mask, progress=progress)
+        t = res.optimized
+        records.extend(res.levels)
+    full = t if outer is None else compose(outer, t)
+    return RegistrationResult(full, t, tuple(records), time.perf_counter() - t0)
+
+
+def register_dense(
+    fixed: Image,
+    moving: Image,
+    *,
+    outer: Transform | None = None,
+    metric: str | Any = "lncc5",
+    regularizer: str = "diffusion",
+    weight: float = 1.0,
+    diffeomorphic: bool = False,
+    levels: Sequence[Level] = (Level(4, 0.0, 80), Level(2, 0.0, 40)),
+    step_mm: float = 0.2,
+    fixed_mask: Image | None = None,
+    progress: bool = False,
+) -> RegistrationResult:
+    """Variational dense registration: a displacement field (or a velocity field) with a smoothness prior.
+
+    Optimises a :class:`~jaxreg.transforms.DisplacementField` (``diffeomorphic=False``; variational optical
+    flow) or a :class:`~jaxreg.transforms.VelocityField` (``diffeomorphic=True``; gradient through scaling and
+    squaring) on each level's fixed grid, with Adam, against ``metric + weight * regularizer`` where the
+    regulariser is ``"diffusion"``, ``"elastic"``, ``"bending"`` or ``"total_variation"`` of
+    :mod:`jaxreg.regularizers` (of the displacement, or of the velocity). Fields are lifted between levels.
+
+    Args:
+      fixed: fixed image.
+      moving: moving image.
+      outer: fixed linear stage applied after the field.
+      metric: similarity name or loss function.
+      regularizer: regulariser name.
+      weight: regulariser weight.
+      diffeomorphic: optimise a stationary velocity field instead of a displacement.
+      levels: resolution levels.
+      step_mm: Adam learning rate (mm).
+      fixed_mask: optional fixed mask.
+      progress: tqdm bars.
+
+    Returns:
+      :class:`RegistrationResult`.
+    """
+    from jaxreg.optimize.objective import field_term
+    from jaxreg.transforms.dense import DisplacementField, VelocityField
+
+    obj = objective(similarity_term(_similarity(metric), name=str(metric)), field_term(_regularizer(regularizer), weight))
+    opt_key = ("adam", float(step_mm))
+    if opt_key not in _OPT_CACHE:
+        _OPT_CACHE[opt_key] = optax.adam(step_mm)
+    t0: Transform = VelocityField.identity(fixed.grid) if diffeomorphic else DisplacementField.identity(fixed.grid)
+    return register(fixed, moving, t0, objective=obj, optimizer=_OPT_CACHE[opt_key], levels=levels, outer=outer,
+                    fixed_mask=fixed_mask, progress=progress)

@@ -7,7 +7,13 @@ Linear: :class:`Translation`, :class:`Rigid`, :class:`Similarity`, :class:`Affin
 """
 
 from jaxreg.transforms.base import LinearTransform, Transform
-from jaxreg.transforms.bspline import BSplineTransform, bspline_control_grid, bspline_weight_matrix, cubic_bspline
+from jaxreg.transforms.bspline import (
+    BSplineTransform,
+    bspline_control_grid,
+    bspline_weight_matrix,
+    cubic_bspline,
+    refine_bspline,
+)
 from jaxreg.transforms.compose import Composite, NumericalInverse, compose, invert, to_affine, to_displacement
 from jaxreg.transforms.dense import (
     DisplacementField,
@@ -67,4 +73,5 @@ __all__ = [
     "bspline_control_grid",
     "bspline_weight_matrix",
     "cubic_bspline",
+    "refine_bspline",
 ]

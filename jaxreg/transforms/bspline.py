@@ -25,7 +25,7 @@ from jaxreg.core.grid import Grid
 from jaxreg.core.sampling import map_coordinates
 from jaxreg.transforms.base import Transform, _check_grid, _check_points, pytree_dataclass
 
-__all__ = ["BSplineTransform", "bspline_control_grid", "cubic_bspline", "bspline_weight_matrix"]
+__all__ = ["BSplineTransform", "bspline_control_grid", "cubic_bspline", "bspline_weight_matrix", "refine_bspline"]
 
 
 def cubic_bspline(t: np.ndarray | jax.Array) -> Any:
@@ -134,3 +134,55 @@ class BSplineTransform(Transform):
 
     def sample_grid(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
         return grid.world_coords(dtype) + self.sample_displacement(grid, dtype)
+
+
+def _refine_matrix(n_old: int, n_new: int) -> np.ndarray:
+    """Two-scale relation of the cubic B-spline: ``(n_new, n_old)`` map of coefficients to half spacing.
+
+    New control point ``2i - 1`` sits on old point ``i`` and gets ``(c[i-1] + 6 c[i] + c[i+1]) / 8``; new point
+    ``2i`` sits half way between old ``i`` and ``i + 1`` and gets ``(c[i] + c[i+1]) / 2`` (old coefficients
+    beyond the grid are zero, as in the evaluation).
+    """
+    r = np.zeros((n_new, n_old))
+    for j in range(n_new):
+        if j % 2 == 1:
+            i = (j + 1) // 2
+            for k, w in ((i - 1, 1 / 8), (i, 6 / 8), (i + 1, 1 / 8)):
+                if 0 <= k < n_old:
+                    r[j, k] += w
+        else:
+            i = j // 2
+            for k in (i, i + 1):
+                if 0 <= k < n_old:
+                    r[j, k] += 0.5
+    return r
+
+
+def refine_bspline(transform: BSplineTransform) -> BSplineTransform:
+    """The same deformation on a control grid with half the spacing (exact dyadic subdivision).
+
+    The refined control grid has half the spacing, the same direction, its first point half a coarse spacing
+    after the old first point and ``2 n - 3`` points per axis, so it covers the same domain; the coefficients
+    follow the two-scale relation of cubic B-splines, so the displacement is
+    unchanged wherever the coarse grid's support is complete (every voxel of the domain). Used between levels
+    of multi-level FFD registration (NiftyReg's ``-ln``).
+
+    Args:
+      transform: FFD whose control grid was made by :func:`bspline_control_grid`.
+
+    Returns:
+      The refined :class:`BSplineTransform`.
+    """
+    cg = transform.control_grid
+    n = cg.ndim
+    a = cg.affine
+    a2 = a.copy()
+    a2[:n, :n] = a[:n, :n] / 2.0
+    a2[:n, n] = a[:n, n] + a[:n, :n] @ np.full(n, 0.5)  # first new point: half a coarse spacing after the old first
+    shape = tuple(2 * s - 3 for s in cg.shape)
+    new_grid = Grid(shape, a2)
+    c = transform.coefficients
+    for d in range(n):
+        r = jnp.asarray(_refine_matrix(cg.shape[d], shape[d]), c.dtype)
+        c = jnp.moveaxis(jnp.tensordot(r, c, axes=([1], [d])), 0, d)
+    return BSplineTransform(c, new_grid)
