@@ -25,7 +25,18 @@ def pair():
     return fixed, moving, truth
 
 
-@pytest.mark.parametrize("options", [GreedyOptions(symmetric=False), GreedyOptions(symmetric=True), GreedyOptions(force="demons", symmetric=False)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        GreedyOptions(symmetric=False),
+        GreedyOptions(symmetric=True),
+        GreedyOptions(force="demons", symmetric=False),
+        GreedyOptions(symmetric=False, update="additive"),
+        GreedyOptions(symmetric=False, update="compositive"),
+        GreedyOptions(force="demons", symmetric=False, update="diffeomorphic"),
+    ],
+    ids=["svf", "svf-symmetric", "svf-demons", "additive", "compositive", "diffeomorphic-demons"],
+)
 def test_greedy_recovers_known_deformation_without_folding(pair, options):
     fixed, moving, truth = pair
     res = greedy_register(fixed, moving, similarity=ssd, levels=[Level(2, 0.0, 40), Level(1, 0.0, 20)], options=options)
@@ -48,3 +59,5 @@ def test_greedy_with_outer_affine_and_errors(pair):
     assert float(ssd(fixed.data, jr.warp(moved, res.transform, fixed.grid).data, None)) < 0.2 * float(ssd(fixed.data, moving.data, None))
     with pytest.raises(ValueError, match="force"):
         greedy_register(fixed, moving, similarity=ssd, options=GreedyOptions(force="x"))
+    with pytest.raises(ValueError, match="symmetric"):
+        greedy_register(fixed, moving, similarity=ssd, options=GreedyOptions(update="additive", symmetric=True))

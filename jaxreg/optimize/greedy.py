@@ -40,7 +40,7 @@ from jaxreg.core.sampling import map_coordinates
 from jaxreg.optimize.engine import Level, LevelResult, RegistrationResult, adapt_transform
 from jaxreg.transforms.base import LinearTransform
 from jaxreg.transforms.compose import compose
-from jaxreg.transforms.dense import VelocityField, from_voxel_displacement, to_voxel_displacement
+from jaxreg.transforms.dense import DisplacementField, VelocityField, from_voxel_displacement, to_voxel_displacement
 from jaxreg.warp.pyramid import smooth_array
 
 __all__ = ["GreedyOptions", "greedy_register"]
@@ -56,6 +56,13 @@ class GreedyOptions(NamedTuple):
       symmetric: warp both images half way (SyN-like) instead of the moving image all the way.
       exp_steps: scaling-and-squaring steps for ``exp(v)``.
       force: ``"metric"`` (gradient of the similarity) or ``"demons"`` (Thirion's force, SSD-like).
+      update: how the smoothed update ``delta`` enters the transform:
+        ``"svf"`` (default): ``v <- G_f * (v + delta)``, transform ``exp(v)`` (log-domain, diffeomorphic);
+        ``"additive"``: displacement ``u <- G_f * (u + delta)`` (Thirion's original demons);
+        ``"compositive"``: ``u <- G_f * (u o (id + delta))``;
+        ``"diffeomorphic"``: ``u <- G_f * (u o exp(delta))`` (diffeomorphic demons, Vercauteren et al. 2009).
+        The three displacement updates use no exponential of the whole field, so they are cheaper per
+        iteration; ``symmetric=True`` requires ``"svf"``.
     """
 
     step: float = 1.0
@@ -64,6 +71,7 @@ class GreedyOptions(NamedTuple):
     symmetric: bool = True
     exp_steps: int = 6
     force: str = "metric"
+    update: str = "svf"
 
 
 def _exp_vox(v: jax.Array, index: jax.Array, steps: int) -> jax.Array:
@@ -114,6 +122,17 @@ def _make_level_runner(sim: Callable, fgrid: Grid, mgrid: Grid, opts: GreedyOpti
             idx = jnp.where(jnp.abs(r - idx) < 1e-4, r, idx)
             return map_coordinates(moving, idx, order=1, mode="constant", cval=0.0)
 
+        def displacement_of(v):
+            return v if opts.update != "svf" else _exp_vox(v, index, opts.exp_steps)
+
+        def apply_update(v, delta):
+            if opts.update in ("svf", "additive"):
+                new = v + delta
+            else:
+                step = delta if opts.update == "compositive" else _exp_vox(delta, index, 4)
+                new = step + map_coordinates(v, index + step, order=1, mode="nearest")
+            return smooth_array(new, (opts.sigma_field,) * n)
+
         def body(v, _):
             if opts.symmetric:
                 up = _exp_vox(0.5 * v, index, opts.exp_steps)
@@ -121,7 +140,7 @@ def _make_level_runner(sim: Callable, fgrid: Grid, mgrid: Grid, opts: GreedyOpti
                 mw = sample_moving(up)
                 fw = map_coordinates(fixed, index + um, order=1, mode="nearest")
             else:
-                mw = sample_moving(_exp_vox(v, index, opts.exp_steps))
+                mw = sample_moving(displacement_of(v))
                 fw = fixed
             force, val = force_of(fw, mw, mask)
             delta = -smooth_array(force, (opts.sigma_update,) * n)
@@ -133,8 +152,7 @@ def _make_level_runner(sim: Callable, fgrid: Grid, mgrid: Grid, opts: GreedyOpti
             delta = delta * (opts.step / (3.0 * jnp.maximum(rms, 1e-20)))
             mag = jnp.sqrt(jnp.sum(delta**2, -1, keepdims=True))
             delta = delta * jnp.minimum(1.0, opts.step / jnp.maximum(mag, 1e-20))
-            v = smooth_array(v + delta, (opts.sigma_field,) * n)
-            return v, val
+            return apply_update(v, delta), val
 
         return jax.lax.scan(body, v, None, length=iterations)
 
@@ -155,7 +173,7 @@ def greedy_register(
     options: GreedyOptions = GreedyOptions(),
     outer: LinearTransform | None = None,
     fixed_mask: Image | None = None,
-    initial: VelocityField | None = None,
+    initial: VelocityField | DisplacementField | None = None,
 ) -> RegistrationResult:
     """Greedy (demons-like) diffeomorphic registration with a stationary velocity field.
 
@@ -168,11 +186,11 @@ def greedy_register(
       options: :class:`GreedyOptions`.
       outer: linear transform applied after ``exp(v)`` (e.g. the affine stage), fixed.
       fixed_mask: optional mask on the fixed grid, weighting the similarity.
-      initial: optional initial velocity field (any grid; resampled).
+      initial: optional initial velocity field (``update="svf"``) or displacement field (any grid; resampled).
 
     Returns:
-      :class:`~jaxreg.optimize.RegistrationResult` whose ``optimized`` is the :class:`VelocityField` on the fixed
-      grid and ``transform`` is ``compose(outer, exp(v))`` (or the field alone). ``levels[i].loss`` holds the
+      :class:`~jaxreg.optimize.RegistrationResult` whose ``optimized`` is the :class:`VelocityField` (or, for
+      the displacement updates, the :class:`DisplacementField`) on the fixed grid and ``transform`` is ``compose(outer, exp(v))`` (or the field alone). ``levels[i].loss`` holds the
       similarity value per iteration.
     """
     if not isinstance(fixed, Image) or not isinstance(moving, Image):
@@ -181,6 +199,10 @@ def greedy_register(
         raise ValueError(f"fixed/moving: dimensions differ ({fixed.grid.ndim}-D vs {moving.grid.ndim}-D)")
     if options.force not in ("metric", "demons"):
         raise ValueError(f"options.force: expected 'metric' or 'demons', got {options.force!r}")
+    if options.update not in ("svf", "additive", "compositive", "diffeomorphic"):
+        raise ValueError(f"options.update: expected 'svf', 'additive', 'compositive' or 'diffeomorphic', got {options.update!r}")
+    if options.symmetric and options.update != "svf":
+        raise ValueError("options.symmetric: the symmetric (mid-space) variant needs update='svf'")
     t_start = time.perf_counter()
     n = fixed.grid.ndim
     vel = initial
@@ -191,9 +213,9 @@ def greedy_register(
         m = _level_image(moving, level)
         mk = None if fixed_mask is None else _level_image(fixed_mask, level).data
         if vel is None:
-            vel = VelocityField.identity(f.grid, steps=options.exp_steps)
+            vel = VelocityField.identity(f.grid, steps=options.exp_steps) if options.update == "svf" else DisplacementField.identity(f.grid)
         vel = adapt_transform(vel, f.grid)
-        v_vox = to_voxel_displacement(vel.velocity, f.grid)
+        v_vox = to_voxel_displacement(vel.velocity if options.update == "svf" else vel.displacement, f.grid)
         a = np.eye(n + 1) if outer is None else np.asarray(outer.homogeneous(), np.float64)
         hmat = jnp.asarray(m.grid.inverse_affine @ a @ f.grid.affine, jnp.float32)
         run = _runner(similarity, f.grid, m.grid, options, int(level.iterations))
@@ -201,7 +223,8 @@ def greedy_register(
         v_vox, hist = run(v_vox, f.data, m.data, mk, hmat)
         hist = np.asarray(hist)
         compile_s = time.perf_counter() - tc
-        vel = VelocityField(from_voxel_displacement(v_vox, f.grid), f.grid, options.exp_steps)
+        mm = from_voxel_displacement(v_vox, f.grid)
+        vel = VelocityField(mm, f.grid, options.exp_steps) if options.update == "svf" else DisplacementField(mm, f.grid)
         records.append(LevelResult(hist, int(level.iterations), False, time.perf_counter() - t0, compile_s))
     vel = adapt_transform(vel, fixed.grid)
     full = vel if outer is None else compose(outer, vel)
