@@ -1,8 +1,10 @@
 """jaxreg: a functional JAX engine for medical image registration.
 
 Layers (dependencies point one way): :mod:`jaxreg.core` (grids, interpolation) -> :mod:`jaxreg.transforms`
--> :mod:`jaxreg.warp`; :mod:`jaxreg.io` and :mod:`jaxreg.cli` sit on top and are not imported here, so the
-JAX core does not pull in nibabel.
+-> :mod:`jaxreg.warp` -> {:mod:`jaxreg.similarity`, :mod:`jaxreg.regularizers`, :mod:`jaxreg.evaluation`,
+:mod:`jaxreg.points`} -> :mod:`jaxreg.optimize` (objectives, ``register``, greedy/demons, pipelines);
+:mod:`jaxreg.io`, :mod:`jaxreg.plot` and :mod:`jaxreg.cli` sit on top. Only the core, transforms and warp are
+imported here (import the others by name), so ``import jaxreg`` stays light and never pulls in nibabel.
 
 Conventions: world coordinates are RAS+ millimetres from the NIfTI affine (integer index = voxel centre);
 arrays are channels-last and point/field components follow array-axis order; a transform maps fixed-space
