@@ -327,13 +327,13 @@ def _taps_order1(x: jax.Array, n: int, mode: str, deriv: bool) -> _AxisTaps:
         x = jnp.clip(x, 0, n - 1)
     elif mode == "mirror":
         p = 2.0 * (n - 1)
-        y = jnp.abs(x) % p
+        y = jax.lax.rem(jnp.abs(x), jnp.asarray(p, dtype))  # exact; in [0, p)
         flip = y > n - 1
         fac = jnp.where((x < 0) != flip, -1.0, 1.0).astype(dtype)
         x = jnp.where(flip, p - y, y)
     elif mode == "reflect":
         p = 2.0 * n
-        y = (x + 0.5) % p
+        y = jnp.remainder(jnp.remainder(x, p) + 0.5, p)  # (x + 0.5) mod p, without rounding x + 0.5
         flip = y > n
         y = jnp.where(flip, p - y, y) - 0.5  # in [-0.5, n - 0.5], constant within half a voxel of the ends
         fac = jnp.where(flip, -1.0, 1.0).astype(dtype) * _inside(y, n).astype(dtype)
@@ -361,7 +361,7 @@ def _taps_order3(x: jax.Array, n: int, mode: str, deriv: bool) -> _AxisTaps:
     # beta3(u) = 2/3 - u^2 + |u|^3 / 2 for |u| < 1 and (2 - |u|)^3 / 6 for 1 <= |u| < 2.
     w = [s2 * s / 6, (3 * t2 * t - 6 * t2 + 4) / 6, (3 * s2 * s - 6 * s2 + 4) / 6, t2 * t / 6]
     dw = [-s2 / 2, 1.5 * t2 - 2 * t, 2 * s - 1.5 * s2, t2 / 2] if deriv else None
-    i = _to_index(f, n, 4)
+    i = _to_index(f, n, 4) if mode not in ("mirror", "reflect") else f.astype(jnp.int32)  # x in [0, 2n) there
     idx, ok = [], []
     for k in range(-1, 3):
         ik, okk = _map_tap_index(i + k, n, mode)
