@@ -95,18 +95,25 @@ def ncc(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> j
     return -jnp.where(ok, (cov / sf) / sm, 0)
 
 
-def _centre_and_scale(x, w):
-    """``(x - mean) * s`` with the (masked) global mean and ``s = 1 / max|x - mean|``, both constants.
+def _min_max_normalise(x, w):
+    """``(x - lo) / (hi - lo)`` with the (masked) min ``lo`` and max ``hi``; ``x - lo`` if ``hi == lo``.
 
-    LNCC is invariant to these changes apart from its epsilon, which the caller rescales by the same factors,
-    so the result is unchanged; removing the mean avoids cancellation in the window moments and the scale
-    keeps ``cross^2`` representable for intensities of order 1e6 and more.
+    Differentiable (the derivative reaches the extreme voxels through ``lo`` and ``hi``); an empty mask gives
+    ``lo = hi = 0``. Voxels at the minimum (typically the background) map to exact zeros, so flat background
+    windows have exactly zero moments.
     """
-    mu = jax.lax.stop_gradient(U.weighted_mean(x, w))
-    xc = x - mu
-    amax = jax.lax.stop_gradient(jnp.max(jnp.abs(xc)))
-    s = jnp.where(amax > 0, 1 / jnp.where(amax > 0, amax, 1), 1).astype(x.dtype)
-    return xc * s, s
+    if w is None:
+        lo, hi = jnp.min(x), jnp.max(x)
+    else:
+        inside = U.broadcast_mask(w, x.shape) > 0
+        lo = jnp.min(jnp.where(inside, x, jnp.inf))
+        hi = jnp.max(jnp.where(inside, x, -jnp.inf))
+        empty = ~jnp.any(inside)
+        lo = jnp.where(empty, 0, lo).astype(x.dtype)
+        hi = jnp.where(empty, 0, hi).astype(x.dtype)
+    width = hi - lo
+    ok = width > 0
+    return (x - lo) * jnp.where(ok, 1 / jnp.where(ok, width, 1), 1)
 
 
 def lncc(
@@ -129,22 +136,26 @@ def lncc(
         loss  = -LNCC                                          (in [-1, 0], lower is better)
 
     This is the definition of VoxelMorph (Balakrishnan et al., IEEE TMI 38(8), 2019; after Avants et al.,
-    MedIA 12(1), 2008, the ANTs ``CC`` metric), including its epsilon ``eps = 1e-5`` added to the product of
-    the *window-sum* variances (units of (intensity^2 x voxels)^2 for images in their own units; the sums use
-    unit taps, so a box window matches VoxelMorph's sums). Away from the image border and without a mask, the
-    window holds ``prod(window)`` voxels and the result equals VoxelMorph's; at the border only voxels inside
-    the image count (``S_a`` is their number), i.e. each local moment is ``scipy.ndimage.uniform_filter(.,
-    mode="constant")`` of the product divided by that of an all-ones image, where VoxelMorph counts the zero
-    padding as voxels. With a mask, masked-out voxels enter neither the local moments nor the mean, so the
-    loss does not depend on the image values there. Windows without counted voxels give ``cc = 0``; constant
-    images give 0, never NaN.
+    MedIA 12(1), 2008, the ANTs ``CC`` metric) with its epsilon ``eps = 1e-5`` added to the product of the
+    *window-sum* variances, for images in [0, 1]: each image is first mapped to [0, 1] by its (masked) min and
+    max. LNCC does not depend on that affine map except through ``eps``, which thereby has one meaning for
+    any intensity scale (images in 0..255 or 1e6 give the same loss as in [0, 1]) and keeps float32
+    round-off in flat windows (~1e-7 of the window sums) far below it; the background at the minimum maps
+    to exact zeros. The map is differentiated too (it reaches the extreme voxels). The sums use unit taps,
+    so a box window matches VoxelMorph's sums: away from the image border and without a mask the window holds
+    ``prod(window)`` voxels and the result equals VoxelMorph's for images in [0, 1]. At the border only
+    voxels inside the image count (``S_a`` is their number), i.e. each local moment is
+    ``scipy.ndimage.uniform_filter(., mode="constant")`` of the product divided by that of an all-ones image,
+    where VoxelMorph counts the zero padding as voxels (the two agree when the content is at least
+    ``2 * (window // 2)`` voxels from the border). With a mask, masked-out voxels enter neither the local
+    moments, nor the mean, nor the min/max, so the loss does not depend on the image values there. Windows
+    without counted voxels give ``cc = 0``; constant images give 0; negative round-off in ``var`` is clamped
+    to 0; never NaN.
 
-    Implementation: each image is first centred on its (masked) mean and divided by its maximum absolute
-    deviation, constants to autodiff, with ``eps`` rescaled by the same factors, which leaves the definition
-    unchanged and avoids cancellation and overflow (intensities of 1e6 and beyond). The window sums are
-    separable: a running box sum per axis (``lax.reduce_window``), cost ``O(sum(window))`` per voxel for value
-    and gradient; the Gaussian window is a separable correlation with a self-adjoint custom VJP (cost
-    ``O(sum(2 ceil(truncate sigma) + 1))``; reverse-mode only).
+    Implementation: the window sums are separable: a running box sum per axis (``lax.reduce_window``), cost
+    ``O(sum(window))`` per voxel for value and gradient (not ``O(prod(window))``); the Gaussian window is a
+    separable correlation with a self-adjoint custom VJP (cost ``O(sum(2 ceil(truncate sigma) + 1))``;
+    reverse-mode differentiation only).
 
     Args:
         window: Box window size in voxels, an odd int or one odd int per spatial axis. Default 9 (VoxelMorph).
@@ -195,9 +206,8 @@ def lncc(
         else:
             filt = lambda q: U.box_sum(q, [len(k) for k in kernels], axes)  # noqa: E731
 
-        f, sf = _centre_and_scale(fixed, w)
-        m, sm = _centre_and_scale(moving, w)
-        eps_scaled = jnp.asarray(eps, fixed.dtype) * (sf * sm) ** 2
+        f = _min_max_normalise(fixed, w)
+        m = _min_max_normalise(moving, w)
         if w is None:
             count = U.broadcast_mask(U.window_count(spatial, kernels, fixed.dtype), fixed.shape)
             sums = filt(jnp.stack([f, m, f * f, m * m, f * m]))
@@ -213,14 +223,15 @@ def lncc(
         cross = s_ij - s_i * s_j * inv_n
         var_i = jnp.maximum(s_ii - s_i * s_i * inv_n, 0)
         var_j = jnp.maximum(s_jj - s_j * s_j * inv_n, 0)
-        cc = U.safe_div(cross * cross, var_i * var_j + eps_scaled)
+        cc = U.safe_div(cross * cross, var_i * var_j + jnp.asarray(eps, fixed.dtype))
         return -U.weighted_mean(cc, w)
 
     loss.__doc__ = (
         f"LNCC loss ({'Gaussian sigma=' + repr(sigma) if gaussian else 'box window=' + repr(spec)}); "
         "see :func:`jaxreg.similarity.lncc`.\n\n"
         "Args:\n    fixed, moving: images ``(*spatial)`` or ``(*spatial, C)``.\n"
-        "    mask: optional spatial weights.\n    eps: epsilon added to var_I var_J (window-sum units).\n\n"
+        "    mask: optional spatial weights.\n    eps: epsilon added to var_I var_J (window-sum units of the images\n"
+        "        min-max normalised to [0, 1]).\n\n"
         "Returns:\n    Scalar ``-LNCC`` in [-1, 0]."
     )
     return jax.jit(loss)

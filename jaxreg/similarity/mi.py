@@ -12,9 +12,10 @@ with the dense matrix ``W_F`` again. To keep memory bounded for whole volumes (7
 ~0.9 GB per matrix), the voxels are processed in chunks of 4096 under ``lax.scan`` with ``jax.checkpoint``,
 so the kernel rows are recomputed in the backward pass instead of being stored.
 
-**Bins.** Intensities in ``[lo, hi]`` (each image's min/max over the mask by default, treated as constants
-for differentiation; or given) map linearly to bin coordinates; values outside a given range are clamped to
-its ends. Per kernel:
+**Bins.** Intensities in ``[lo, hi]`` (each image's min/max over the mask by default, or given) map linearly to
+bin coordinates; values outside a given range are clamped to its ends. The data-derived min/max are part of
+the measure and are differentiated too (their derivative reaches the extreme voxels); pass fixed ranges for
+bins that do not move with the data (ITK's Mattes MI fixes them once). Per kernel:
 
 * ``"bspline"`` -- cubic B-spline ``beta3`` (support 4 bins), ``t = 1 + (bins - 3) (x - lo) / (hi - lo)``,
   so the support of every voxel lies inside the ``bins`` bins and each row sums to exactly 1 (partition of
@@ -61,7 +62,11 @@ def _check_config(bins, kernel, sigma):
 
 
 def _intensity_range(x, w, given):
-    """``(lo, hi)``: the given range, or the min/max of ``x`` over voxels with positive weight (constants)."""
+    """``(lo, hi)``: the given range, or the min/max of ``x`` over voxels with positive weight.
+
+    The min/max are differentiated like the rest (the derivative reaches the extreme voxels), so gradients
+    are those of the measure as defined, including the dependence of the bins on the data.
+    """
     if given is not None:
         lo, hi = given
         return jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype)
@@ -74,7 +79,7 @@ def _intensity_range(x, w, given):
         empty = ~jnp.any(inside)
         lo = jnp.where(empty, 0, lo).astype(x.dtype)
         hi = jnp.where(empty, 0, hi).astype(x.dtype)
-    return lax.stop_gradient(lo), lax.stop_gradient(hi)
+    return lo, hi
 
 
 def _bin_coordinate(x, lo, hi, bins: int, kernel: str):
@@ -283,8 +288,9 @@ def correlation_ratio(bins: int = 32, *, kernel: str = "box", sigma: float = 1.0
         loss = 1 - eta^2 = (S2 - sum_k S1_k^2 / S0_k) / (S2 - S1^2 / S0)          (in [0, 1])
 
     Empty bins contribute nothing; if ``Var(M) = 0`` on the mask (constant moving image, empty mask) the loss
-    is defined as 1 (nothing explained), without an epsilon. The moving image is centred on its (masked)
-    mean first, which leaves the measure unchanged and avoids cancellation. Reference: A. Roche, G. Malandain,
+    is defined as 1 (nothing explained), without an epsilon. The moving image is shifted by its (masked) min
+    and then centred on its mean first, which leaves the measure unchanged, makes a constant image exactly
+    zero and avoids cancellation. Reference: A. Roche, G. Malandain,
     X. Pennec, N. Ayache, "The correlation ratio as a new similarity measure for multimodal image
     registration", MICCAI 1998, LNCS 1496, pp. 1115-1124.
 
@@ -308,8 +314,12 @@ def correlation_ratio(bins: int = 32, *, kernel: str = "box", sigma: float = 1.0
         tf = _bin_coordinate(f, *_intensity_range(f, wv if mask is not None else None, fixed_range), bins, kernel)
         if kernel == "box":
             tf = lax.stop_gradient(tf)
-        mu = lax.stop_gradient(U.safe_div(jnp.sum(wv * m), jnp.sum(wv)))
-        m = m - mu
+        # eta^2 is invariant to affine maps of M: subtract its min (a constant image becomes exact zeros,
+        # hence Var(M) = 0 exactly), then its mean (no cancellation in S2 - S1^2 / S0); both exact, so
+        # treated as constants
+        lo, _ = _intensity_range(m, wv if mask is not None else None, None)
+        m = m - lax.stop_gradient(lo)
+        m = m - lax.stop_gradient(U.safe_div(jnp.sum(wv * m), jnp.sum(wv)))
 
         def chunk(tf_c, m_c, w_c):
             a = _kernel_rows(tf_c, bins, kernel, sigma)

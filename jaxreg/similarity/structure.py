@@ -120,35 +120,42 @@ def _check_mind_config(radius, dilation):
         raise ValueError(f"dilation must be >= 1, got {dilation}")
 
 
-def _mind_ssc(image, radius: int, dilation: int, w):
+def _mind_ssc(image, radius: int, dilation: int, w) -> list:
+    """MIND-SSC channels of a single-channel image, as a list of ``P`` spatial arrays.
+
+    Kept as separate arrays (not one stacked array) so that XLA fuses the per-channel elementwise work and
+    runs the window sums on contiguous spatial arrays; this is ~2x faster on CPU than a stacked layout.
+    """
     nd = image.ndim
     pairs = ssc_pairs(nd)
     d = dilation
     padded = U.edge_pad(image, [(d, d)] * nd)
-
-    def shifted(off):
-        starts = [d + o * d for o in off]
-        return lax.slice(padded, starts, [s + n for s, n in zip(starts, image.shape)])
-
-    cache = {}
+    shifted = {}
     for a, b in pairs:
-        for o in (a, b):
-            if o not in cache:
-                cache[o] = shifted(o)
-    diff2 = jnp.stack([(cache[a] - cache[b]) ** 2 for a, b in pairs], axis=-1)  # (*spatial, P)
-    # patch SSD: box mean over (2r+1)^nd with replicate padding
-    if radius > 0:
-        k = 2 * radius + 1
-        p = U.edge_pad(diff2, [(radius, radius)] * nd)
-        dims = (k,) * nd + (1,)
-        dist = lax.reduce_window(p, np.zeros((), p.dtype), lax.add, dims, (1,) * (nd + 1), "VALID") / (k**nd)
-    else:
-        dist = diff2
-    dist = dist - jnp.min(dist, axis=-1, keepdims=True)
-    var = jnp.mean(dist, axis=-1, keepdims=True)
-    vbar = U.weighted_mean(var[..., 0], w)
+        for off in (a, b):
+            if off not in shifted:
+                starts = [d + o * d for o in off]
+                shifted[off] = lax.slice(padded, starts, [s + n for s, n in zip(starts, image.shape)])
+    k = 2 * radius + 1
+    dists = []
+    for a, b in pairs:
+        q = (shifted[a] - shifted[b]) ** 2
+        if radius > 0:  # patch mean over (2r+1)^nd with replicate padding: separable running sums
+            q = U.edge_pad(q, [(radius, radius)] * nd)
+            for ax in range(nd):
+                dims = [1] * nd
+                dims[ax] = k
+                q = lax.reduce_window(q, np.zeros((), q.dtype), lax.add, dims, (1,) * nd, "VALID")
+            q = q * (1.0 / k**nd)
+        dists.append(q)
+    low = functools.reduce(jnp.minimum, dists)
+    dists = [q - low for q in dists]
+    var = sum(dists) * (1.0 / len(dists))
+    vbar = U.weighted_mean(var, w)
     var = jnp.clip(var, 1e-3 * vbar, 1e3 * vbar)
-    return jnp.exp(-U.safe_div(dist, var))
+    ok = var > 0
+    inv = jnp.where(ok, 1 / jnp.where(ok, var, 1), 0)  # V = 0 only where all D' = 0: descriptor exp(0) = 1
+    return [jnp.exp(-q * inv) for q in dists]
 
 
 @functools.partial(jax.jit, static_argnames=("radius", "dilation"))
@@ -184,10 +191,10 @@ def mind_ssc(image: jax.Array, *, radius: int = 2, dilation: int = 2, mask: jax.
     image = jnp.asarray(image)
     image = image.astype(U.float_dtype(image))
     w = U.check_mask(mask, image.shape, image.dtype, spatial_ndim=image.ndim)
-    return _mind_ssc(image, radius, dilation, w)
+    return jnp.stack(_mind_ssc(image, radius, dilation, w), axis=-1)
 
 
-def mind(radius: int = 2, dilation: int = 2) -> Loss:
+def mind(radius: int = 2, *, dilation: int = 2) -> Loss:
     """MIND-SSC loss: mean squared difference of the two images' MIND-SSC descriptors.
 
     ``loss = sum_x w(x) sum_ab (MIND_ab[F](x) - MIND_ab[M](x))^2 / (P sum_x w(x))``, in [0, 1], with
@@ -210,7 +217,8 @@ def mind(radius: int = 2, dilation: int = 2) -> Loss:
         w = U.check_mask(mask, fixed.shape, fixed.dtype, spatial_ndim=fixed.ndim)
         df = _mind_ssc(fixed, radius, dilation, w)
         dm = _mind_ssc(moving, radius, dilation, w)
-        return U.weighted_mean((df - dm) ** 2, w)
+        sq = sum((a - b) ** 2 for a, b in zip(df, dm)) * (1.0 / len(df))
+        return U.weighted_mean(sq, w)
 
     loss.__doc__ = f"MIND-SSC SSD loss (radius={radius}, dilation={dilation}); see :func:`jaxreg.similarity.mind`."
     return jax.jit(loss)
