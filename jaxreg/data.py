@@ -4,12 +4,14 @@ Everything here returns jaxreg values (:class:`~jaxreg.core.grid.Image`, transfo
 library, for demos, examples, tests and documentation:
 
 * :func:`load_mni152` -- the MNI152 T1 template that nilearn ships inside its package (no download);
+* :func:`load_mni152_masks` -- its grey-matter, white-matter and brain masks (also shipped with nilearn);
 * :func:`phantom` -- a small synthetic 2D/3D image (or label map) made of nested ellipsoids;
 * :func:`random_velocity_field` -- a seeded random smooth stationary velocity field, whose exponential is a
   diffeomorphism with displacements of a few mm: a known deformation to warp images with;
 * :func:`gaussian_smooth` -- separable Gaussian smoothing of an array on a grid, sigma in mm.
 
-nilearn is an optional dependency (``pip install 'jaxreg[demo]'``) imported only inside :func:`load_mni152`.
+nilearn is an optional dependency (``pip install 'jaxreg[demo]'``) imported only inside :func:`load_mni152` and
+:func:`load_mni152_masks`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from jaxreg.core.grid import Grid, Image
 from jaxreg.transforms.dense import VelocityField
 from jaxreg.warp.pyramid import smooth_array
 
-__all__ = ["load_mni152", "phantom", "random_velocity_field", "gaussian_smooth"]
+__all__ = ["load_mni152", "load_mni152_masks", "phantom", "random_velocity_field", "gaussian_smooth"]
 
 
 def load_mni152(resolution: int = 2, *, dtype: Any = jnp.float32) -> Image:
@@ -62,6 +64,51 @@ def load_mni152(resolution: int = 2, *, dtype: Any = jnp.float32) -> Image:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     grid = Grid(data.shape[:3], np.asarray(img.affine, dtype=np.float64))
     return Image(jnp.asarray(data, dtype=dtype), grid)
+
+
+MNI152_MASKS = ("gm", "wm", "brain")
+"""Names of the masks :func:`load_mni152_masks` returns, in order."""
+
+
+def load_mni152_masks(resolution: int = 2, *, dtype: Any = jnp.int32) -> dict[str, Image]:
+    """Grey-matter, white-matter and brain masks of the MNI152 template, on :func:`load_mni152`'s grid.
+
+    nilearn derives them from files inside its package (nothing is downloaded): ``"gm"`` and ``"wm"`` threshold
+    the ICBM 2009 grey- and white-matter probability maps at 0.2 and close the result
+    (``load_mni152_gm_mask``, ``load_mni152_wm_mask``), ``"brain"`` thresholds the T1 template
+    (``load_mni152_brain_mask``). The grey- and white-matter masks overlap where both probabilities exceed 0.2.
+
+    Args:
+      resolution: isotropic voxel size in mm, a positive integer (as :func:`load_mni152`).
+      dtype: integer dtype of the masks (values 0 and 1).
+
+    Returns:
+      ``{"gm": Image, "wm": Image, "brain": Image}``, 3D label maps on the template grid.
+
+    Raises:
+      ImportError: nilearn is not installed (``pip install 'jaxreg[demo]'``).
+      ValueError: ``resolution`` is not a positive integer.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
+        raise ValueError(f"resolution: expected a positive integer voxel size in mm, got {resolution!r}")
+    try:
+        from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_mask, load_mni152_wm_mask
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "load_mni152_masks needs nilearn, which ships the MNI152 tissue maps: install jaxreg[demo] "
+            "(pip install 'jaxreg[demo]')"
+        ) from e
+    loaders = {"gm": load_mni152_gm_mask, "wm": load_mni152_wm_mask, "brain": load_mni152_brain_mask}
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in MNI152_MASKS:
+            img = loaders[name](resolution=int(resolution))
+            data = np.asarray(img.get_fdata(dtype=np.float32)) > 0.5
+            out[name] = Image(
+                jnp.asarray(data, dtype=dtype), Grid(data.shape[:3], np.asarray(img.affine, np.float64))
+            )
+    return out
 
 
 # -- phantoms --------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 * :func:`show_slices` -- rows of images, three orthogonal slices for 3D (one panel for 2D);
 * :func:`plot_grid` -- deformation-grid lines of a transform over one slice;
 * :func:`checkerboard` -- interleave two images on one grid in tiles (NumPy only);
-* :func:`save_figure` -- write a figure atomically (temporary file, then rename).
+* :func:`save_figure` -- write a figure atomically (temporary file, then rename);
+* :func:`registration_report` -- the one-page figure of a registration (:mod:`jaxreg.plot.report`).
 
 Display convention: a slice is drawn with its first remaining array axis horizontal and the second vertical,
 origin at the bottom left, with the aspect ratio of the voxel spacing. For a RAS image the axial slice then
@@ -25,7 +26,7 @@ import numpy as np
 from jaxreg.core.grid import Grid, Image
 from jaxreg.transforms.base import Transform
 
-__all__ = ["show_slices", "plot_grid", "checkerboard", "save_figure", "slice_planes"]
+__all__ = ["show_slices", "plot_grid", "checkerboard", "save_figure", "slice_planes", "registration_report"]
 
 _PLANE_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
 
@@ -313,3 +314,6 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 100, close: boo
         if close:
             _pyplot().close(fig)
     return dest
+
+
+from jaxreg.plot.report import registration_report  # noqa: E402  (uses the helpers above)
