@@ -33,7 +33,7 @@ from jaxreg.transforms.linear import Affine, Rigid, Similarity
 __all__ = ["linear_optimizer", "register_linear", "register_pair", "register_bspline", "register_dense", "PipelineResult", "DEFAULT_LINEAR_LEVELS", "DEFAULT_GREEDY_LEVELS"]
 
 DEFAULT_LINEAR_LEVELS = (Level(4, 0.0, 100), Level(2, 0.0, 50))
-DEFAULT_GREEDY_LEVELS = (Level(4, 0.0, 40), Level(2, 0.0, 20))
+DEFAULT_GREEDY_LEVELS = (Level(4, 0.0, 40), Level(2, 0.0, 20), Level(1, 0.0, 5))
 
 _UNIT = {"offset": "mm", "translation": "mm", "matrix": "lin", "rotation": "lin", "log_scale": "lin", "center": "frozen"}
 
@@ -189,7 +189,7 @@ def register_pair(
     pipeline: str = "default",
     linear_levels: Sequence[Level] = DEFAULT_LINEAR_LEVELS,
     deformable_levels: Sequence[Level] = DEFAULT_GREEDY_LEVELS,
-    greedy: GreedyOptions = GreedyOptions(step=0.25, symmetric=True),
+    greedy: GreedyOptions = GreedyOptions(step=0.5, symmetric=True),
     fixed_mask: Image | None = None,
     moving_mask: Image | None = None,
     window: int = 5,
