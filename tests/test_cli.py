@@ -307,8 +307,10 @@ def demo_run(tmp_path_factory):
     pytest.importorskip("matplotlib")
     root = tmp_path_factory.mktemp("demo")
     buf_out, buf_err = _io.StringIO(), _io.StringIO()
-    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
-        rc = main(["demo", "-o", str(root / "demo_out"), "--resolution", "6", "--seed", "1"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXREG_CACHE_DIR", "")  # no persistent compilation cache from tests
+        with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+            rc = main(["demo", "-o", str(root / "demo_out"), "--resolution", "6", "--seed", "1"])
     return root, rc, buf_out.getvalue(), buf_err.getvalue()
 
 
@@ -316,24 +318,34 @@ def test_demo_writes_files_and_reports(demo_run):
     root, rc, out, err = demo_run
     assert rc == 0, err
     d = root / "demo_out"
-    for name in ("template.nii.gz", "warped.nii.gz", "field.nii.gz", "demo.png"):
-        assert (d / name).is_file(), name
-    assert (d / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in d.iterdir()) == [
-        "demo.png",
-        "field.nii.gz",
-        "template.nii.gz",
+        "affine.mat",
+        "fixed.nii.gz",
+        "moving.nii.gz",
+        "report.json",
+        "report.png",
+        "warp.nii.gz",
         "warped.nii.gz",
     ]
+    assert (d / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "34x40x33 voxels, 6x6x6 mm" in out
-    m = re.search(r"max displacement ([\d.]+) mm", out)
-    assert m and 3.0 < float(m.group(1)) < 7.0
-    m = re.search(r"det J min ([\d.-]+), max ([\d.-]+), ([\d.]+)% non-positive", out)
-    assert m and 0 < float(m.group(1)) < 1 < float(m.group(2)) and float(m.group(3)) == 0.0
-    assert str(d / "demo.png") in out
+    for name in ("grey matter", "white matter", "brain"):  # Dice before/after: registration helps
+        m = re.search(rf"{name}\s+([\d.]+)\s+([\d.]+)", out)
+        assert m, (name, out)
+        before, after = float(m.group(1)), float(m.group(2))
+        assert 0.5 < before < after <= 1.0, (name, before, after)
+    m = re.search(r"mean ([\d.]+) mm .*before registration mean ([\d.]+) mm", out)
+    assert m and float(m.group(1)) < 0.6 * float(m.group(2))
+    m = re.search(r"\(([\d.]+) %\), SDlogJ ([\d.]+)", out)
+    assert m and float(m.group(1)) == 0.0 and 0.0 < float(m.group(2)) < 0.3
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["command"] == "jaxreg demo" and rep["pipeline"] == "default"
+    assert rep["demo"]["seed"] == 1 and set(rep["demo"]["dice"]) == {"gm", "wm", "brain"}
+    assert rep["demo"]["error_mm"]["after_mean"] < rep["demo"]["error_mm"]["before_mean"]
+    assert rep["stages"]["deformable"]["iterations"] > 0 and rep["timings"]["total"] > 0
 
 
-def test_demo_field_reproduces_warped_through_apply(demo_run, capsys):
+def test_demo_outputs_reproduce_warped_through_apply(demo_run, capsys):
     root, rc, _, _ = demo_run
     assert rc == 0
     d = root / "demo_out"
@@ -342,16 +354,35 @@ def test_demo_field_reproduces_warped_through_apply(demo_run, capsys):
         capsys,
         "apply",
         "--fixed",
-        d / "warped.nii.gz",
+        d / "fixed.nii.gz",
         "--moving",
-        d / "template.nii.gz",
+        d / "moving.nii.gz",
         "-t",
-        d / "field.nii.gz",
+        d / "warp.nii.gz",
+        "-t",
+        d / "affine.mat",
         "-o",
         out,
     )
     assert rc == 0, err
-    np.testing.assert_allclose(load_image(out).data, load_image(d / "warped.nii.gz").data, atol=1e-5)
+    np.testing.assert_allclose(load_image(out).data, load_image(d / "warped.nii.gz").data, atol=1e-4)
+
+
+def test_mni152_masks_on_the_template_grid():
+    pytest.importorskip("nilearn")
+    from jaxreg.data import load_mni152, load_mni152_masks
+
+    masks = load_mni152_masks(8)
+    t = load_mni152(8)
+    assert sorted(masks) == ["brain", "gm", "wm"]
+    for m in masks.values():
+        assert m.grid == t.grid and m.data.dtype == jnp.int32
+        assert set(np.unique(np.asarray(m.data))) == {0, 1}
+    brain = np.asarray(masks["brain"].data) > 0
+    assert np.asarray(t.data)[brain].mean() > 3 * np.asarray(t.data)[~brain].mean()
+    assert np.asarray(masks["wm"].data).sum() < brain.sum()
+    with pytest.raises(ValueError, match="positive integer"):
+        load_mni152_masks(0)
 
 
 def test_demo_bad_output_folder(tmp_path, capsys):

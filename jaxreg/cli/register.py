@@ -186,7 +186,7 @@ def _unknown(table: dict, allowed: Sequence[str], where: str, path: str) -> None
     extra = sorted(set(table) - set(allowed))
     if extra:
         raise ValueError(
-            f"{path}: unknown key {where}{extra[0]!r} (expected one of {', '.join(sorted(allowed))})"
+            f"{path}: unknown key '{where}{extra[0]}' (expected one of {', '.join(sorted(allowed))})"
         )
 
 
@@ -207,7 +207,7 @@ def _number(
         raise ValueError(f"{path}: {key}: expected {kind}, got {value!r}")
     if positive and not value > 0:
         raise ValueError(
-            f"{path}: {key}: expected a positive {kind[2:] if integer else 'number'}, got {value!r}"
+            f"{path}: {key}: expected a positive {'integer' if integer else 'number'}, got {value!r}"
         )
     if minimum is not None and value < minimum:
         raise ValueError(f"{path}: {key}: expected {kind} >= {minimum:g}, got {value!r}")

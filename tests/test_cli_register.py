@@ -1,0 +1,516 @@
+"""``jaxreg register``: outputs, their agreement with ``jaxreg apply``, labels, errors, the config file, the
+compilation cache of the command line and the report figure.
+
+Runs are in-process through :func:`jaxreg.cli.main.main` on small 2-D phantoms (one registration shared by the
+module) with ``--quick``/tiny config levels; one test uses the real 2-D slices of ``../shared/data`` downsampled.
+The persistent compilation cache is off (``JAXREG_CACHE_DIR=""``) except in the test that checks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+
+from jaxreg.cli import register as reg
+from jaxreg.cli.main import cache_dir, compilation_cache, main
+from jaxreg.core.grid import Grid, Image
+from jaxreg.data import phantom
+from jaxreg.io import load_image, load_labels, read_transform, save_image
+from jaxreg.transforms import Affine, DisplacementField, rotation_matrix
+
+CONFIG = """\
+pipeline = "default"
+window = 5
+
+[linear]
+levels = [[2, 0.0, 40]]
+
+[deformable]
+levels = [[2, 0.0, 12]]
+step = 0.3
+symmetric = true
+"""
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
+    assert rc == 2
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, err
+    assert lines[0].startswith("jaxreg: error: ") and "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch):
+    monkeypatch.setenv("JAXREG_CACHE_DIR", "")
+
+
+def _moved_grid(shape, spacing, angle_deg, shift):
+    """A centred grid rotated by ``angle_deg`` and shifted by ``shift`` mm: the phantom drawn on it moves."""
+    g = Grid.centered(shape, spacing)
+    a = np.array(g.affine)
+    r = np.asarray(rotation_matrix(jnp.deg2rad(jnp.float32(angle_deg))), np.float64)
+    a[:2, :2] = r @ a[:2, :2]
+    a[:2, 2] = r @ a[:2, 2] + np.asarray(shift)
+    return Grid(shape, a)
+
+
+def write_pair(root: Path) -> dict[str, Path]:
+    """Fixed phantom, moving phantom on a rotated, shifted grid (another shape), their label maps."""
+    fixed = phantom((48, 44), spacing=2.0)
+    mgrid = _moved_grid((44, 48), (2.2, 1.9), 6.0, (3.0, -2.5))
+    moving = Image(phantom((44, 48)).data * 200.0, mgrid)  # other intensity scale
+    paths = {k: root / f"{k}.nii.gz" for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+    save_image(fixed, paths["fixed"])
+    save_image(moving, paths["moving"])
+    save_image(phantom((48, 44), spacing=2.0, labels=True), paths["fixed_labels"])
+    save_image(Image(phantom((44, 48), labels=True).data, mgrid), paths["moving_labels"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """One deformable run with labels and a config file (shared by the output tests)."""
+    root = tmp_path_factory.mktemp("register")
+    paths = write_pair(root)
+    cfg = root / "options.toml"
+    cfg.write_text(CONFIG)
+    (root / "labels.json").write_text(
+        json.dumps({"labels": [{"id": i, "name": f"blob{i}"} for i in range(1, 7)]})
+    )
+    out = root / "out"
+    buf_out, buf_err = _io.StringIO(), _io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXREG_CACHE_DIR", "")
+        with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+            rc = main(
+                [
+                    "register", str(paths["fixed"]), str(paths["moving"]), "-o", str(out),
+                    "--labels", str(paths["fixed_labels"]), str(paths["moving_labels"]),
+                    "--labels-json", str(root / "labels.json"), "--config", str(cfg),
+                ]
+            )  # fmt: skip
+    return {
+        "root": root,
+        "out": out,
+        "paths": paths,
+        "rc": rc,
+        "stdout": buf_out.getvalue(),
+        "stderr": buf_err.getvalue(),
+    }
+
+
+def test_outputs_exist_and_are_valid(registered):
+    assert registered["rc"] == 0, registered["stderr"]
+    out, paths = registered["out"], registered["paths"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [
+            "warped.nii.gz",
+            "affine.mat",
+            "warp.nii.gz",
+            "warped_labels.nii.gz",
+            "dice.json",
+            "report.json",
+            "report.png",
+        ]
+    )
+    fixed = load_image(paths["fixed"])
+    warped = load_image(out / "warped.nii.gz")
+    assert warped.grid == fixed.grid and warped.data.dtype == jnp.float32
+    np.testing.assert_allclose(
+        nib.load(out / "warped.nii.gz").affine, nib.load(paths["fixed"]).affine, atol=1e-5
+    )
+    assert isinstance(read_transform(out / "affine.mat"), Affine)
+    field = read_transform(out / "warp.nii.gz")
+    assert isinstance(field, DisplacementField) and field.grid == fixed.grid
+    assert nib.load(out / "warp.nii.gz").shape == (48, 44, 1, 1, 2)  # ITK 2-D displacement field layout
+    labels = load_labels(out / "warped_labels.nii.gz")
+    assert labels.grid == fixed.grid and jnp.issubdtype(labels.data.dtype, jnp.integer)
+    assert set(np.unique(np.asarray(labels.data))) <= set(range(7))
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_report_json(registered):
+    rep = json.loads((registered["out"] / "report.json").read_text())
+    assert rep["pipeline"] == "default" and rep["command"] == "jaxreg register"
+    assert rep["options"]["linear_levels"] == [[2, 0.0, 40]] and rep["options"]["deformable_levels"] == [
+        [2, 0.0, 12]
+    ]
+    assert rep["options"]["greedy"]["step"] == 0.3  # from the config file
+    lin, de = rep["stages"]["linear"], rep["stages"]["deformable"]
+    assert 10 <= lin["iterations"] <= 40 and de["iterations"] == 12
+    assert len(de["levels"][0]["loss"]) == 12 and de["levels"][0]["seconds"] > 0
+    m = rep["metrics"]
+    assert m["ncc_after"] > m["ncc_affine"] > m["ncc_before"]
+    assert m["mean_dice"] > m["mean_dice_before"]
+    jac = rep["jacobian"]
+    assert jac["of"] == "deformable" and jac["percent_nonpositive"] == 0.0 and 0 < jac["sdlogj"] < 0.5
+    assert rep["timings"]["total"] >= rep["timings"]["registration"] > 0
+    assert set(rep["files"]) == {p.name for p in registered["out"].iterdir()}
+
+
+def test_apply_reproduces_warped(registered, capsys, tmp_path):
+    out, paths = registered["out"], registered["paths"]
+    check = tmp_path / "check.nii.gz"
+    rc, _, err = run(
+        capsys, "apply", "--fixed", paths["fixed"], "--moving", paths["moving"],
+        "-t", out / "warp.nii.gz", "-t", out / "affine.mat", "-o", check,
+    )  # fmt: skip
+    assert rc == 0, err
+    ref = np.asarray(load_image(out / "warped.nii.gz").data)
+    np.testing.assert_allclose(np.asarray(load_image(check).data), ref, atol=1e-4 * np.abs(ref).max())
+    check_l = tmp_path / "check_labels.nii.gz"
+    rc, _, err = run(
+        capsys, "apply", "--fixed", paths["fixed"], "--moving", paths["moving_labels"], "--labels",
+        "-t", out / "warp.nii.gz", "-t", out / "affine.mat", "-o", check_l,
+    )  # fmt: skip
+    assert rc == 0, err
+    a = np.asarray(load_labels(check_l).data)
+    b = np.asarray(load_labels(out / "warped_labels.nii.gz").data)
+    assert np.mean(a != b) < 0.002  # nearest neighbour: ties at voxel boundaries may flip
+
+
+def test_dice_table_and_json(registered):
+    out = registered["stdout"]
+    d = json.loads((registered["out"] / "dice.json").read_text())
+    assert [r["label"] for r in d["labels"]] == list(range(1, 7))
+    assert [r["name"] for r in d["labels"]] == [f"blob{i}" for i in range(1, 7)]
+    for r in d["labels"]:
+        assert 0.0 <= r["dice_before"] <= 1.0 and 0.0 <= r["dice"] <= 1.0 and r["hd95_mm"] >= 0.0
+    assert d["mean_dice"] > 0.85 > d["mean_dice_before"]
+    assert d["mean_hd95_mm"] is not None and d["num_labels_dice"] == 6
+    assert "Dice before" in out and "HD95 mm" in out and "blob3" in out
+    assert f"mean Dice {d['mean_dice']:.4f} over 6 labels" in out
+    assert "NCC:" in out and "det J:" in out and "wrote:" in out
+
+
+def test_affine_pipeline_and_label_list(tmp_path, capsys):
+    paths = write_pair(tmp_path)
+    out = tmp_path / "lin"
+    rc, _, err = run(
+        capsys, "register", paths["fixed"], paths["moving"], "-o", out, "--pipeline", "rigid", "--quick",
+        "--labels", paths["fixed_labels"], paths["moving_labels"], "--label-list", "2", "3",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["warped.nii.gz", "affine.mat", "warped_labels.nii.gz", "dice.json", "report.json", "report.png"]
+    )
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pipeline"] == "rigid" and "deformable" not in rep["stages"]
+    assert rep["jacobian"]["of"] == "affine" and abs(rep["jacobian"]["mean"] - 1.0) < 1e-3  # rigid: det J = 1
+    assert [r["label"] for r in json.loads((out / "dice.json").read_text())["labels"]] == [2, 3]
+    check = tmp_path / "check.nii.gz"
+    rc, _, err = run(
+        capsys,
+        "apply",
+        "--fixed",
+        paths["fixed"],
+        "--moving",
+        paths["moving"],
+        "-t",
+        out / "affine.mat",
+        "-o",
+        check,
+    )
+    assert rc == 0, err
+    ref = np.asarray(load_image(out / "warped.nii.gz").data)
+    np.testing.assert_allclose(np.asarray(load_image(check).data), ref, atol=1e-4 * np.abs(ref).max())
+
+
+def test_real_slices_improve(shared_data, tmp_path, capsys):
+    from jaxreg.warp import resample
+
+    src = shared_data / "brain2d"
+    for name in ("r16", "r64"):
+        im = load_image(src / f"{name}.nii.gz")
+        save_image(
+            resample(Image(im.data.astype(jnp.float32), im.grid), im.grid.downsample(4)),
+            tmp_path / f"{name}.nii.gz",
+        )
+    out = tmp_path / "out"
+    rc, _, err = run(
+        capsys, "register", tmp_path / "r16.nii.gz", tmp_path / "r64.nii.gz", "-o", out, "--quick"
+    )
+    assert rc == 0, err
+    m = json.loads((out / "report.json").read_text())["metrics"]
+    assert m["ncc_after"] > m["ncc_affine"] > m["ncc_before"] + 0.1
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+def _error_case(tmp_path: Path, case: str) -> tuple[list, tuple[str, ...]]:
+    p = write_pair(tmp_path)
+    args = ["register", p["fixed"], p["moving"], "--quick"]
+    if case == "missing":
+        return ["register", tmp_path / "nope.nii.gz", p["moving"]], ("nope.nii.gz", "no such file")
+    if case == "missing_labels":
+        return args + ["--labels", p["fixed_labels"], tmp_path / "gone.nii.gz"], (
+            "gone.nii.gz",
+            "no such file",
+        )
+    if case == "dims":
+        save_image(phantom((12, 10, 8)), tmp_path / "vol.nii.gz")
+        return ["register", p["fixed"], tmp_path / "vol.nii.gz"], ("2-D", "3-D")
+    if case == "labels_grid":
+        return args + ["--labels", p["moving_labels"], p["moving_labels"]], ("different grid", "fixed image")
+    if case == "mask_grid":
+        return args + ["--fixed-mask", p["moving_labels"]], ("--fixed-mask", "different grid")
+    if case == "empty_mask":
+        g = load_image(p["fixed"]).grid
+        save_image(Image(jnp.zeros(g.shape, jnp.uint8), g), tmp_path / "empty.nii.gz")
+        return args + ["--fixed-mask", tmp_path / "empty.nii.gz"], ("--fixed-mask", "empty")
+    if case == "nan":
+        g = load_image(p["moving"]).grid
+        data = np.asarray(phantom((44, 48)).data).copy()
+        data[3, 4] = np.nan
+        save_image(Image(jnp.asarray(data), g), tmp_path / "nan.nii.gz")
+        return ["register", p["fixed"], tmp_path / "nan.nii.gz"], ("nan.nii.gz", "NaN")
+    if case == "config_key":
+        (tmp_path / "bad.toml").write_text("[deformable]\nstepp = 0.3\n")
+        return args + ["--config", tmp_path / "bad.toml"], ("bad.toml", "unknown key 'deformable.stepp'")
+    if case == "output_is_input":
+        return [
+            "register",
+            p["fixed"],
+            p["moving"],
+            "--labels",
+            p["fixed_labels"],
+            tmp_path / "warped.nii.gz",
+        ], ("no such file",)
+    if case == "label_list_alone":
+        return args + ["--label-list", "1"], ("--label-list needs --labels",)
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "missing_labels",
+        "dims",
+        "labels_grid",
+        "mask_grid",
+        "empty_mask",
+        "nan",
+        "config_key",
+        "label_list_alone",
+    ],
+)
+def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, case):
+    argv, fragments = _error_case(tmp_path, case)
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, *argv, "-o", out)
+    assert_one_line_error(rc, err, *fragments)
+    assert not out.exists()
+    existing = tmp_path / "existing"  # an existing folder stays as it was
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    rc, _, err = run(capsys, *argv, "-o", existing)
+    assert rc == 2 and sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+
+
+def test_refuses_output_folder_holding_an_input(tmp_path, capsys):
+    p = write_pair(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    moving = out / "warped.nii.gz"  # the moving image sits where the output would go
+    moving.write_bytes(p["moving"].read_bytes())
+    before = moving.read_bytes()
+    rc, _, err = run(capsys, "register", p["fixed"], moving, "-o", out, "--quick")
+    assert_one_line_error(rc, err, "refusing to overwrite")
+    assert moving.read_bytes() == before and sorted(q.name for q in out.iterdir()) == ["warped.nii.gz"]
+    f = tmp_path / "file"
+    f.write_text("x")
+    rc, _, err = run(capsys, "register", p["fixed"], p["moving"], "-o", f, "--quick")
+    assert_one_line_error(rc, err, "not a folder")
+
+
+def test_failed_write_removes_created_files(tmp_path, monkeypatch):
+    import jaxreg.io
+
+    fixed = phantom((16, 12))
+    outs = reg.Outputs(
+        fixed, Affine.identity(2), None, None, {"labels": []}, {"pipeline": "affine"}, b"png", []
+    )
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jaxreg.io, "write_transform", boom)  # the second file fails
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space"):
+        reg.write_outputs(out, outs)
+    assert not out.exists()
+    out.mkdir()
+    (out / "warped.nii.gz").write_bytes(b"old")
+    with pytest.raises(OSError):
+        reg.write_outputs(out, outs)
+    assert sorted(p.name for p in out.iterdir()) == ["warped.nii.gz"]  # replaced whole, not removed
+    assert load_image(out / "warped.nii.gz").data.shape == (16, 12)
+
+
+# -- config ------------------------------------------------------------------------------------------------------
+def test_read_config(tmp_path):
+    from jaxreg.optimize.engine import Level
+
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG + 'sigma_field = 1.0\nexp_steps = 5\nforce = "demons"\n')
+    cfg = reg.read_config(f)
+    assert cfg["linear_levels"] == (Level(2, 0.0, 40),) and cfg["deformable_levels"] == (Level(2, 0.0, 12),)
+    assert cfg["greedy"] == {
+        "step": 0.3,
+        "sigma_field": 1.0,
+        "exp_steps": 5,
+        "symmetric": True,
+        "force": "demons",
+    }
+    opts = reg.pipeline_options(config=f, pipeline="multimodal", quick=True)
+    assert opts["pipeline"] == "multimodal"  # the command line wins
+    assert opts["deformable_levels"] == (Level(2, 0.0, 12),)  # the config file beats --quick
+    assert opts["greedy"].step == 0.3 and opts["greedy"].sigma_field == 1.0 and opts["greedy"].exp_steps == 5
+    assert (
+        opts["greedy"].sigma_update == reg._defaults()["greedy"].sigma_update
+    )  # untouched keys keep defaults
+    quick = reg.pipeline_options(quick=True)
+    assert quick["linear_levels"] == tuple(Level(*lv) for lv in reg.QUICK_LINEAR_LEVELS)
+    default = reg.pipeline_options()
+    from jaxreg.optimize.pipelines import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS
+
+    assert default["linear_levels"] == tuple(DEFAULT_LINEAR_LEVELS)
+    assert default["deformable_levels"] == tuple(DEFAULT_GREEDY_LEVELS)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("levels = 3\n", "unknown key 'levels'"),
+        ("[linear]\nlevel = [[2, 0, 10]]\n", "unknown key 'linear.level'"),
+        ("[linear]\nlevels = [[2, 0, 10, 4]]\n", "[shrink, smooth_mm, iterations]"),
+        ("[linear]\nlevels = []\n", "non-empty list"),
+        ("[deformable]\nlevels = [[0, 0, 10]]\n", "shrink: expected a positive integer"),
+        ("[deformable]\nlevels = [[2, -1.0, 10]]\n", "smooth_mm: expected a number >= 0"),
+        ("[deformable]\nlevels = [[2, 0, 2.5]]\n", "iterations: expected an integer"),
+        ("[deformable]\nstep = -1\n", "deformable.step: expected a positive number"),
+        ("[deformable]\nsymmetric = 1\n", "expected true or false"),
+        ('[deformable]\nforce = "fast"\n', "'metric' or 'demons'"),
+        ('pipeline = "syn"\n', "pipeline: expected one of"),
+        ("window = 0\n", "window: expected a positive integer"),
+        ("linear = 3\n", "expected a table"),
+        ("pipeline = \n", "not valid TOML"),
+    ],
+)
+def test_config_rejects_bad_files(tmp_path, text, fragment):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ValueError) as e:
+        reg.read_config(f)
+    assert fragment in str(e.value) and str(f) in str(e.value)
+    assert "\n" not in str(e.value).strip()
+
+
+def test_config_errors_through_the_command_line(tmp_path, capsys):
+    p = write_pair(tmp_path)
+    rc, _, err = run(
+        capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o", "--config", tmp_path / "no.toml"
+    )
+    assert_one_line_error(rc, err, "no.toml", "no such file")
+    rc, _, err = run(capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o", "--pipeline", "syn")
+    assert_one_line_error(rc, err, "invalid choice")
+
+
+# -- compilation cache ---------------------------------------------------------------------------------------------
+def test_cache_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXREG_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_dir() == str(tmp_path / "c") and cache_dir(no_cache=True) is None
+    monkeypatch.setenv("JAXREG_CACHE_DIR", "")
+    assert cache_dir() is None
+    monkeypatch.delenv("JAXREG_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == str(tmp_path / "xdg" / "jaxreg" / "jax")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == str(tmp_path / "home" / ".cache" / "jaxreg" / "jax")
+
+
+def test_cache_is_used_by_commands_and_restored(tmp_path, capsys, monkeypatch):
+    assert jax.config.jax_compilation_cache_dir is None
+    old_min = jax.config.jax_persistent_cache_min_compile_time_secs
+    with compilation_cache(str(tmp_path / "inside")) as used:
+        assert used == str(tmp_path / "inside")
+        assert jax.config.jax_compilation_cache_dir == used
+        jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.25)(jnp.arange(7.0)).block_until_ready()
+    assert jax.config.jax_compilation_cache_dir is None
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == old_min
+    assert any((tmp_path / "inside").iterdir())  # the program was written
+    p = write_pair(tmp_path)
+    monkeypatch.setenv("JAXREG_CACHE_DIR", str(tmp_path / "cache"))
+    rc, _, err = run(
+        capsys,
+        "--no-cache",
+        "register",
+        p["fixed"],
+        p["moving"],
+        "-o",
+        tmp_path / "o1",
+        "--quick",
+        "--pipeline",
+        "rigid",
+    )
+    assert rc == 0, err
+    assert not (tmp_path / "cache").exists()
+    rc, _, err = run(
+        capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o2", "--quick", "--pipeline", "rigid"
+    )
+    assert rc == 0, err
+    assert (tmp_path / "cache").is_dir()  # created; entries appear for programs compiled in this run
+    assert jax.config.jax_compilation_cache_dir is None
+
+
+# -- report figure -------------------------------------------------------------------------------------------------
+def test_report_grid_lines_match_plot_grid():
+    pytest.importorskip("matplotlib")
+    from jaxreg.plot import _pyplot, plot_grid
+    from jaxreg.plot.report import _draw_grid
+
+    plt = _pyplot()
+    g = Grid.from_spacing((9, 7, 5), (1.5, 2.0, 2.5), origin=(-5.0, 3.0, 1.0))
+    u = jax.random.normal(jax.random.PRNGKey(0), (*g.shape, 3)) * 0.8
+    field = DisplacementField(u, g)
+    fig, (a1, a2) = plt.subplots(1, 2)
+    _draw_grid(a1, field, g, 1, 3, 2)
+    plot_grid(field, g, ax=a2, axis=1, index=3, every=2)
+    assert len(a1.lines) == len(a2.lines) > 0
+    for l1, l2 in zip(a1.lines, a2.lines):
+        np.testing.assert_allclose(l1.get_xydata(), l2.get_xydata(), atol=1e-4)
+    plt.close(fig)
+
+
+def test_registration_report_figure():
+    pytest.importorskip("matplotlib")
+    from jaxreg.plot import _pyplot, registration_report
+
+    f = phantom((20, 16, 12))
+    fig = registration_report(
+        f, f, f, deformation=DisplacementField(jnp.zeros((20, 16, 12, 3)), f.grid), jacobian=np.ones((20, 16, 12)),
+        losses={"linear": [np.arange(5.0), np.array([1.0, np.nan])], "deformable": [np.ones(3)]}, title="t",
+    )  # fmt: skip
+    assert len(fig.axes) >= 3 * 8 + 2
+    _pyplot().close(fig)
+    with pytest.raises(ValueError, match="fixed grid"):
+        registration_report(f, phantom((20, 16, 10)), f)
