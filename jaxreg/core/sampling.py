@@ -575,20 +575,23 @@ def map_coordinates(
       prefilters the image padded by 12 edge voxels (half-sample boundary rule), taps clamped to the padding.
     * ``"mirror"``: whole-sample symmetric extension ``(d c b | a b c d | c b a)``, period ``2n - 2``.
     * ``"reflect"``: half-sample symmetric extension ``(b a | a b c d | d c)``, period ``2n``; constant
-      within half a voxel outside the edge for order 1.
+      within half a voxel outside the edge for order 1. Like scipy's, its order-3 prefilter deviates from the
+      exact half-sample filter by ``O(0.27 ** (2n))`` (up to ~1e-4 on axes of 2-4 voxels; below 1e-6 from 6).
 
     Gradients: the coordinate derivative comes from the derivative of the B-spline weights, computed in the
     same pass as the value (zero for order 0 and where a point reads only ``cval`` or a clamped edge); the
-    image derivative is the transposed interpolation; ``cval`` is differentiable too. At kinks (integer
-    coordinates for order 1, fold points) the derivative is one of the one-sided derivatives. Reverse-mode
-    only (``jax.jvp`` through the sampler is not supported).
+    image derivative is the transposed interpolation (a scatter-add); ``cval`` is differentiable too. At
+    kinks (integer coordinates for order 1, fold points) the derivative is one of the one-sided derivatives.
+    The sampler is a ``jax.custom_vjp``: reverse mode and forward-over-reverse (``jax.hessian``) work, plain
+    forward mode (``jax.jvp``, ``jax.jacfwd`` of this function) does not.
 
     Args:
         image: Image ``(*spatial)`` or channel-last ``(*spatial, C)``, with ``len(spatial) ==
             coordinates.shape[-1]``. With ``order=3, prefilter=False`` it holds B-spline coefficients
             (e.g. the control points of a free-form deformation).
         coordinates: Points ``(..., ndim)`` in voxel index units, components in array-axis order
-            (last axis). Non-float coordinates are cast to the image's float dtype.
+            (last axis). Non-float coordinates are cast to the image's float dtype. Non-finite coordinates
+            give unspecified (but in-bounds) reads.
         order: Spline degree: 0 (nearest neighbour), 1 (linear) or 3 (cubic B-spline). Static.
         mode: Boundary condition, one of ``"constant"``, ``"nearest"``, ``"reflect"``, ``"mirror"``,
             ``"grid-constant"`` (scipy's meanings, see above). Static.
