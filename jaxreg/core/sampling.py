@@ -233,6 +233,7 @@ class _AxisTaps(NamedTuple):
     dw: list | None  # k derivatives of the weights w.r.t. x (arrays or Python floats); None for order 0
     ok: list | None  # grid-constant: k bool arrays, False where the tap lies outside [0, n) and reads cval
     inside: jax.Array | None  # constant: bool (P,), False where x is outside [0, n - 1] (the result is cval)
+    consecutive: bool = False  # idx[k] == idx[0] + k (lets flat indices share one multiplication)
 
 
 def _mirror_index(i: jax.Array, n: int) -> jax.Array:
@@ -345,7 +346,7 @@ def _taps_order1(x: jax.Array, n: int, mode: str, deriv: bool) -> _AxisTaps:
     dw = None
     if deriv:
         dw = [-1.0, 1.0] if fac is None else [-fac, fac]
-    return _AxisTaps([i0, i0 + 1], [1 - t, t], dw, None, inside)
+    return _AxisTaps([i0, i0 + 1], [1 - t, t], dw, None, inside, consecutive=True)
 
 
 def _taps_order3(x: jax.Array, n: int, mode: str, deriv: bool) -> _AxisTaps:
@@ -433,11 +434,40 @@ def _weighted_sum(ws, vs):
     return out if out is not None else jnp.zeros_like(vs[0])
 
 
+def _flat_dnums(coeffs: jax.Array):
+    """Dimension numbers that index axis 0 of ``coeffs`` (N[, C]) with one index per point."""
+    return dict(
+        offset_dims=tuple(range(1, coeffs.ndim)), collapsed_slice_dims=(0,), start_index_map=(0,)
+    )
+
+
+def _gather(coeffs: jax.Array, flat: jax.Array) -> jax.Array:
+    """``coeffs[flat]`` for in-range indices ``flat`` (P,): a bare XLA gather, without the negative-index
+    wrapping and bounds handling of NumPy-style indexing."""
+    dnums = jax.lax.GatherDimensionNumbers(**_flat_dnums(coeffs))
+    return jax.lax.gather(coeffs, flat[:, None], dnums, slice_sizes=(1,) + coeffs.shape[1:],
+                          mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _scatter_add(coeffs: jax.Array, flat: jax.Array, updates: jax.Array) -> jax.Array:
+    """``coeffs.at[flat].add(updates)`` for in-range indices ``flat`` (P,), as a bare XLA scatter-add."""
+    d = _flat_dnums(coeffs)
+    dnums = jax.lax.ScatterDimensionNumbers(update_window_dims=d["offset_dims"],
+                                            inserted_window_dims=d["collapsed_slice_dims"],
+                                            scatter_dims_to_operand_dims=d["start_index_map"])
+    return jax.lax.scatter_add(coeffs, flat[:, None], updates, dnums,
+                               mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
 def _tap_table(axes: list[_AxisTaps], shape):
     """Flat index and validity of every tap, keyed by its per-axis tap numbers ``(k_0, ..., k_{ndim-1})``."""
     table = {(): (None, None)}
     for d, (ax, stride) in enumerate(zip(axes, _strides(shape))):
-        terms = [i * stride if stride != 1 else i for i in ax.idx]
+        if ax.consecutive:
+            first = ax.idx[0] * stride if stride != 1 else ax.idx[0]
+            terms = [first + k * stride if k else first for k in range(len(ax.idx))]
+        else:
+            terms = [i * stride if stride != 1 else i for i in ax.idx]
         new = {}
         for key, (flat, ok) in table.items():
             for k, term in enumerate(terms):
@@ -455,7 +485,7 @@ def _evaluate(coeffs, coords, cval, cfg, deriv):
     axes = [_axis_taps(coords[:, d], shape[d], order, mode, deriv) for d in range(nd)]
     field = {}
     for key, (flat, ok) in _tap_table(axes, shape).items():
-        v = coeffs.at[flat].get(mode="promise_in_bounds")
+        v = _gather(coeffs, flat)
         field[key] = v if ok is None else jnp.where(_per_point(ok, v), v, cval)
     # Contract the tap axes from last to first with the weights. The derivative along axis d is the same
     # contraction with d's weights replaced by their derivatives, so it branches off the value's partial sums
@@ -505,7 +535,7 @@ def _transpose(coeffs, coords, g, cfg):
             out = jnp.where(ok, 0, w)
             cval_weight = out if cval_weight is None else cval_weight + out
             w = jnp.where(ok, w, 0)
-        coeffs_bar = coeffs_bar.at[flat].add(_scale(w, g_in), mode="promise_in_bounds")
+        coeffs_bar = _scatter_add(coeffs_bar, flat, _scale(w, g_in))
     if inside is not None:
         cval_weight = 1 - inside.astype(g.dtype)
     cval_bar = jnp.zeros((), g.dtype) if cval_weight is None else jnp.sum(_scale(cval_weight, g))
