@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import io as _io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -514,3 +517,36 @@ def test_registration_report_figure():
     _pyplot().close(fig)
     with pytest.raises(ValueError, match="fixed grid"):
         registration_report(f, phantom((20, 16, 10)), f)
+
+
+# -- examples ------------------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, str(REPO / "examples" / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("name", ["register_2d.py", "multimodal_2d.py", "greedy_demons_2d.py"])
+def test_2d_examples_skip_without_shared_data(tmp_path, name):
+    r = _example(name, "-o", str(tmp_path / "ex"), "--data", str(tmp_path / "absent"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("skipping:") and not (tmp_path / "ex").exists()
+
+
+def test_affine_3d_example_runs(tmp_path):
+    pytest.importorskip("nilearn")
+    pytest.importorskip("matplotlib")
+    r = _example("affine_3d.py", "-o", str(tmp_path / "ex"), "--resolution", "8")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()}
+    assert float(rows["affine"][2]) < float(rows["(none)"][2]) / 3  # mean error (mm) falls
+    assert float(rows["affine"][1]) > float(rows["(none)"][1])  # NCC rises
+    assert (tmp_path / "ex" / "affine_3d.png").is_file()
