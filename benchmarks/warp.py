@@ -7,12 +7,12 @@ Compares, on one float32 volume and two displacement fields in voxels (smooth: G
 2. the gradient of ``sum(warped * w)`` with respect to the displacement (forward + backward);
 3. the same two with ``jax.scipy.ndimage.map_coordinates`` (coordinates first-axis);
 4. ``scipy.ndimage.map_coordinates`` (forward, order 1);
-5. ``torch.nn.functional.grid_sample`` (CPU float32, trilinear, zeros padding, ``align_corners=True``) forward and
-   forward + backward, if torch is importable.
+5. ``torch.nn.functional.grid_sample`` (CPU float32, trilinear, zeros padding, ``align_corners=True``)
+   forward and forward + backward, if torch is importable.
 
-Times are medians over ``--repeats`` runs after a warm-up call; compile times are reported separately. Boundary
-handling differs slightly between the methods (scipy "constant" returns cval outside [0, n - 1]; jax.scipy
-"constant" and torch zeros padding fade to zero over one voxel); this does not affect the timings.
+Times are medians over ``--repeats`` runs after a warm-up call; compile times are reported separately.
+Boundary handling differs slightly between the methods (scipy "constant" returns cval outside [0, n - 1];
+jax.scipy "constant" and torch zeros padding fade to zero over one voxel); this does not affect the timings.
 
 Usage::
 
@@ -81,6 +81,13 @@ def time_call(fn, repeats):
     return statistics.median(wall), statistics.median(cpu)
 
 
+def time_scipy(img_np, disp_np, repeats):
+    shape = img_np.shape
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), -1)
+    coords_first = np.moveaxis(grid + disp_np, -1, 0)  # scipy wants the components first
+    return time_call(lambda: ndi.map_coordinates(img_np, coords_first, order=1, mode="constant"), repeats)
+
+
 def compile_jax(fn, *args):
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
@@ -88,7 +95,8 @@ def compile_jax(fn, *args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 192, 224], metavar=("D", "H", "W"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
@@ -117,8 +125,11 @@ def main(argv=None):
         return jax.scipy.ndimage.map_coordinates(img, jsp_coords(d), order=1, mode="constant")
 
     def jsp_bwd(img, w, d):
-        f = lambda d: jnp.sum(jax.scipy.ndimage.map_coordinates(img, jsp_coords(d), order=1, mode="constant") * w)
-        return jax.grad(f)(d)
+        def loss(d):
+            warped = jax.scipy.ndimage.map_coordinates(img, jsp_coords(d), order=1, mode="constant")
+            return jnp.sum(warped * w)
+
+        return jax.grad(loss)(d)
 
     try:
         import torch
@@ -149,11 +160,8 @@ def main(argv=None):
             jax.block_until_ready(fn(*fargs))  # warm-up
             rows.append((method, name, pss, *time_call(lambda: fn(*fargs), args.repeats)))
 
-        coords_first = np.moveaxis(np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape],
-                                                        indexing="ij"), -1) + disp_np, -1, 0)
-        t = time_call(lambda: ndi.map_coordinates(img_np, coords_first, order=1, mode="constant"), args.repeats)
+        t = time_scipy(img_np, disp_np, args.repeats)
         rows.append(("scipy.ndimage map_coordinates", name, "fwd", *t))
-        del coords_first
 
         if torch is not None:
             timg = torch.from_numpy(img_np)[None, None]
@@ -175,7 +183,8 @@ def main(argv=None):
 
             def t_bwd():
                 d = tdisp.clone().requires_grad_(True)
-                out = F.grid_sample(timg, torch_grid(d), mode="bilinear", padding_mode="zeros", align_corners=True)
+                out = F.grid_sample(timg, torch_grid(d), mode="bilinear", padding_mode="zeros",
+                                    align_corners=True)
                 (out * tw).sum().backward()
                 return d.grad
 
@@ -186,14 +195,17 @@ def main(argv=None):
     ref = {(f, p): t for m, f, p, t, _ in rows if m == "jax.scipy map_coordinates"}
     tref = {(f, p): t for m, f, p, t, _ in rows if m == "torch grid_sample"}
     print()
-    print(f"{'method':<31}{'pass':<9}{'field':<8}{'time (s)':>9}{'cpu (s)':>9}{'/ jax.scipy':>13}{'/ torch':>9}")
+    header = f"{'method':<31}{'pass':<9}{'field':<8}{'time (s)':>9}{'cpu (s)':>9}"
+    print(header + f"{'/ jax.scipy':>13}{'/ torch':>9}")
     for method, field, pss, t, c in sorted(rows, key=lambda r: (r[2], r[1])):
         r1 = f"{t / ref[(field, pss)]:.2f}" if (field, pss) in ref else "-"
         r2 = f"{t / tref[(field, pss)]:.2f}" if (field, pss) in tref else "-"
-        print(f"{method:<31}{pss:<9}{field:<8}{t:>9.4f}{c:>9.3f}{r1:>13}{r2:>9}")
+        print(f"{method:<31}{pss:<9}{field:<8}{t:>9.4f}{c:>9.4f}{r1:>13}{r2:>9}")
     if torch is None:
-        print("torch grid_sample: skipped (torch is not importable; pip install -r benchmarks/requirements.txt)")
-    print("time: median wall-clock seconds; cpu: median CPU seconds of this process (all threads); ratios use time")
+        print("torch grid_sample: skipped (torch is not importable; "
+              "pip install -r benchmarks/requirements.txt)")
+    print("time: median wall-clock seconds; cpu: median CPU seconds of this process (all threads); "
+          "ratios use time")
     print()
     print("compile times (jax.jit(...).lower(...).compile(), once per method and pass):")
     for method, pss, t in compile_rows:

@@ -51,9 +51,9 @@ def edge_points(rng, shape, n_random=150):
     return np.stack(cols, -1).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def rng():
-    return np.random.default_rng(1234)
+    return np.random.default_rng(1234)  # a fresh generator per test: results do not depend on test order
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -111,7 +111,8 @@ def test_matches_scipy_hypothesis(data, shape, order, mode, channels, seed):
     coords = np.asarray(pts, np.float32)
     cval = data.draw(st.floats(-2, 2, width=32))
     out = sample(image, coords, order=order, mode=mode, cval=cval)
-    np.testing.assert_allclose(out, scipy_map(image, coords, order=order, mode=mode, cval=cval), rtol=TOL, atol=TOL)
+    expected = scipy_map(image, coords, order=order, mode=mode, cval=cval)
+    np.testing.assert_allclose(out, expected, rtol=TOL, atol=TOL)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -119,9 +120,8 @@ def test_spline_filter_matches_scipy(mode, rng):
     filt = jax.jit(spline_filter, static_argnames=("ndim", "mode"))
     for shape in [(2, 3), (4, 9, 5), (17,)]:
         image = rng.standard_normal(shape).astype(np.float32)
-        np.testing.assert_allclose(
-            filt(image, mode=mode), ndi.spline_filter(image, 3, output=np.float64, mode=mode), rtol=TOL, atol=TOL
-        )
+        expected = ndi.spline_filter(image, 3, output=np.float64, mode=mode)
+        np.testing.assert_allclose(filt(image, mode=mode), expected, rtol=TOL, atol=TOL)
     # Channel-last: only the spatial axes are filtered.
     image = rng.standard_normal((6, 7, 2)).astype(np.float32)
     expected = np.stack([ndi.spline_filter(image[..., c], 3, mode=mode) for c in range(2)], -1)
@@ -212,7 +212,7 @@ def test_check_grads_cubic_3d(rng):
 
 
 def test_hessian_forward_over_reverse(rng):
-    """jax.hessian (forward over the custom VJP) equals the Jacobian of the gradient by central differences."""
+    """jax.hessian (forward over the custom VJP) is the Jacobian of the gradient (central differences)."""
     with jax.enable_x64(True):
         image = jnp.asarray(rng.standard_normal((6, 7)))
         point = jnp.asarray([2.3, 3.6])
@@ -220,7 +220,8 @@ def test_hessian_forward_over_reverse(rng):
         hess = jax.jit(jax.hessian(f))(point)
         grad = jax.jit(jax.grad(f))
         eps = 1e-5
-        fd = jnp.stack([(grad(point.at[d].add(eps)) - grad(point.at[d].add(-eps))) / (2 * eps) for d in range(2)])
+        fd = jnp.stack([(grad(point.at[d].add(eps)) - grad(point.at[d].add(-eps))) / (2 * eps)
+                        for d in range(2)])
         np.testing.assert_allclose(hess, fd, rtol=1e-6, atol=1e-6)
 
 
@@ -257,7 +258,8 @@ def test_coordinate_gradient_matches_jax_scipy_and_finite_differences(mode, jax_
     with jax.enable_x64(True):
         img64, c64 = image.astype(jnp.float64), coords.astype(jnp.float64)
         f = jax.jit(lambda c: map_coordinates(img64, c, order=1, mode=mode))
-        fd = jnp.stack([(f(c64.at[:, d].add(eps)) - f(c64.at[:, d].add(-eps))) / (2 * eps) for d in range(3)], -1)
+        fd = jnp.stack([(f(c64.at[:, d].add(eps)) - f(c64.at[:, d].add(-eps))) / (2 * eps)
+                        for d in range(3)], -1)
         grad64 = jax.jit(jax.grad(lambda c: jnp.sum(f(c))))(c64)
         np.testing.assert_allclose(grad64, fd, rtol=1e-6, atol=1e-6)
 
@@ -347,7 +349,8 @@ def test_dtypes(rng):
     with jax.enable_x64(True):
         out = sample(image.astype(np.float64), coords, order=3, mode="nearest")
         assert out.dtype == jnp.float64
-        np.testing.assert_allclose(out, scipy_map(image, coords, order=3, mode="nearest"), rtol=1e-12, atol=1e-12)
+        expected = scipy_map(image, coords, order=3, mode="nearest")
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
         assert jax.eval_shape(spline_filter, image.astype(np.float64)).dtype == jnp.float64
     assert jax.eval_shape(spline_filter, image).dtype == jnp.float32
 
