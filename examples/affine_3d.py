@@ -8,11 +8,11 @@ velocity field) with a smooth bias field and noise (:func:`jaxreg.cli.demo.make_
 resolution levels without those coarser than 8 mm, :func:`jaxreg.cli.demo.cap_levels`). For each the script prints the NCC after registration, the mean and largest distance
 ``|T_hat(x) - A(x)|`` (mm) over the brain mask, the iterations and the time; the affine model should recover
 ``A`` to a fraction of a voxel, the rigid and similarity ones cannot represent its anisotropic scaling. The
-figure shows the affine result (:func:`jaxreg.plot.registration_report`).
+figure shows the last model's result (:func:`jaxreg.plot.registration_report`).
 
 Usage::
 
-    python examples/affine_3d.py [-o example_out] [--seed 0] [--resolution 2]
+    python examples/affine_3d.py [-o example_out] [--seed 0] [--resolution 2] [--models rigid similarity affine]
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def main() -> int:
     p.add_argument("-o", "--output", default="example_out", help="output folder (default ./example_out)")
     p.add_argument("--seed", type=int, default=0, help="seed of the known affine, bias and noise")
     p.add_argument("--resolution", type=int, default=2, help="template voxel size in mm (integer)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=("rigid", "similarity", "affine"),
+        default=["rigid", "similarity", "affine"],
+    )
     args = p.parse_args()
     try:
         from jaxreg.data import load_mni152, load_mni152_masks
@@ -68,7 +74,7 @@ def main() -> int:
     print(f"{'(none)':<11} {ncc0:7.4f} {err0.mean():12.3f} {err0.max():11.3f} {'':>11} {'':>7}")
     levels = cap_levels(DEFAULT_LINEAR_LEVELS, args.resolution)  # no level coarser than 8 mm, as in the demo
     results = {}
-    for model in ("rigid", "similarity", "affine"):
+    for model in args.models:
         t0 = time.perf_counter()
         res = register_linear(fixed, moving, model=model, levels=levels)
         warped = jaxreg.warp(moving, res.transform, g)
@@ -80,14 +86,15 @@ def main() -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    res, warped = results["affine"]
+    model = args.models[-1]
+    res, warped = results[model]
     before = jaxreg.warp(moving, jaxreg.Affine.identity(3), g)
     fig = registration_report(
         fixed,
         before,
         warped,
-        losses={"affine": [lv.loss for lv in res.levels]},
-        title="register_linear (affine, NCC) on MNI152 and a known affine copy",
+        losses={model: [lv.loss for lv in res.levels]},
+        title=f"register_linear ({model}, NCC) on MNI152 and a known affine copy",
     )
     print(f"figure:  {save_figure(fig, out / 'affine_3d.png', dpi=80)}")
     return 0

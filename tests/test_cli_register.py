@@ -544,7 +544,7 @@ def test_2d_examples_skip_without_shared_data(tmp_path, name):
 def test_affine_3d_example_runs(tmp_path):
     pytest.importorskip("nilearn")
     pytest.importorskip("matplotlib")
-    r = _example("affine_3d.py", "-o", str(tmp_path / "ex"), "--resolution", "8")
+    r = _example("affine_3d.py", "-o", str(tmp_path / "ex"), "--resolution", "8", "--models", "affine")
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()}
     assert float(rows["affine"][2]) < float(rows["(none)"][2]) / 3  # mean error (mm) falls

@@ -41,6 +41,10 @@ import numpy as np
 __all__ = ["run_demo", "known_transform", "make_moving", "cap_levels"]
 
 
+@functools.partial(
+    jax.jit,
+    static_argnames=("grid", "max_displacement_mm", "smoothness_mm", "max_angle_deg", "max_shift_mm", "max_scale"),
+)
 def known_transform(
     key: Any,
     grid: Any,
@@ -82,6 +86,7 @@ def known_transform(
     return compose(affine, velocity)
 
 
+@functools.partial(jax.jit, static_argnames=("inverse",))
 def make_moving(
     key: Any,
     template: Any,
