@@ -64,10 +64,10 @@ def rng():
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("mode", MODES)
 def test_matches_scipy(order, mode, rng):
-    # 2D; 3D with channels (axes of length 1 and 2: test_matches_scipy_1d_far_and_batch_shape, hypothesis).
-    cases = [((7, 9), False, True), ((5, 6, 4), True, True)]
-    if order == 3:  # B-spline coefficients given directly
-        cases.append(((5, 6, 4), True, False))
+    # (shape, channel axis, prefilter): 2D and 3D, with and without channels. Axes of length 1 and 2 are in
+    # test_matches_scipy_1d_far_and_batch_shape and the hypothesis test.
+    cases = [((7, 9), False, True), ((6, 5), True, True), ((5, 6, 4), True, True)]
+    cases.append(((5, 6, 4), False, order != 3))  # order 3: B-spline coefficients given directly
     for shape, channels, prefilter in cases:
         image = rng.standard_normal(shape + ((3,) if channels else ())).astype(np.float32)
         coords = edge_points(rng, shape)
