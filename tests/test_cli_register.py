@@ -237,6 +237,22 @@ def test_affine_pipeline_and_label_list(tmp_path, capsys):
     np.testing.assert_allclose(np.asarray(load_image(check).data), ref, atol=1e-4 * np.abs(ref).max())
 
 
+def test_multimodal_pipeline_runs(tmp_path, capsys):
+    p = write_pair(tmp_path)
+    inverted = tmp_path / "inverted.nii.gz"  # another "contrast": intensities reversed inside the head
+    im = load_image(p["moving"])
+    save_image(Image(jnp.where(im.data > 0, 250.0 - im.data, 0.0), im.grid), inverted)
+    out = tmp_path / "mm"
+    rc, stdout, err = run(
+        capsys, "register", p["fixed"], inverted, "-o", out, "--pipeline", "multimodal", "--quick"
+    )
+    assert rc == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pipeline"] == "multimodal" and rep["stages"]["deformable"]["iterations"] > 0
+    assert rep["metrics"]["nmi_affine"] > rep["metrics"]["nmi_before"]
+    assert read_transform(out / "warp.nii.gz").grid == load_image(p["fixed"]).grid
+
+
 def test_real_slices_improve(shared_data, tmp_path, capsys):
     from jaxreg.warp import resample
 
