@@ -243,7 +243,7 @@ def test_multimodal_pipeline_runs(tmp_path, capsys):
     im = load_image(p["moving"])
     save_image(Image(jnp.where(im.data > 0, 250.0 - im.data, 0.0), im.grid), inverted)
     out = tmp_path / "mm"
-    rc, stdout, err = run(
+    rc, _, err = run(
         capsys, "register", p["fixed"], inverted, "-o", out, "--pipeline", "multimodal", "--quick"
     )
     assert rc == 0, err
