@@ -1,4 +1,4 @@
-"""Benchmark: value-and-gradient cost of the objective terms, relative to one linear warp (forward + backward).
+"""Benchmark: value-and-gradient cost of the objective terms relative to one linear warp (forward + backward).
 
 For a float32 image pair of ``--shape`` (default 160x192x224: ``../shared/data/brain3d/subj1_t1.nii.gz`` and a
 copy of it warped by a smooth random displacement of ~2 voxels; smooth random volumes if the data is absent or
@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -95,7 +96,9 @@ def regulariser_terms():
     try:
         import jaxreg.regularizers as reg
     except Exception as err:  # noqa: BLE001 - written concurrently; any import failure means "skip"
-        print(f"note: jaxreg.regularizers is not importable ({type(err).__name__}: {err}); regularisers skipped")
+        print(
+            f"note: jaxreg.regularizers is not importable ({type(err).__name__}: {err}); regularisers skipped"
+        )
         return []
     wanted = [
         ("diffusion", {}, 1.0),
@@ -111,8 +114,18 @@ def regulariser_terms():
         if fn is None:
             print(f"note: jaxreg.regularizers.{name} is missing; skipped")
             continue
-        out.append((name, (lambda fn, kw: lambda d: fn(d, spacing=(1.0, 1.0, 1.0), **kw))(fn, kw), goal))
+        out.append((name, functools.partial(fn, spacing=(1.0, 1.0, 1.0), **kw), goal))
     return out
+
+
+def _similarity_value_and_grad(loss):
+    """``(moving, fixed) -> (loss, d loss / d moving)``."""
+    return lambda moving, fixed: jax.value_and_grad(lambda m: loss(fixed, m))(moving)
+
+
+def _regulariser_value_and_grad(reg):
+    """``(displacement, _) -> (R, d R / d displacement)``."""
+    return lambda disp, _: jax.value_and_grad(reg)(disp)
 
 
 def compile_call(fn, *args):
@@ -128,7 +141,9 @@ def timed(fn, *args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 192, 224], metavar=("D", "H", "W"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", nargs="*", default=None, help="substrings of the term names to run")
@@ -150,10 +165,8 @@ def main(argv=None):
     warp = compile_call(warp_fwd_bwd, fixed, w, disp)
     warp_times = []
 
-    terms = [(n, "similarity", (lambda f: lambda m, fx: jax.value_and_grad(lambda m: f(fx, m))(m))(f), g)
-             for n, f, g in similarity_terms()]
-    terms += [(n, "regulariser", (lambda f: lambda d, _: jax.value_and_grad(f)(d))(f), g)
-              for n, f, g in regulariser_terms()]
+    terms = [(n, "similarity", _similarity_value_and_grad(f), g) for n, f, g in similarity_terms()]
+    terms += [(n, "regulariser", _regulariser_value_and_grad(f), g) for n, f, g in regulariser_terms()]
     if args.only:
         terms = [t for t in terms if any(s in t[0] for s in args.only)]
 

@@ -15,17 +15,17 @@ better**. Conventions shared by all of them:
 * All are pure and jitted, differentiable with respect to both images (except the hard ``"box"`` binning),
   and vmappable over batches of pairs.
 
-=====================  ===========================================  ==========================  ===============
-name                   measure                                      loss                        form
-=====================  ===========================================  ==========================  ===============
-``ssd``, ``mse``       sum / mean of squared differences            >= 0                        function
-``ncc``                global normalised cross-correlation          ``-NCC`` in [-1, 1]         function
-``lncc``               local NCC (box or Gaussian window)           ``-LNCC`` in [-1, 0]        factory
-``mi``, ``nmi``        (normalised) mutual information, Parzen      ``-MI``, ``-NMI``           factory
-``correlation_ratio``  Roche's eta^2(M | F)                         ``1 - eta^2`` in [0, 1]     factory
-``ngf``                normalised gradient fields                   in [0, 1]                   function
-``mind``               SSD of MIND-SSC descriptors                  in [0, 1]                   factory
-=====================  ===========================================  ==========================  ===============
+=====================  =========================================  ========================  ==========
+name                   measure                                    loss                      form
+=====================  =========================================  ========================  ==========
+``ssd``, ``mse``       sum / mean of squared differences          >= 0                      function
+``ncc``                global normalised cross-correlation        ``-NCC`` in [-1, 1]       function
+``lncc``               local NCC (box or Gaussian window)         ``-LNCC`` in [-1, 0]      factory
+``mi``, ``nmi``        (normalised) mutual information, Parzen    ``-MI``, ``-NMI``         factory
+``correlation_ratio``  Roche's eta^2(M | F)                       ``1 - eta^2`` in [0, 1]   factory
+``ngf``                normalised gradient fields                 in [0, 1]                 function
+``mind``               SSD of MIND-SSC descriptors                in [0, 1]                 factory
+=====================  =========================================  ========================  ==========
 
 ``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors.
 """

@@ -48,9 +48,13 @@ def check_mask(mask, shape: tuple[int, ...], dtype, *, spatial_ndim: int | None 
     mask = jnp.asarray(mask)
     k = mask.ndim
     if spatial_ndim is not None and k != spatial_ndim:
-        raise ValueError(f"mask: expected the {spatial_ndim}-D spatial shape {shape[:spatial_ndim]}, got {mask.shape}")
+        raise ValueError(
+            f"mask: expected the {spatial_ndim}-D spatial shape {shape[:spatial_ndim]}, got {mask.shape}"
+        )
     if k == 0 or tuple(mask.shape) != tuple(shape[:k]):
-        raise ValueError(f"mask: expected the spatial shape of the images (a prefix of {shape}), got {mask.shape}")
+        raise ValueError(
+            f"mask: expected the spatial shape of the images (a prefix of {shape}), got {mask.shape}"
+        )
     if jnp.issubdtype(mask.dtype, jnp.complexfloating):
         raise ValueError("mask must be real-valued")
     return mask.astype(dtype)
@@ -91,8 +95,10 @@ def as_spacing(spacing, ndim: int, dtype) -> np.ndarray:
     """Per-axis voxel spacing (mm) as a NumPy vector; ``None`` means 1 mm."""
     if spacing is None:
         return np.ones(ndim)
-    s = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (ndim,)) if np.ndim(spacing) == 0 else np.asarray(
-        spacing, dtype=np.float64
+    s = (
+        np.broadcast_to(np.asarray(spacing, dtype=np.float64), (ndim,))
+        if np.ndim(spacing) == 0
+        else np.asarray(spacing, dtype=np.float64)
     )
     if s.shape != (ndim,) or not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError(f"spacing: expected {ndim} positive finite values (mm), got {spacing!r}")
@@ -135,7 +141,7 @@ def box_sum(x, windows: Sequence[int], axes: Sequence[int]):
 
 
 def _correlate_axis(x, taps: np.ndarray, ax: int):
-    """``out[i] = sum_j taps[j] x[i + j - r]`` along ``ax`` with zeros beyond the ends (``len(taps) = 2r + 1``)."""
+    """``out[i] = sum_j taps[j] x[i + j - r]`` along ``ax``, zeros beyond the ends (``len(taps) = 2r+1``)."""
     k = len(taps)
     r = k // 2
     n = x.shape[ax]

@@ -128,7 +128,7 @@ def lncc(
     For each voxel ``x`` the window weights are ``a_x(y) = k(y - x) w(y)``, with ``k`` the window taps (1 in a
     box of ``window`` voxels per axis, or ``exp(-d^2 / (2 sigma^2))`` for a Gaussian, truncated at
     ``truncate * sigma``), ``w`` the mask (1 when ``mask`` is ``None``) and zeros outside the image. With the
-    window sums ``S_a = sum a``, ``S_I = sum a I``, ``S_II = sum a I^2``, ``S_IJ = sum a I J`` (likewise for J)::
+    window sums ``S_a = sum a``, ``S_I = sum a I``, ``S_II = sum a I^2``, ``S_IJ = sum a I J`` (same for J)::
 
         cross = S_IJ - S_I S_J / S_a,   var_I = S_II - S_I^2 / S_a,   var_J = S_JJ - S_J^2 / S_a
         cc(x) = cross^2 / (var_I var_J + eps)                 (squared local correlation, in [0, 1])
@@ -230,7 +230,8 @@ def lncc(
         f"LNCC loss ({'Gaussian sigma=' + repr(sigma) if gaussian else 'box window=' + repr(spec)}); "
         "see :func:`jaxreg.similarity.lncc`.\n\n"
         "Args:\n    fixed, moving: images ``(*spatial)`` or ``(*spatial, C)``.\n"
-        "    mask: optional spatial weights.\n    eps: epsilon added to var_I var_J (window-sum units of the images\n"
+        "    mask: optional spatial weights.\n"
+        "    eps: epsilon added to var_I var_J (window-sum units of the images\n"
         "        min-max normalised to [0, 1]).\n\n"
         "Returns:\n    Scalar ``-LNCC`` in [-1, 0]."
     )

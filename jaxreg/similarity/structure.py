@@ -106,7 +106,9 @@ def ssc_pairs(ndim: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
             e[ax] = s
             nbrs.append(tuple(e))
     nbrs.sort()
-    pairs = [(a, b) for a, b in itertools.combinations(nbrs, 2) if sum((x - y) ** 2 for x, y in zip(a, b)) == 2]
+    pairs = [
+        (a, b) for a, b in itertools.combinations(nbrs, 2) if sum((x - y) ** 2 for x, y in zip(a, b)) == 2
+    ]
     return tuple(pairs)
 
 
@@ -159,7 +161,9 @@ def _mind_ssc(image, radius: int, dilation: int, w) -> list:
 
 
 @functools.partial(jax.jit, static_argnames=("radius", "dilation"))
-def mind_ssc(image: jax.Array, *, radius: int = 2, dilation: int = 2, mask: jax.Array | None = None) -> jax.Array:
+def mind_ssc(
+    image: jax.Array, *, radius: int = 2, dilation: int = 2, mask: jax.Array | None = None
+) -> jax.Array:
     """MIND-SSC descriptor: modality independent neighbourhood descriptor with self-similarity context.
 
     For each pair ``(a, b)`` of :func:`ssc_pairs` (neighbours at ``dilation`` voxels from ``x``)::
@@ -220,5 +224,7 @@ def mind(radius: int = 2, *, dilation: int = 2) -> Loss:
         sq = sum((a - b) ** 2 for a, b in zip(df, dm)) * (1.0 / len(df))
         return U.weighted_mean(sq, w)
 
-    loss.__doc__ = f"MIND-SSC SSD loss (radius={radius}, dilation={dilation}); see :func:`jaxreg.similarity.mind`."
+    loss.__doc__ = (
+        f"MIND-SSC SSD loss (radius={radius}, dilation={dilation}); see :func:`jaxreg.similarity.mind`."
+    )
     return jax.jit(loss)
