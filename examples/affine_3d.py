@@ -4,10 +4,11 @@ The demo data of ``jaxreg demo`` without its deformable part: the MNI152 T1 temp
 no download) is the fixed image; the moving image is the template pulled through the inverse of a known seeded
 affine ``A`` (a few degrees, a few mm, about 5 % scaling; :func:`jaxreg.cli.demo.known_transform` with a zero
 velocity field) with a smooth bias field and noise (:func:`jaxreg.cli.demo.make_moving`).
-:func:`jaxreg.optimize.pipelines.register_linear` then fits each model (moments initialisation, NCC, its default
-resolution levels without those coarser than 8 mm, :func:`jaxreg.cli.demo.cap_levels`). For each the script prints the NCC after registration, the mean and largest distance
-``|T_hat(x) - A(x)|`` (mm) over the brain mask, the iterations and the time; the affine model should recover
-``A`` to a fraction of a voxel, the rigid and similarity ones cannot represent its anisotropic scaling. The
+:func:`jaxreg.optimize.pipelines.register_linear` then fits each model (moments initialisation, NCC, its
+default resolution levels without those coarser than 8 mm, :func:`jaxreg.cli.demo.cap_levels`). For each the
+script prints the NCC after registration, the mean and largest distance ``|T_hat(x) - A(x)|`` (mm) over the
+brain mask, the iterations and the time; the affine model should recover ``A`` to a fraction of a voxel, the
+rigid and similarity ones cannot represent its anisotropic scaling. The
 figure shows the last model's result (:func:`jaxreg.plot.registration_report`).
 
 Usage::

@@ -64,7 +64,8 @@ def main() -> int:
             st = jacobian_statistics(field, g)
             fold, sd = f"{100 * float(st.fraction_nonpositive):.3f}", f"{float(st.std_log):.4f}"
         print(
-            f"{name:<16} {np.mean((f - w) ** 2):8.5f} {np.corrcoef(f, w)[0, 1]:7.4f} {fold:>9} {sd:>7} {seconds:7.1f}"
+            f"{name:<16} {np.mean((f - w) ** 2):8.5f} {np.corrcoef(f, w)[0, 1]:7.4f} {fold:>9} {sd:>7} "
+            f"{seconds:7.1f}"
         )
 
     t0 = time.perf_counter()

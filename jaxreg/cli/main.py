@@ -366,7 +366,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxreg`` argument parser (subcommands ``info``, ``apply``, ``demo``)."""
+    """The ``jaxreg`` argument parser (``info``, ``apply``, ``demo``, ``evaluate``, ``landmarks``, ``register``)."""
     from jaxreg import __version__
 
     p = _Parser(

@@ -634,7 +634,8 @@ def format_dice_table(summary: dict[str, Any]) -> str:
     for r in rows:
         line = f"{r['label']:>6}" + (f"  {r.get('name', '')[:width]:<{width}}" if named else "")
         line += "".join(f"  {f(r[f'dice_{k}'], '11.4f')}" for k in keys)
-        line += f"  {f(r['dice'], '7.4f')}  {f(r['hd95_mm'], '8.3f')}  {r['voxels_fixed']:>9}  {r['voxels_warped']:>9}"
+        line += f"  {f(r['dice'], '7.4f')}  {f(r['hd95_mm'], '8.3f')}"
+        line += f"  {r['voxels_fixed']:>9}  {r['voxels_warped']:>9}"
         lines.append(line)
     lines.append("-" * len(head))
     means = ", ".join(f"{k} {f(summary[f'mean_dice_{k}'], '.4f')}" for k in keys)
@@ -791,6 +792,8 @@ def summarize(
     )
     if dice is not None:
         text.append(format_dice_table(dice))
+    if png is None:
+        text.append("report.png: skipped (matplotlib is not installed: pip install 'jaxreg[plot]')")
     return Outputs(warped, result.affine, field, warped_labels, dice, report, png, text)
 
 
@@ -970,6 +973,7 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     written = write_outputs(args.output, outs, inputs=all_inputs)
     log(f"wrote:      {', '.join(p.name for p in written)} in {args.output}")
     log(
-        f"total:      {time.perf_counter() - t_all:.1f} s (registration {result.seconds:.1f} s, including compilation)"
+        f"total:      {time.perf_counter() - t_all:.1f} s "
+        f"(registration {result.seconds:.1f} s, including compilation)"
     )
     return 0
