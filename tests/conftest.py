@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+# keep tests hermetic: the command line's persistent compilation cache stays off unless a test turns it on
+os.environ.setdefault("JAXREG_CACHE_DIR", "")
+
 settings.register_profile(
     "ci", max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
