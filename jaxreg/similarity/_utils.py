@@ -140,54 +140,34 @@ def box_sum(x, windows: Sequence[int], axes: Sequence[int]):
     return x
 
 
-def _correlate_axis(x, taps: np.ndarray, ax: int):
-    """``out[i] = sum_j taps[j] x[i + j - r]`` along ``ax``, zeros beyond the ends (``len(taps) = 2r+1``)."""
-    k = len(taps)
-    r = k // 2
-    n = x.shape[ax]
-    pad = [(0, 0)] * x.ndim
-    pad[ax] = (r, r)
-    p = jnp.pad(x, pad)
-    out = None
-    for j in range(k):
-        term = lax.slice_in_dim(p, j, j + n, axis=ax) * jnp.asarray(taps[j], x.dtype)
-        out = term if out is None else out + term
-    return out
+def _band_matrix(n: int, taps: Sequence[float]) -> np.ndarray:
+    """``(n, n)`` matrix ``T[i, k] = taps[k - i + r]`` (zero outside the band): correlation with zero padding."""
+    taps = np.asarray(taps, np.float64)
+    r = len(taps) // 2
+    t = np.zeros((n, n))
+    for j, v in enumerate(taps):
+        t += v * np.eye(n, k=j - r)
+    return t
 
 
-def symmetric_filter(x, kernels: tuple[tuple[float, ...], ...], axes: tuple[int, ...]):
-    """Separable correlation of ``x`` with symmetric 1-D kernels along ``axes`` (zeros beyond the array).
+def separable_filter(x, kernels: Sequence[Sequence[float]], axes: Sequence[int]):
+    """Separable correlation of ``x`` with 1-D kernels along ``axes``, zeros beyond the array.
 
-    The operator is linear and self-adjoint (symmetric taps, zero padding), so its reverse-mode derivative is
-    the same filter applied to the cotangent; a ``custom_vjp`` uses exactly that, which is an order of
-    magnitude faster on CPU than transposing the padded slices. Forward-mode (``jax.jvp``) is not available.
+    Each axis is one matrix product with the ``(n, n)`` band matrix of its taps. On CPU this is faster than a
+    sum of shifted slices, whose chains XLA fuses across axes into ``O(K^2)`` recomputation in the backward
+    pass (measured: ~20x the cost of a linear warp for LNCC with sigma = 2 on 160x192x224, vs ~3x here), and
+    than ``lax.conv_general_dilated``. Both derivative modes are ordinary matrix products. The cost per voxel
+    is ``O(sum(shape[axes]))``, independent of the kernel width.
     """
-    return _symmetric_filter(x, kernels, axes)
-
-
-def _sym_impl(x, kernels, axes):
     for taps, ax in zip(kernels, axes):
-        if len(taps) > 1:
-            x = _correlate_axis(x, np.asarray(taps), ax)
-        else:
+        if len(taps) == 1:
             x = x * jnp.asarray(taps[0], x.dtype)
+            continue
+        t = jnp.asarray(_band_matrix(x.shape[ax], taps), x.dtype)
+        letters = "abcdefghklmnopqrstuvw"[: x.ndim]
+        src = letters.replace(letters[ax], "j")
+        x = jnp.einsum(f"{letters[ax]}j,{src}->{letters}", t, x)
     return x
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _symmetric_filter(x, kernels, axes):
-    return _sym_impl(x, kernels, axes)
-
-
-def _symmetric_filter_fwd(x, kernels, axes):
-    return _sym_impl(x, kernels, axes), None
-
-
-def _symmetric_filter_bwd(kernels, axes, _, g):
-    return (_sym_impl(g, kernels, axes),)
-
-
-_symmetric_filter.defvjp(_symmetric_filter_fwd, _symmetric_filter_bwd)
 
 
 def gaussian_taps(sigma: float, truncate: float) -> tuple[float, ...]:
@@ -200,15 +180,21 @@ def gaussian_taps(sigma: float, truncate: float) -> tuple[float, ...]:
 
 
 def window_count(shape: Sequence[int], kernels: Sequence[Sequence[float]], dtype) -> jax.Array:
-    """Window sum of an all-ones image (zeros outside), a separable product of per-axis NumPy constants."""
-    out = np.ones((), np.float64)
-    for n, taps in zip(shape, kernels):
+    """Window sum of an all-ones image (zeros outside): the outer product of per-axis 1-D constants.
+
+    Built as a broadcast product inside the computation (which XLA fuses into its consumers) rather than as
+    one full-size constant, which would be embedded in the compiled program.
+    """
+    out = None
+    nd = len(shape)
+    for ax, (n, taps) in enumerate(zip(shape, kernels)):
         taps = np.asarray(taps, np.float64)
         r = len(taps) // 2
         ones = np.pad(np.ones(n), r)
         line = np.array([np.dot(taps, ones[i : i + len(taps)]) for i in range(n)])
-        out = np.multiply.outer(out, line)
-    return jnp.asarray(out, dtype)
+        line = jnp.asarray(line, dtype).reshape([n if a == ax else 1 for a in range(nd)])
+        out = line if out is None else out * line
+    return jnp.broadcast_to(out, tuple(shape))
 
 
 def edge_pad(x, pads: Sequence[tuple[int, int]]):
