@@ -31,7 +31,7 @@ name                   measure                                    loss          
 """
 
 from jaxreg.similarity.intensity import lncc, mse, ncc, ssd
-from jaxreg.similarity.mi import correlation_ratio, joint_histogram, mi, nmi
+from jaxreg.similarity.histogram import correlation_ratio, joint_histogram, mi, nmi
 from jaxreg.similarity.structure import mind, mind_ssc, ngf, ssc_pairs
 
 __all__ = [
