@@ -199,7 +199,7 @@ def main(argv=None):
     for name, t, r, goal, c in rows:
         g = f"{goal:.0f}x" if goal is not None else "-"
         met = "-" if goal is None else ("yes" if r <= goal else "NO")
-        print(f"{name:<28}{t:>10.3f}{r:>9.2f}{g:>7}  {met:<5}{c:>12.1f}")
+        print(f"{name:<28}{t:>10.4f}{r:>9.2f}{g:>7}  {met:<5}{c:>12.1f}")
 
 
 if __name__ == "__main__":

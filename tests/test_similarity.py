@@ -265,6 +265,19 @@ def test_lncc_3d_box_and_gaussian_match_scipy_filters():
             np.testing.assert_allclose(fast(S.lncc(sigma=sigma))(F, M, jnp.asarray(w)), ref, rtol=1e-9)
 
 
+def test_lncc_channels_last_is_the_mean_over_channels():
+    # with eps = 0 the min-max normalisation (global over channels) does not matter, so a channel-last image
+    # gives the mean of the per-channel losses; the spatial mask is shared by the channels
+    f = np.stack([np.asarray(a, np.float64) for a in pair((9, 8), seed=18)], -1)
+    m = np.stack([np.asarray(a, np.float64) for a in pair((9, 8), seed=19)], -1)
+    w = random_mask(18, (9, 8))
+    with jax.enable_x64(True):
+        F, M, W = jnp.asarray(f), jnp.asarray(m), jnp.asarray(w)
+        loss2 = S.lncc((3, 5), ndim=2)
+        per_channel = [loss2(F[..., c], M[..., c], W, eps=0.0) for c in range(2)]
+        np.testing.assert_allclose(loss2(F, M, W, eps=0.0), np.mean(per_channel), rtol=1e-10)
+
+
 def test_lncc_equals_voxelmorph_with_zero_margin():
     # VoxelMorph counts the zero padding as voxels (fixed window size); jaxreg counts only voxels inside the
     # image. The two agree when the content is >= 2r voxels from the border (such windows see only zeros).

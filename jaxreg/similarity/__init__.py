@@ -12,8 +12,8 @@ better**. Conventions shared by all of them:
   loss function, e.g. ``lncc(window=9)(fixed, moving, mask)``; numeric options (``eps``, ``eta``, intensity
   ranges) are traced arguments of the loss. Metrics without such options are plain functions
   (``ssd(fixed, moving, mask)``).
-* All are pure and jitted, differentiable with respect to both images (except the hard ``"box"`` binning),
-  and vmappable over batches of pairs.
+* All are pure and jitted, differentiable with respect to both images (except the hard ``"box"`` binning;
+  reverse mode only for B-spline MI/NMI, whose backward pass is a custom VJP), and vmappable over batches.
 
 =====================  =========================================  ========================  ==========
 name                   measure                                    loss                      form

@@ -205,7 +205,10 @@ def mind(radius: int = 2, *, dilation: int = 2) -> Loss:
     :func:`mind_ssc` descriptors (``P`` pairs), as used by deeds and ConvexAdam (Heinrich et al. 2013;
     Siebert, Hansen & Heinrich, MICCAI 2021). The mask also restricts the variance normalisation of each
     descriptor to the masked voxels. ConvexAdam uses ``radius=1, dilation=2``; Heinrich's reference
-    implementation defaults to ``radius=2, dilation=2``.
+    implementation defaults to ``radius=2, dilation=2``. The loss equals
+    ``mse(mind_ssc(fixed, mask=mask), mind_ssc(moving, mask=mask), mask)``, so for many evaluations against
+    one fixed image its descriptor can be computed once (each descriptor costs about 2-3 linear warps of the
+    image on CPU: 12 channels of patch distances in 3D).
 
     Args:
         radius: Patch radius in voxels. Static.
