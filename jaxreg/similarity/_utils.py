@@ -5,7 +5,6 @@ Private to :mod:`jaxreg.similarity`. Everything here is shape-static and works f
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -91,7 +90,7 @@ def resolve_ndim(ndim: int | None, image_ndim: int) -> int:
     return int(ndim)
 
 
-def as_spacing(spacing, ndim: int, dtype) -> np.ndarray:
+def as_spacing(spacing, ndim: int) -> np.ndarray:
     """Per-axis voxel spacing (mm) as a NumPy vector; ``None`` means 1 mm."""
     if spacing is None:
         return np.ones(ndim)
@@ -166,7 +165,8 @@ def separable_filter(x, kernels: Sequence[Sequence[float]], axes: Sequence[int])
         t = jnp.asarray(_band_matrix(x.shape[ax], taps), x.dtype)
         letters = "abcdefghklmnopqrstuvw"[: x.ndim]
         src = letters.replace(letters[ax], "j")
-        x = jnp.einsum(f"{letters[ax]}j,{src}->{letters}", t, x)
+        # full float32 precision also on accelerators whose default matmul precision is lower (TF32/bf16)
+        x = jnp.einsum(f"{letters[ax]}j,{src}->{letters}", t, x, precision=lax.Precision.HIGHEST)
     return x
 
 

@@ -156,7 +156,8 @@ def _weighted_gram(tf, tm, w, bins: int, kernel: str, sigma: float):
     def chunk(tf_c, tm_c, w_c):
         kf = _kernel_rows(tf_c, bins, kernel, sigma)
         km = _kernel_rows(tm_c, bins, kernel, sigma) * w_c[:, None]
-        return kf.T @ km
+        # HIGHEST: full float32 also where the default matmul precision is TF32/bf16 (GPU/TPU)
+        return jnp.matmul(kf.T, km, precision=lax.Precision.HIGHEST)
 
     return _chunked_sum(chunk, [tf, tm, w])
 
@@ -383,7 +384,7 @@ def correlation_ratio(bins: int = 32, *, kernel: str = "box", sigma: float = 1.0
         def chunk(tf_c, m_c, w_c):
             a = _kernel_rows(tf_c, bins, kernel, sigma)
             wm = w_c * m_c
-            return a.T @ jnp.stack([w_c, wm, wm * m_c], axis=1)
+            return jnp.matmul(a.T, jnp.stack([w_c, wm, wm * m_c], axis=1), precision=lax.Precision.HIGHEST)
 
         s = _chunked_sum(chunk, [tf, m, wv])  # (bins, 3)
         s0, s1, s2 = s[:, 0], s[:, 1], s[:, 2]

@@ -73,7 +73,7 @@ def ngf(
     fixed, moving = U.check_pair(fixed, moving)
     nd = fixed.ndim
     w = U.check_mask(mask, fixed.shape, fixed.dtype, spatial_ndim=nd)
-    sp = U.as_spacing(spacing, nd, fixed.dtype)
+    sp = U.as_spacing(spacing, nd)
     if isinstance(eta, (tuple, list)):
         eta_f, eta_m = eta
     else:
