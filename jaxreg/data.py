@@ -30,6 +30,11 @@ from jaxreg.warp.pyramid import smooth_array
 __all__ = ["load_mni152", "load_mni152_masks", "phantom", "random_velocity_field", "gaussian_smooth"]
 
 
+def _check_resolution(resolution: Any) -> None:
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
+        raise ValueError(f"resolution: expected a positive integer voxel size in mm, got {resolution!r}")
+
+
 def load_mni152(resolution: int = 2, *, dtype: Any = jnp.float32) -> Image:
     """The MNI152 (ICBM 2009, skull-stripped) T1 template shipped with nilearn, intensities in [0, 1].
 
@@ -48,8 +53,7 @@ def load_mni152(resolution: int = 2, *, dtype: Any = jnp.float32) -> Image:
       ImportError: nilearn is not installed (``pip install 'jaxreg[demo]'``).
       ValueError: ``resolution`` is not a positive integer.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
-        raise ValueError(f"resolution: expected a positive integer voxel size in mm, got {resolution!r}")
+    _check_resolution(resolution)
     try:
         from nilearn.datasets import load_mni152_template
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -89,8 +93,7 @@ def load_mni152_masks(resolution: int = 2, *, dtype: Any = jnp.int32) -> dict[st
       ImportError: nilearn is not installed (``pip install 'jaxreg[demo]'``).
       ValueError: ``resolution`` is not a positive integer.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
-        raise ValueError(f"resolution: expected a positive integer voxel size in mm, got {resolution!r}")
+    _check_resolution(resolution)
     try:
         from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_mask, load_mni152_wm_mask
     except ImportError as e:  # pragma: no cover - depends on the environment
