@@ -3,7 +3,9 @@
 :func:`register` is the one iterative entry point: a fixed and a moving image, an initial transform, an
 :class:`Objective` (weighted terms), an optax optimiser, resolution :class:`Level` s and a :class:`Stopping`
 rule; it returns a :class:`RegistrationResult`. :func:`register_many` runs a batch of registrations (pairs or
-weight sweeps) in one vmapped, compiled call.
+weight sweeps) in one vmapped, compiled call. :func:`greedy_register` is the greedy (demons-like, SyN-like)
+diffeomorphic alternative for dense fields, and :func:`greedy_register_many` runs it for many pairs with one
+vmapped, compiled call per level.
 """
 
 from jaxreg.optimize.engine import (
@@ -15,6 +17,7 @@ from jaxreg.optimize.engine import (
     register,
     register_many,
 )
+from jaxreg.optimize.greedy import GreedyManyResult, GreedyOptions, greedy_register, greedy_register_many
 from jaxreg.optimize.objective import (
     Objective,
     Term,
@@ -28,6 +31,10 @@ from jaxreg.optimize.objective import (
 __all__ = [
     "register",
     "register_many",
+    "greedy_register",
+    "greedy_register_many",
+    "GreedyOptions",
+    "GreedyManyResult",
     "Level",
     "Stopping",
     "LevelResult",
