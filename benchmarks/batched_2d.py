@@ -9,9 +9,8 @@ the settings) of ``register_pair``'s default pipeline:
    of ``register_pair``'s linear levels, with the per-unit Adam of :func:`linear_optimizer` and
    ``register_linear``'s stopping rule (each pair stops on its own, masked, while the batch runs on);
 3. symmetric greedy registration of a stationary velocity field with local NCC on ``register_pair``'s
-   deformable levels and with its :class:`GreedyOptions`: the greedy module's compiled level runner,
-   ``jax.vmap``-ed over the pairs (``greedy_register`` itself loops on the host, so it cannot be vmapped; this
-   uses its private ``_runner`` and replicates its level loop).
+   deformable levels and with its :class:`GreedyOptions`: :func:`jaxreg.optimize.greedy_register_many` (one
+   compiled call per level, ``jax.vmap``-ed over the pairs), with the affines of step 2 as the outer transforms.
 
 All these settings are read from the signatures of ``register_pair`` and ``register_linear``, so the batched run
 follows the library's defaults.
@@ -54,15 +53,12 @@ from peers import DEFAULT_ANTS_PYTHON, run_worker
 import jaxreg as jr
 from jaxreg.core.grid import Image
 from jaxreg.io import compose_files, load_image
-from jaxreg.optimize import adapt_transform, objective, register_many, similarity_term
-from jaxreg.optimize import greedy as greedy_mod
+from jaxreg.optimize import GreedyOptions, greedy_register_many, objective, register_many, similarity_term
 from jaxreg.optimize.engine import Stopping
-from jaxreg.optimize.greedy import GreedyOptions
 from jaxreg.optimize.init import moments_init
 from jaxreg.optimize.pipelines import linear_optimizer, register_linear, register_pair
 from jaxreg.similarity import lncc, ncc
-from jaxreg.transforms import Affine, VelocityField
-from jaxreg.transforms.dense import from_voxel_displacement, to_voxel_displacement
+from jaxreg.transforms import Affine
 from jaxreg.warp.pyramid import downsample_image
 
 DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "brain2d"))
@@ -98,23 +94,6 @@ def _downsampler(grid, shrink: int):
     return jax.jit(jax.vmap(lambda d: downsample_image(Image(d, grid), shrink).data))
 
 
-@functools.cache
-def _greedy_level(sim, grid, iterations: int):
-    run = greedy_mod._runner(sim, grid, grid, GREEDY, iterations)  # run(v_vox, fixed, moving, mask, hmat)
-    return jax.jit(jax.vmap(run, in_axes=(0, 0, 0, None, 0)))
-
-
-@functools.cache
-def _lift(src, dst, steps: int):
-    """Batched velocity (index units of ``src``) -> index units of ``dst`` (resampled as the engine does)."""
-
-    def one(v):
-        vel = VelocityField(from_voxel_displacement(v, src), src, steps)
-        return to_voxel_displacement(adapt_transform(vel, dst).velocity, dst)
-
-    return jax.jit(jax.vmap(one))
-
-
 _METRICS: dict = {}
 
 
@@ -129,13 +108,10 @@ def batched_pipeline(fixed, moving, grid):
 
     Returns:
       ``(affines, velocities)``: an :class:`Affine` with a leading batch axis and a :class:`VelocityField` on
-      ``grid`` with batched ``velocity`` ``(B, *grid.shape, 2)``; the pull transform of pair ``b`` is
+      ``grid`` with batched ``velocity`` ``(B, *grid.shape, 2)`` (or, for a displacement ``update`` of
+      :class:`GreedyOptions`, a batched :class:`DisplacementField`); the pull transform of pair ``b`` is
       ``compose(affine_b, exp(v_b))``.
     """
-    if getattr(GREEDY, "update", "svf") != "svf" or getattr(GREEDY, "force", "metric") != "metric":
-        raise SystemExit(
-            f"batched_2d: replicates the greedy SVF stage with the metric force only, got {GREEDY}"
-        )
     b = fixed.shape[0]
     starts = []
     for i in range(b):  # host-side, as in register_linear
@@ -159,33 +135,26 @@ def batched_pipeline(fixed, moving, grid):
             iterations=level.iterations,
             stopping=STOP,
         )
-    hom = jax.vmap(lambda a: a.homogeneous())(aff)
-    v, prev = None, None
-    for level in GREEDY_LEVELS:
-        g = grid.downsample(level.shrink)
-        f, m = _downsampler(grid, level.shrink)(fixed), _downsampler(grid, level.shrink)(moving)
-        v = (
-            jnp.zeros((b, *g.shape, g.ndim), jnp.float32)
-            if v is None
-            else _lift(prev, g, GREEDY.exp_steps)(v)
-        )
-        hmat = jnp.asarray(g.inverse_affine, jnp.float32) @ hom @ jnp.asarray(g.affine, jnp.float32)
-        v, _ = _greedy_level(_metric("lncc"), g, int(level.iterations))(v, f, m, None, hmat)
-        prev = g
-    v = _lift(prev, grid, GREEDY.exp_steps)(v)
-    return jax.block_until_ready(
-        (aff, VelocityField(from_voxel_displacement(v, grid), grid, GREEDY.exp_steps))
+    greedy = greedy_register_many(
+        fixed,
+        moving,
+        fixed_grid=grid,
+        moving_grid=grid,
+        similarity=_metric("lncc"),
+        levels=GREEDY_LEVELS,
+        options=GREEDY,
+        outer=aff,
     )
+    return jax.block_until_ready((aff, greedy.optimized))
 
 
 def _clear() -> None:
-    from jaxreg.optimize import engine
+    from jaxreg.optimize import engine, greedy
 
     jax.clear_caches()
     engine._compiled_run.cache_clear()
-    greedy_mod._runner.cache_clear()
-    for f in (_downsampler, _greedy_level, _lift):
-        f.cache_clear()
+    greedy._runner.cache_clear()
+    _downsampler.cache_clear()
 
 
 @functools.cache

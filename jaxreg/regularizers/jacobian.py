@@ -55,6 +55,15 @@ def _det_field(u: jax.Array, *, spacing: tuple[float, ...], minv: Any) -> jax.Ar
     return det(g + jnp.eye(n, dtype=g.dtype))
 
 
+def _determinants_and_mask(
+    u: jax.Array, spacing: Any, grid: Grid | None, mask: Any
+) -> tuple[jax.Array, jax.Array | None]:
+    """``(det J per voxel, checked mask)``: the set-up shared by the voxel-wise determinant penalties."""
+    n = check_field(u)
+    d = jacobian_determinant_field(u, spacing=spacing, grid=grid)
+    return d, check_mask(mask, tuple(u.shape[:n]))
+
+
 def folding(
     u: jax.Array,
     *,
@@ -83,10 +92,7 @@ def folding(
     Returns:
       Scalar.
     """
-    n = check_field(u)
-    d = jacobian_determinant_field(u, spacing=spacing, grid=grid)
-    mask = check_mask(mask, tuple(u.shape[:n]))
-    return _folding(d, mask, eps)
+    return _folding(*_determinants_and_mask(u, spacing, grid, mask), eps)
 
 
 @jax.jit
@@ -133,10 +139,7 @@ def log_jacobian(
     Returns:
       Scalar.
     """
-    n = check_field(u)
-    d = jacobian_determinant_field(u, spacing=spacing, grid=grid)
-    mask = check_mask(mask, tuple(u.shape[:n]))
-    return _log_jacobian(d, mask, eps)
+    return _log_jacobian(*_determinants_and_mask(u, spacing, grid, mask), eps)
 
 
 @jax.jit

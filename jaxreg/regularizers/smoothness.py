@@ -74,6 +74,28 @@ def _edge_offsets(ndim: int, axes: Sequence[int], steps: Sequence[int]) -> list[
     return out
 
 
+def _axis_energy_inputs(
+    u: jax.Array, spacing: Any, grid: Grid | None, mask: Any, *, need: int, what: str
+) -> tuple[jax.Array | None, tuple[float, ...]]:
+    """Checks shared by the per-axis energies: ``(mask, spacing)`` with the spacing as a static tuple (mm)."""
+    n = check_field(u)
+    check_min_size(u, n, need, what)
+    sp, _ = frame(n, spacing, grid)
+    _require_orthonormal(grid, what)
+    return check_mask(mask, tuple(u.shape[:n])), tuple(float(s) for s in sp)
+
+
+def _stencil_mean_sq(d: jax.Array, mask: jax.Array | None, axes: Sequence[int], steps: Sequence[int]) -> jax.Array:
+    """Weighted mean of ``|d|^2`` (summed over components) on the lattice of a stencil along ``axes``.
+
+    ``d`` ``(*lattice, ndim)`` holds the stencil's differences; each lattice point is weighted by the mean of
+    ``mask`` over the ``steps[k] + 1`` voxels the stencil spans along ``axes[k]`` (module docstring).
+    """
+    dens = jnp.sum(d * d, axis=-1)
+    w = stencil_weights(mask, _edge_offsets(d.ndim - 1, axes, steps), dens.shape)
+    return weighted_mean(dens, w)
+
+
 def diffusion(
     u: jax.Array,
     *,
@@ -99,11 +121,8 @@ def diffusion(
     Returns:
       Scalar, ``u``'s dtype.
     """
-    n = check_field(u)
-    check_min_size(u, n, 2, "diffusion")
-    sp, _ = frame(n, spacing, grid)
-    _require_orthonormal(grid, "diffusion")
-    return _diffusion(u, check_mask(mask, tuple(u.shape[:n])), spacing=tuple(float(s) for s in sp))
+    mask, sp = _axis_energy_inputs(u, spacing, grid, mask, need=2, what="diffusion")
+    return _diffusion(u, mask, spacing=sp)
 
 
 @functools.partial(jax.jit, static_argnames=("spacing",))
@@ -112,9 +131,7 @@ def _diffusion(u: jax.Array, mask: jax.Array | None, *, spacing: tuple[float, ..
     total = jnp.zeros((), u.dtype)
     for a in range(n):
         d = (sl(u, a, 1, None) - sl(u, a, 0, -1)) / sp[a]
-        dens = jnp.sum(d * d, axis=-1)
-        w = stencil_weights(mask, _edge_offsets(n, [a], [1]), dens.shape)
-        total = total + weighted_mean(dens, w)
+        total = total + _stencil_mean_sq(d, mask, [a], [1])
     return total
 
 
@@ -144,11 +161,8 @@ def bending(
     Returns:
       Scalar, ``u``'s dtype. For a cubic B-spline FFD see also :func:`bspline_bending_energy` (analytic).
     """
-    n = check_field(u)
-    check_min_size(u, n, 3, "bending")
-    sp, _ = frame(n, spacing, grid)
-    _require_orthonormal(grid, "bending")
-    return _bending(u, check_mask(mask, tuple(u.shape[:n])), spacing=tuple(float(s) for s in sp))
+    mask, sp = _axis_energy_inputs(u, spacing, grid, mask, need=3, what="bending")
+    return _bending(u, mask, spacing=sp)
 
 
 @functools.partial(jax.jit, static_argnames=("spacing",))
@@ -157,15 +171,11 @@ def _bending(u: jax.Array, mask: jax.Array | None, *, spacing: tuple[float, ...]
     total = jnp.zeros((), u.dtype)
     for a in range(n):
         d2 = (sl(u, a, 2, None) - 2.0 * sl(u, a, 1, -1) + sl(u, a, 0, -2)) / (sp[a] * sp[a])
-        dens = jnp.sum(d2 * d2, axis=-1)
-        w = stencil_weights(mask, _edge_offsets(n, [a], [2]), dens.shape)
-        total = total + weighted_mean(dens, w)
+        total = total + _stencil_mean_sq(d2, mask, [a], [2])
         for b in range(a + 1, n):
             da = sl(u, a, 1, None) - sl(u, a, 0, -1)
             dab = (sl(da, b, 1, None) - sl(da, b, 0, -1)) / (sp[a] * sp[b])
-            dens = jnp.sum(dab * dab, axis=-1)
-            w = stencil_weights(mask, _edge_offsets(n, [a, b], [1, 1]), dens.shape)
-            total = total + 2.0 * weighted_mean(dens, w)
+            total = total + 2.0 * _stencil_mean_sq(dab, mask, [a, b], [1, 1])
     return total
 
 
