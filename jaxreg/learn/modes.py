@@ -1,0 +1,263 @@
+"""Training modes of learned registration: what the data pipeline provides, what is made on the device, and
+which loss trains the network.
+
+Each factory returns a :class:`TrainingMode`, a triple of pure functions for :func:`jaxreg.learn.train.fit`:
+
+* ``augment(key, batch) -> batch`` runs on the device inside the jitted step (each pair gets its own key
+  ``split(key, B)[i]``);
+* ``loss(model, batch, key) -> (loss, metrics)`` (:func:`jaxreg.learn.losses.registration_loss`);
+* ``metrics(model, batch) -> metrics`` for validation pairs (:func:`jaxreg.learn.losses.registration_metrics`).
+
+Modes:
+
+* :func:`unsupervised` (VoxelMorph, Balakrishnan et al., IEEE TMI 2019): image similarity of the warped moving
+  image plus a regulariser; optional intensity augmentation.
+* :func:`supervised` (Eppenhof & Pluim, IEEE TMI 2018): a random smooth deformation ``T*`` is drawn per pair
+  on the fly, the fixed image is the moving image warped by it, the loss is the squared error of the predicted
+  displacement against ``T*`` (mm^2).
+* :func:`weakly_supervised` (Hu et al., MedIA 2018): soft Dice of the warped one-hot labels, with or without an
+  image term.
+* :func:`synthesis` (SynthMorph, Hoffmann et al., IEEE TMI 2022): both images are synthesised from label maps
+  with random intensities per label, blur, bias field and noise, so the network never sees a real contrast and
+  registers any; trained with the label Dice (images are only the network's inputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxreg.core.grid import Grid, Image
+from jaxreg.learn import synthesis as syn
+from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
+from jaxreg.regularizers import diffusion
+from jaxreg.similarity import mse
+from jaxreg.warp import warp, warp_labels
+
+__all__ = ["TrainingMode", "unsupervised", "supervised", "weakly_supervised", "synthesis", "MODES"]
+
+
+class TrainingMode(NamedTuple):
+    """The pure functions of one training mode (see the module docstring).
+
+    Attributes:
+      augment: ``augment(key, batch) -> batch`` run on the device before the loss, or ``None``.
+      loss: ``loss(model, batch, key) -> (scalar, metrics)``.
+      metrics: ``metrics(model, batch) -> dict`` for validation batches.
+      inputs: batch keys the data pipeline must provide for training (``"fixed"``, ``"moving"``,
+        ``"fixed_labels"``, ``"moving_labels"``).
+    """
+
+    augment: Callable | None
+    loss: Callable
+    metrics: Callable
+    inputs: tuple[str, ...]
+
+
+def _per_pair(fn: Callable) -> Callable:
+    """``fn(key, item) -> item`` to a batched ``augment(key, batch) -> batch`` (one key per pair)."""
+
+    def augment(key, batch):
+        b = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        keys = jax.random.split(key, b)
+        return jax.vmap(fn)(keys, batch)
+
+    return augment
+
+
+def _intensity(key, image, strength: float, grid: Grid):
+    """Intensity augmentation of a ``(*spatial, 1)`` image (gamma, bias field, noise)."""
+    if strength <= 0:
+        return image
+    x = image[..., 0]
+    x = syn.augment_intensity(key, x, grid=grid, gamma_std=0.2 * strength, bias_std=0.2 * strength, noise_std=0.02 * strength)
+    return x[..., None].astype(image.dtype)
+
+
+def unsupervised(
+    grid: Grid,
+    *,
+    similarity: Callable = mse,
+    regularizer: Callable = diffusion,
+    regularizer_weight: float = 0.01,
+    label_values: Sequence[int] | None = None,
+    bidirectional: bool = False,
+    intensity_augmentation: float = 0.0,
+) -> TrainingMode:
+    """VoxelMorph-style training: ``sim(F, M o T) + w R``.
+
+    Args:
+      grid: common grid of the training pairs (static).
+      similarity: image similarity (lower is better), e.g. ``mse``, ``ncc``, ``lncc(9)``.
+      regularizer: field regulariser ``R(u, *, spacing)``.
+      regularizer_weight: its weight ``w``.
+      label_values: labels for the validation Dice (optional).
+      bidirectional: symmetrise the image term with the inverse transform.
+      intensity_augmentation: strength (0 = off, 1 = default) of random gamma, bias field and noise applied to
+        each training image independently.
+
+    Returns:
+      :class:`TrainingMode` needing ``fixed`` and ``moving``.
+    """
+    aug = None
+    if intensity_augmentation > 0:
+
+        def one(key, item):
+            kf, km = jax.random.split(key)
+            out = dict(item)
+            out["fixed"] = _intensity(kf, item["fixed"], intensity_augmentation, grid)
+            out["moving"] = _intensity(km, item["moving"], intensity_augmentation, grid)
+            return out
+
+        aug = _per_pair(one)
+    loss = registration_loss(grid, similarity=similarity, regularizer=regularizer, regularizer_weight=regularizer_weight, bidirectional=bidirectional)
+    return TrainingMode(aug, loss, registration_metrics(grid, label_values=label_values, similarity=similarity), ("fixed", "moving"))
+
+
+def supervised(
+    grid: Grid,
+    *,
+    max_displacement_mm: float = 6.0,
+    smoothness_mm: float = 12.0,
+    kind: str = "velocity",
+    image_weight: float = 0.0,
+    similarity: Callable = mse,
+    regularizer_weight: float = 0.0,
+    label_values: Sequence[int] | None = None,
+    intensity_augmentation: float = 0.0,
+) -> TrainingMode:
+    """Supervised training on synthetic deformations drawn on the fly (Eppenhof & Pluim 2018).
+
+    For each pair the data pipeline provides one image (``moving``); a random smooth transform ``T*``
+    (:func:`jaxreg.learn.synthesis.random_deformation`) is drawn, ``fixed = moving o T*`` (pull), and the
+    loss is ``mean_x ||T(x) - T*(x)||^2`` (mm^2) plus optional image and regulariser terms. Moving labels, when
+    present, are warped the same way so that the validation Dice is defined.
+
+    Args:
+      grid: common grid (static).
+      max_displacement_mm: largest displacement of ``T*``, mm.
+      smoothness_mm: its smoothness (Gaussian sigma of the random field), mm.
+      kind: ``"velocity"`` (diffeomorphic ``T*``) or ``"displacement"``.
+      image_weight: optional weight of an image term ``sim(F, M o T)``.
+      similarity: that term's similarity.
+      regularizer_weight: optional diffusion weight.
+      label_values: labels for the validation Dice.
+      intensity_augmentation: strength of independent intensity augmentation of both images (so the network
+        cannot match intensities exactly).
+
+    Returns:
+      :class:`TrainingMode` needing ``moving`` only (``fixed`` is made on the device).
+    """
+
+    def one(key, item):
+        kd, kf, km = jax.random.split(key, 3)
+        t = syn.random_deformation(kd, grid, max_displacement_mm=max_displacement_mm, smoothness_mm=smoothness_mm, kind=kind)
+        out = dict(item)
+        moving = item["moving"]
+        out["fixed"] = _intensity(kf, warp(Image(moving, grid), t, grid).data.astype(moving.dtype), intensity_augmentation, grid)
+        out["moving"] = _intensity(km, moving, intensity_augmentation, grid)
+        out["displacement"] = displacement_on_grid(t, grid).astype(moving.dtype)
+        if "moving_labels" in item:
+            out["fixed_labels"] = warp_labels(Image(item["moving_labels"], grid), t, grid).data
+        return out
+
+    loss = registration_loss(grid, similarity=similarity, image_weight=image_weight, regularizer_weight=regularizer_weight, supervised_weight=1.0)
+    return TrainingMode(_per_pair(one), loss, registration_metrics(grid, label_values=label_values), ("moving",))
+
+
+def weakly_supervised(
+    grid: Grid,
+    *,
+    label_values: Sequence[int],
+    image_weight: float = 0.0,
+    similarity: Callable = mse,
+    regularizer: Callable = diffusion,
+    regularizer_weight: float = 0.01,
+    bidirectional: bool = False,
+) -> TrainingMode:
+    """Label-supervised training: ``(1 - mean soft Dice(F_labels, M_labels o T)) + w_img sim + w R``.
+
+    Args:
+      grid: common grid (static).
+      label_values: the labels of the Dice term (also the validation Dice).
+      image_weight: weight of an optional image term.
+      similarity: that term's similarity.
+      regularizer: field regulariser.
+      regularizer_weight: its weight.
+      bidirectional: symmetrise with the inverse transform.
+
+    Returns:
+      :class:`TrainingMode` needing images and labels of both.
+    """
+    loss = registration_loss(
+        grid, similarity=similarity, image_weight=image_weight, regularizer=regularizer, regularizer_weight=regularizer_weight,
+        label_values=label_values, label_weight=1.0, bidirectional=bidirectional,
+    )
+    return TrainingMode(None, loss, registration_metrics(grid, label_values=label_values), ("fixed", "moving", "fixed_labels", "moving_labels"))
+
+
+def synthesis(
+    grid: Grid,
+    *,
+    label_values: Sequence[int],
+    synthesis_labels: Sequence[int] | None = None,
+    regularizer: Callable = diffusion,
+    regularizer_weight: float = 1.0,
+    deformation_mm: float = 0.0,
+    bidirectional: bool = False,
+    synth_options: dict[str, Any] | None = None,
+) -> TrainingMode:
+    """Label-driven synthesis (SynthMorph): images synthesised from label maps, trained with label Dice.
+
+    Per pair, each label map is (optionally) deformed by its own random smooth diffeomorphism
+    (``deformation_mm`` > 0, more variety from few maps) and an image is synthesised from it
+    (:func:`jaxreg.learn.synthesis.synthesize_image`: a random intensity per label, blur, bias field, gamma,
+    noise). The network sees only the synthetic images; the loss is the soft Dice of the warped one-hot labels
+    plus ``regularizer_weight`` times the regulariser.
+
+    Args:
+      grid: common grid (static).
+      label_values: labels of the Dice loss (e.g. the brain structures).
+      synthesis_labels: all label values that get their own intensity (default: ``label_values``; values not
+        listed share the background's). Use every label of the maps (extra-cerebral classes too) so the
+        synthetic heads look like heads.
+      regularizer: field regulariser.
+      regularizer_weight: its weight (SynthMorph uses 1 with the velocity gradient).
+      deformation_mm: largest displacement of the random per-map deformation, mm (0 = off).
+      bidirectional: symmetrise the Dice with the inverse transform.
+      synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`.
+
+    Returns:
+      :class:`TrainingMode` needing ``fixed_labels`` and ``moving_labels`` (images are made on the device).
+    """
+    values = tuple(int(v) for v in label_values)
+    all_values = tuple(int(v) for v in (synthesis_labels if synthesis_labels is not None else values))
+    opts = dict(synth_options or {})
+
+    def make(key, labels):
+        kd, ks = jax.random.split(key)
+        if deformation_mm > 0:
+            t = syn.random_deformation(kd, grid, max_displacement_mm=deformation_mm, smoothness_mm=10.0, kind="velocity")
+            labels = warp_labels(Image(labels, grid), t, grid).data
+        idx = syn.relabel(labels, all_values, unknown=len(all_values))
+        img = syn.synthesize_image(ks, idx, len(all_values) + 1, grid=grid, **opts)
+        return labels, img[..., None].astype(jnp.float32)
+
+    def one(key, item):
+        kf, km = jax.random.split(key)
+        out = dict(item)
+        out["fixed_labels"], out["fixed"] = make(kf, item["fixed_labels"])
+        out["moving_labels"], out["moving"] = make(km, item["moving_labels"])
+        return out
+
+    loss = registration_loss(
+        grid, image_weight=0.0, regularizer=regularizer, regularizer_weight=regularizer_weight, label_values=values,
+        label_weight=1.0, bidirectional=bidirectional,
+    )
+    return TrainingMode(_per_pair(one), loss, registration_metrics(grid, label_values=values), ("fixed_labels", "moving_labels"))
+
+
+MODES = {"unsupervised": unsupervised, "supervised": supervised, "weakly_supervised": weakly_supervised, "synthesis": synthesis}
+"""Mode name -> factory (the names ``jaxreg train`` accepts)."""
