@@ -64,8 +64,9 @@ def loss_fn(model, batch, key):
 
 
 def augment(key, batch):
-    """Adds key-dependent noise: the trajectory then depends on the step keys."""
-    return {**batch, "x": batch["x"] + 0.1 * jax.random.normal(key, batch["x"].shape)}
+    """Key-dependent intensity scaling per sample: the trajectory then depends on the step keys."""
+    scale = 1.0 + 0.2 * jax.random.uniform(key, (batch["x"].shape[0], 1, 1, 1))
+    return {**batch, "x": batch["x"] * scale}
 
 
 def batch_at(step: int, batch: int = BATCH) -> dict:

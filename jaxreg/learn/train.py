@@ -65,6 +65,7 @@ EvalFn = Callable[[nnx.Module, Batch], Mapping[str, jax.Array]]
 
 DATA_AXIS = "data"
 _SCHEDULES = ("constant", "cosine", "warmup_cosine")
+_PLOT_INTERVAL_S = 30.0  # metrics.png is re-drawn at a log point at most this often, and after the last update
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -545,7 +546,7 @@ def _plot(path: Path, header: list[str] | None, rows: list[dict[str, str]]) -> N
         ax.set_title(c, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.18, top=0.88, wspace=0.35)
     try:
         _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
     finally:
@@ -638,7 +639,8 @@ def fit(
       ``train_<name>`` in sorted order (means over the updates since the previous row), and ``val_<name>``
       (empty when not evaluated at that step).
       Rows are whole lines appended with fsync; on resume, rows after the restored step are dropped.
-    * ``metrics.png``: the columns plotted against ``step`` (when matplotlib is installed).
+    * ``metrics.png``: the columns plotted against ``step`` (when matplotlib is installed), re-drawn at a log
+      point at most every 30 s and after the last update.
     * ``model.json``: ``{"config": model.config, "metadata": metadata}`` (``config`` is ``None`` when the model
       has no ``config`` attribute; dataclasses are converted to dicts), written atomically.
 
@@ -760,7 +762,7 @@ def fit(
     train_hist: dict[str, list[float]] = {}
     eval_hist: dict[str, list[float]] = {}
     window: list[Metrics] = []
-    t0 = time.perf_counter()
+    t0 = last_plot = time.perf_counter()
     step = start
     try:
         if start < steps:
@@ -802,8 +804,9 @@ def fit(
                             if k.startswith("val_"):
                                 row[k] = ""
                     log.append(row)
-                    if is_main:
+                    if is_main and (is_last or time.perf_counter() - last_plot >= _PLOT_INTERVAL_S):
                         _plot(workdir / "metrics.png", log.header, log.rows)
+                        last_plot = time.perf_counter()
                     summary = {k: v for k, v in row.items() if k not in ("step", "time_s")}
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items() if isinstance(v, float)})
