@@ -52,7 +52,11 @@ TRUE_KERNEL = np.array([[0.0, 0.2, 0.0], [0.1, 0.4, 0.1], [0.0, 0.2, 0.0]], np.f
 
 def _target(x):
     return jax.lax.conv_general_dilated(
-        x, jnp.asarray(TRUE_KERNEL)[:, :, None, None], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x,
+        jnp.asarray(TRUE_KERNEL)[:, :, None, None],
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
 
 
@@ -113,12 +117,17 @@ def test_make_optimizer_schedules_match_closed_forms():
     np.testing.assert_allclose(_adam_updates(make_optimizer(lr), total), -lr, rtol=1e-4)
     cosine = lr * 0.5 * (1 + np.cos(np.pi * t / total))
     np.testing.assert_allclose(
-        _adam_updates(make_optimizer(lr, schedule="cosine", total_steps=total), total), -cosine, rtol=1e-4, atol=1e-7
+        _adam_updates(make_optimizer(lr, schedule="cosine", total_steps=total), total),
+        -cosine,
+        rtol=1e-4,
+        atol=1e-7,
     )
     ramp = lr * t / warm
     decay = lr * 0.5 * (1 + np.cos(np.pi * (t - warm) / (total - warm)))
     expected = np.where(t < warm, ramp, decay)
-    got = _adam_updates(make_optimizer(lr, schedule="warmup_cosine", total_steps=total, warmup_steps=warm), total)
+    got = _adam_updates(
+        make_optimizer(lr, schedule="warmup_cosine", total_steps=total, warmup_steps=warm), total
+    )
     np.testing.assert_allclose(got, -expected, rtol=1e-4, atol=1e-7)
     # AdamW: decoupled decay adds -lr * wd * param
     got = _adam_updates(make_optimizer(lr, weight_decay=0.5), 3, param=2.0)
@@ -236,7 +245,7 @@ def _fit(workdir, steps, *, key=0, data=train_data, **kw):
         make_optimizer(3e-2),
         data,
         steps=steps,
-        key=jax.random.key(key),
+        key=jax.random.key(key) if isinstance(key, int) else key,
         workdir=workdir,
         augment=augment,
         **kw,
@@ -265,9 +274,13 @@ def test_fit_determinism_resume_and_log(tmp_path):
     rows = _rows(tmp_path / "resumed" / "metrics.csv")
     assert list(rows[0]) == ["step", "time_s", "train_loss", "train_abs", "train_mse"]
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
-    np.testing.assert_allclose([float(r["train_loss"]) for r in rows], full.history["train"]["loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(r["train_loss"]) for r in rows], full.history["train"]["loss"], rtol=1e-6
+    )
     assert (tmp_path / "resumed" / "metrics.png").is_file()
-    assert sorted(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    assert sorted(
+        int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir() if p.name.isdigit()
+    ) == [3, 6]
 
     # a finished run resumed again does nothing more
     done = _fit(tmp_path / "resumed", 6)
@@ -313,8 +326,15 @@ def test_fit_best_checkpoint_and_load_model(tmp_path):
     workdir = tmp_path / "run"
     meta = {"grid": {"shape": list(SHAPE), "affine": np.eye(3).tolist()}}
     result = _fit(
-        workdir, 8, eval_fn=eval_fn, eval_data=eval_data, eval_every=2, save_every=2, max_to_keep=10,
-        log_every=4, metadata=meta,
+        workdir,
+        8,
+        eval_fn=eval_fn,
+        eval_data=eval_data,
+        eval_every=2,
+        save_every=2,
+        max_to_keep=10,
+        log_every=4,
+        metadata=meta,
     )
     np.testing.assert_array_equal(result.history["eval"]["step"], [2, 4, 6, 8])
     np.testing.assert_allclose(result.history["eval"]["dice"], [0.2, 0.9, 0.5, 0.1], rtol=1e-6)
@@ -327,7 +347,7 @@ def test_fit_best_checkpoint_and_load_model(tmp_path):
     info = json.loads((workdir / "model.json").read_text())
     assert info == {"config": {"width": 1}, "metadata": meta}
 
-    build = lambda c: TinyNet.from_config(c, rngs=nnx.Rngs(123))  # noqa: E731
+    build = lambda c: TinyNet.from_config(c, rngs=nnx.Rngs(123))
     latest, meta_out = load_model(workdir, build, which="latest")
     assert meta_out == meta
     assert _params_equal(nnx.state(latest, nnx.Param), nnx.state(result.model, nnx.Param))
@@ -355,8 +375,13 @@ def test_fit_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="ran out"):
         _fit(tmp_path / "short", 3, data=lambda s: [batch_at(s)])
     with pytest.raises(ValueError, match="best_metric"):
-        _fit(tmp_path / "nodice", 2, eval_fn=lambda m, b: {"mse": jnp.mean(b["x"])},
-             eval_data=lambda: [batch_at(0)], eval_every=1)
+        _fit(
+            tmp_path / "nodice",
+            2,
+            eval_fn=lambda m, b: {"mse": jnp.mean(b["x"])},
+            eval_data=lambda: [batch_at(0)],
+            eval_every=1,
+        )
     with pytest.raises(TypeError, match="metadata"):
         _fit(tmp_path / "meta", 1, metadata={"x": object()})
 
@@ -410,11 +435,16 @@ def test_data_parallel_over_four_cpu_devices_matches_one_device(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(REPO), str(tmp_path / "dp")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(tmp_path),
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT"):])
+    out = json.loads(lines[-1][len("RESULT") :])
     assert out["devices"] == 4
     assert out["batch_shards"] == 4 and out["shard_rows"] == [1, 1, 1, 1]
     np.testing.assert_allclose(out["fit4"], out["fit1"], rtol=1e-5)

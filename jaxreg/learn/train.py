@@ -65,7 +65,9 @@ EvalFn = Callable[[nnx.Module, Batch], Mapping[str, jax.Array]]
 
 DATA_AXIS = "data"
 _SCHEDULES = ("constant", "cosine", "warmup_cosine")
-_PLOT_INTERVAL_S = 30.0  # metrics.png is re-drawn at a log point at most this often, and after the last update
+_PLOT_INTERVAL_S = (
+    30.0  # metrics.png is re-drawn at a log point at most this often, and after the last update
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -120,18 +122,25 @@ def make_optimizer(
         lr = learning_rate
         if warmup_steps > 0:
             lr = optax.join_schedules(
-                [optax.linear_schedule(0.0, learning_rate, warmup_steps), optax.constant_schedule(learning_rate)],
+                [
+                    optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                    optax.constant_schedule(learning_rate),
+                ],
                 [warmup_steps],
             )
     else:
         if not (isinstance(total_steps, int) and total_steps > 0):
-            raise ValueError(f"total_steps must be a positive int for schedule={schedule!r}, got {total_steps!r}")
+            raise ValueError(
+                f"total_steps must be a positive int for schedule={schedule!r}, got {total_steps!r}"
+            )
         if schedule == "cosine":
             lr = optax.cosine_decay_schedule(learning_rate, total_steps)
         else:
             if warmup_steps >= total_steps:
                 raise ValueError(f"warmup_steps ({warmup_steps}) must be < total_steps ({total_steps})")
-            lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps, end_value=0.0)
+            lr = optax.warmup_cosine_decay_schedule(
+                0.0, learning_rate, warmup_steps, total_steps, end_value=0.0
+            )
     parts = []
     if clip_norm is not None:
         parts.append(optax.clip_by_global_norm(float(clip_norm)))
@@ -197,7 +206,9 @@ def _data_sharding(mesh: Mesh) -> NamedSharding:
 def _check_batch(batch: Batch, mesh: Mesh, *, name: str = "batch") -> int:
     """Validate a batch dict; return its (process-local) batch size."""
     if not isinstance(batch, Mapping) or not batch:
-        raise TypeError(f"{name} must be a non-empty dict of arrays with a leading batch axis, got {type(batch)}")
+        raise TypeError(
+            f"{name} must be a non-empty dict of arrays with a leading batch axis, got {type(batch)}"
+        )
     sizes = {}
     for k, v in batch.items():
         shape = np.shape(v)
@@ -248,7 +259,9 @@ def shard_batch(batch: Batch, mesh: Mesh | None = None) -> dict[str, jax.Array]:
 
 def _check_graphdef(graphdef: Any) -> None:
     if not isinstance(graphdef, nnx.GraphDef):
-        raise TypeError(f"graphdef must be an nnx.GraphDef (from split_model / nnx.split), got {type(graphdef)}")
+        raise TypeError(
+            f"graphdef must be an nnx.GraphDef (from split_model / nnx.split), got {type(graphdef)}"
+        )
 
 
 def _scalar_metrics(metrics: Any, name: str) -> dict[str, jax.Array]:
@@ -414,7 +427,9 @@ def initialize_distributed() -> bool:
                 try:
                     kwargs[arg] = int(env[var])
                 except ValueError:
-                    raise ValueError(f"environment variable {var} must be an integer, got {env[var]!r}") from None
+                    raise ValueError(
+                        f"environment variable {var} must be an integer, got {env[var]!r}"
+                    ) from None
         jax.distributed.initialize(**kwargs)
         return True
 
@@ -516,7 +531,9 @@ class _CsvLog:
         self.rows.append(row)
         if self.write:
             buf = io.StringIO()
-            csv.DictWriter(buf, fieldnames=self.header, extrasaction="ignore", lineterminator="\n").writerow(row)
+            csv.DictWriter(buf, fieldnames=self.header, extrasaction="ignore", lineterminator="\n").writerow(
+                row
+            )
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             try:
                 os.write(fd, buf.getvalue().encode("utf-8"))  # one write call: no half line on a kill
@@ -586,7 +603,7 @@ class FitResult(NamedTuple):
     """Result of :func:`fit`.
 
     Attributes:
-      model: the trained network (merged from the final parameters; host-independent copy of the last state).
+      model: the trained network, merged from the final parameters (uncommitted single-device arrays).
       history: ``{"train": {...}, "eval": {...}}``; ``history["train"]`` maps ``"step"`` (completed updates)
         and ``"loss"`` plus every training metric to NumPy arrays with one entry per update run in this call;
         ``history["eval"]`` maps ``"step"`` and every validation metric to one entry per evaluation.
@@ -597,8 +614,14 @@ class FitResult(NamedTuple):
 
 
 def _check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {value!r}")
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, bool)
+        or value < (0 if allow_zero else 1)
+    ):
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {value!r}"
+        )
 
 
 def fit(
@@ -683,15 +706,21 @@ def fit(
     if best_mode not in ("max", "min"):
         raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if not callable(train_data):
-        raise TypeError(f"train_data must be a callable train_data(start_step) -> iterable of batches, got "
-                        f"{type(train_data).__name__}")
+        raise TypeError(
+            f"train_data must be a callable train_data(start_step) -> iterable of batches, got "
+            f"{type(train_data).__name__}"
+        )
     if (eval_fn is None) != (eval_data is None):
         raise ValueError("eval_fn and eval_data must be given together")
     if eval_data is not None and not callable(eval_data):
-        raise TypeError(f"eval_data must be a callable eval_data() -> iterable of batches, got "
-                        f"{type(eval_data).__name__}")
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    meta_text = _json_text({"config": _model_config(model), "metadata": dict(metadata or {})}, "metadata/config")
+        raise TypeError(
+            f"eval_data must be a callable eval_data() -> iterable of batches, got {type(eval_data).__name__}"
+        )
+    if not isinstance(key, jax.Array):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}")
+    meta_text = _json_text(
+        {"config": _model_config(model), "metadata": dict(metadata or {})}, "metadata/config"
+    )
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -771,8 +800,12 @@ def fit(
                 try:
                     batch = next(it)
                 except StopIteration:
-                    raise ValueError(f"train_data({start}) ran out of batches at update {step} of {steps}") from None
-                params, opt_state, metrics = train_step(params, opt_state, batch, jax.random.fold_in(key, step))
+                    raise ValueError(
+                        f"train_data({start}) ran out of batches at update {step} of {steps}"
+                    ) from None
+                params, opt_state, metrics = train_step(
+                    params, opt_state, batch, jax.random.fold_in(key, step)
+                )
                 window.append(metrics)
                 step += 1
                 if bar is not None:
@@ -797,10 +830,13 @@ def fit(
                             eval_hist.setdefault(k, []).append(v)
                             row[f"val_{k}"] = v
                         if best is not None and step not in best.all_steps():
-                            best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
-                                      metrics=val)
+                            best.save(
+                                step,
+                                args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                                metrics=val,
+                            )
                     elif eval_step is not None:
-                        for k in (log.header or []):
+                        for k in log.header or []:
                             if k.startswith("val_"):
                                 row[k] = ""
                     log.append(row)
@@ -811,11 +847,18 @@ def fit(
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items() if isinstance(v, float)})
                     elif progress and is_main:
-                        print(f"step {step}/{steps} " + " ".join(
-                            f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)), flush=True)
+                        print(
+                            f"step {step}/{steps} "
+                            + " ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)),
+                            flush=True,
+                        )
                 if (step % save_every == 0 or is_last) and step not in ckpt.all_steps():
-                    ckpt.save(step, args=ocp.args.Composite(
-                        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state)))
+                    ckpt.save(
+                        step,
+                        args=ocp.args.Composite(
+                            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state)
+                        ),
+                    )
         ckpt.wait_until_finished()
         if best is not None:
             best.wait_until_finished()
@@ -826,10 +869,14 @@ def fit(
         if best is not None:
             best.close()
 
-    trained = nnx.merge(graphdef, jax.device_get(params))
+    trained = nnx.merge(graphdef, jax.tree.map(jnp.asarray, jax.device_get(params)))
     history = {
-        "train": {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in train_hist.items()},
-        "eval": {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in eval_hist.items()},
+        "train": {
+            k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in train_hist.items()
+        },
+        "eval": {
+            k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64) for k, v in eval_hist.items()
+        },
     }
     return FitResult(trained, history)
 
@@ -869,8 +916,10 @@ def load_model(
     if not directory.is_dir():
         hint = " (fit ran without eval_fn; use which='latest')" if which == "best" else ""
         raise FileNotFoundError(f"{directory}: no {which} checkpoint{hint}")
-    mgr = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
-        create=False, read_only=True, enable_async_checkpointing=False))
+    mgr = ocp.CheckpointManager(
+        directory.absolute(),
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True, enable_async_checkpointing=False),
+    )
     try:
         step = mgr.latest_step()  # workdir/best keeps exactly one checkpoint, the best
         if step is None:
@@ -879,7 +928,9 @@ def load_model(
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             restored = _restore(mgr, step, device, params=params)
         except (ValueError, KeyError) as e:
-            raise ValueError(f"build(config) made a model whose parameters do not match the checkpoint: {e}") from e
+            raise ValueError(
+                f"build(config) made a model whose parameters do not match the checkpoint: {e}"
+            ) from e
     finally:
         mgr.close()
     return nnx.merge(graphdef, restored.params), info.get("metadata") or {}
