@@ -408,7 +408,7 @@ CHILD = textwrap.dedent(
     graphdef, params = split_model(t.TinyNet(rngs=nnx.Rngs(0)))
     opt = make_optimizer(3e-2)
     opt_state = opt.init(params)
-    step = make_train_step(graphdef, t.loss_fn, opt, augment=t.augment, mesh=make_mesh(jax.devices()[:1]))
+    step = make_train_step(graphdef, t.loss_fn, opt, augment=t.augment, mesh=make_mesh(devices=jax.devices()[:1]))
     key = jax.random.key(0)
     losses = []
     for s in range(4):

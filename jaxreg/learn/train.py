@@ -180,7 +180,7 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
     return graphdef, params
 
 
-def make_mesh(devices: Iterable[jax.Device] | None = None) -> Mesh:
+def make_mesh(*, devices: Iterable[jax.Device] | None = None) -> Mesh:
     """A 1D device mesh with the axis ``"data"`` for data parallelism.
 
     Args:
@@ -227,7 +227,7 @@ def _check_batch(batch: Batch, mesh: Mesh, *, name: str = "batch") -> int:
     return size
 
 
-def shard_batch(batch: Batch, mesh: Mesh | None = None) -> dict[str, jax.Array]:
+def shard_batch(batch: Batch, *, mesh: Mesh | None = None) -> dict[str, jax.Array]:
     """Place a process-local batch on the mesh, split along its leading axis (``P("data")``).
 
     With several processes each contributes its local batch and the global batch is their concatenation
@@ -354,7 +354,7 @@ def make_train_step(
         # committing every input to its mesh sharding first keeps the traced types (which carry the sharding)
         # identical between the first call and later calls: no retrace; a no-op for arrays already placed
         params, opt_state, key = jax.device_put((params, opt_state, key), rep)
-        return jitted(params, opt_state, shard_batch(batch, mesh), key)
+        return jitted(params, opt_state, shard_batch(batch, mesh=mesh), key)
 
     train_step.__doc__ = "train_step(params, opt_state, batch, key) -> (params, opt_state, metrics)"
     train_step.jitted = jitted  # type: ignore[attr-defined]
@@ -387,7 +387,7 @@ def make_eval_step(
 
     def eval_step(params, batch):
         _check_batch(batch, mesh)
-        return jitted(jax.device_put(params, rep), shard_batch(batch, mesh))
+        return jitted(jax.device_put(params, rep), shard_batch(batch, mesh=mesh))
 
     eval_step.__doc__ = "eval_step(params, batch) -> metrics"
     eval_step.jitted = jitted  # type: ignore[attr-defined]
@@ -748,7 +748,7 @@ def fit(
         start = int(ckpt.latest_step())
         restored = _restore(ckpt, start, rep, params=params, opt_state=opt_state)
         params, opt_state = restored.params, restored.opt_state
-    elif not resume and ckpt.latest_step() is not None:
+    elif not resume:
         # start afresh: forget the old run's checkpoints and log so steps and rows do not collide
         for s in list(ckpt.all_steps()):
             ckpt.delete(s)
