@@ -1,5 +1,7 @@
 """greedy_register_many: many pairs in one vmapped call per level, checked against a loop of greedy_register."""
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +43,7 @@ def pairs2d():
 def _loop(fixed, moving, grid, outer=None, mask=None, **kw):
     out = []
     for p in range(fixed.shape[0]):
-        o = None if outer is None else jax.tree_util.tree_map(lambda x: x[p], outer)
+        o = None if outer is None else jax.tree_util.tree_map(operator.itemgetter(p), outer)
         mk = None if mask is None else Image(mask[p], grid)
         out.append(greedy_register(Image(fixed[p], grid), Image(moving[p], grid), outer=o, fixed_mask=mk, **kw))
     return out
@@ -96,7 +98,7 @@ def test_outer_initial_and_mask_match_loop(pairs2d):
     outer = Translation(shifts)  # stacked: one translation per pair
     moved = jnp.stack([jr.warp(Image(moving[p], grid), invert(Translation(shifts[p])), grid).data for p in range(3)])
     mask = jnp.ones((3, *grid.shape)).at[:, :4].set(0.0)
-    kw = dict(similarity=ssd, levels=(Level(2, 0.0, 8), Level(1, 0.0, 4)), options=GreedyOptions(symmetric=True))
+    kw = {"similarity": ssd, "levels": (Level(2, 0.0, 8), Level(1, 0.0, 4)), "options": GreedyOptions(symmetric=True)}
     first = greedy_register_many(fixed, moved, fixed_grid=grid, moving_grid=grid, outer=outer, fixed_mask=mask, **kw)
     # continue from the stacked result (initial on the fixed grid), as a loop would
     res = greedy_register_many(fixed, moved, fixed_grid=grid, moving_grid=grid, outer=outer, fixed_mask=mask, initial=first.optimized, **kw)
@@ -112,7 +114,7 @@ def test_outer_initial_and_mask_match_loop(pairs2d):
 
 def test_three_dimensional_vmap_equals_loop():
     fixed, moving, grid = _pairs((12, 12, 12), 2.0, (4, 5))
-    kw = dict(similarity=ssd, levels=(Level(2, 0.0, 4), Level(1, 0.0, 3)), options=GreedyOptions(symmetric=True, exp_steps=4))
+    kw = {"similarity": ssd, "levels": (Level(2, 0.0, 4), Level(1, 0.0, 3)), "options": GreedyOptions(symmetric=True, exp_steps=4)}
     res = greedy_register_many(fixed, moving, fixed_grid=grid, moving_grid=grid, **kw)
     assert res.optimized.velocity.shape == (2, 12, 12, 12, 3)
     for p, r in enumerate(_loop(fixed, moving, grid, **kw)):
@@ -121,8 +123,8 @@ def test_three_dimensional_vmap_equals_loop():
 
 def test_compile_seconds_is_compilation_only(pairs2d):
     fixed, moving, grid = pairs2d
-    sim = lambda f, w, m: jnp.mean(jnp.abs(f - w))  # noqa: E731 - a fresh metric: nothing compiled yet
-    kw = dict(fixed_grid=grid, moving_grid=grid, similarity=sim, levels=(Level(2, 0.0, 5),), options=GreedyOptions(symmetric=False))
+    sim = lambda f, w, m: jnp.mean(jnp.abs(f - w))  # a fresh metric: nothing compiled yet
+    kw = {"fixed_grid": grid, "moving_grid": grid, "similarity": sim, "levels": (Level(2, 0.0, 5),), "options": GreedyOptions(symmetric=False)}
     cold = greedy_register_many(fixed, moving, **kw)
     warm = greedy_register_many(fixed, moving, **kw)
     assert 0.0 < cold.levels[0].compile_seconds <= cold.levels[0].seconds
@@ -136,7 +138,7 @@ def test_compile_seconds_is_compilation_only(pairs2d):
 
 def test_errors(pairs2d):
     fixed, moving, grid = pairs2d
-    kw = dict(fixed_grid=grid, moving_grid=grid, similarity=ssd, levels=(Level(1, 0.0, 1),))
+    kw = {"fixed_grid": grid, "moving_grid": grid, "similarity": ssd, "levels": (Level(1, 0.0, 1),)}
     with pytest.raises(ValueError, match="moving: expected 3"):
         greedy_register_many(fixed, moving[:2], **kw)
     with pytest.raises(ValueError, match="fixed: expected shape"):

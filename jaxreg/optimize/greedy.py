@@ -40,10 +40,15 @@ from jaxreg.core.sampling import map_coordinates
 from jaxreg.optimize.engine import Level, LevelResult, RegistrationResult, adapt_transform
 from jaxreg.transforms.base import LinearTransform, Transform
 from jaxreg.transforms.compose import compose
-from jaxreg.transforms.dense import DisplacementField, VelocityField, from_voxel_displacement, to_voxel_displacement
+from jaxreg.transforms.dense import (
+    DisplacementField,
+    VelocityField,
+    from_voxel_displacement,
+    to_voxel_displacement,
+)
 from jaxreg.warp.pyramid import smooth_array
 
-__all__ = ["GreedyOptions", "GreedyManyResult", "greedy_register", "greedy_register_many"]
+__all__ = ["GreedyManyResult", "GreedyOptions", "greedy_register", "greedy_register_many"]
 
 
 class GreedyOptions(NamedTuple):
@@ -218,6 +223,10 @@ def _level_arrays(data: jax.Array, grid: Grid, level: Level, batched: bool) -> t
     return out.data, out.grid
 
 
+def _adapt_to(transform: Transform, *, grid: Grid) -> Transform:
+    return adapt_transform(transform, grid)
+
+
 def _greedy_levels(fixed, moving, fgrid, mgrid, mask, hom, initial, similarity, levels, options, batched):
     """The level loop shared by :func:`greedy_register` and :func:`greedy_register_many`.
 
@@ -239,7 +248,7 @@ def _greedy_levels(fixed, moving, fgrid, mgrid, mask, hom, initial, similarity, 
             lead = () if b is None else (b,)
             v_vox = jnp.zeros((*lead, *fg.shape, n), jnp.float32)
         else:
-            vel = vmap(lambda t: adapt_transform(t, fg))(vel)
+            vel = vmap(functools.partial(_adapt_to, grid=fg))(vel)
             v_vox = to_voxel_displacement(vel.velocity if options.update == "svf" else vel.displacement, fg)
         hmat = jnp.asarray(mg.inverse_affine @ hom @ fg.affine, jnp.float32)
         run = _runner(similarity, fg, mg, options, int(level.iterations), batched)
@@ -250,7 +259,7 @@ def _greedy_levels(fixed, moving, fgrid, mgrid, mask, hom, initial, similarity, 
         records.append(LevelResult(hist, int(level.iterations), False, time.perf_counter() - t0, compile_s))
     if vel is None:
         raise ValueError("levels: expected at least one level")
-    vel = vmap(lambda t: adapt_transform(t, fgrid))(vel)
+    vel = vmap(functools.partial(_adapt_to, grid=fgrid))(vel)
     return vel, tuple(records)
 
 
