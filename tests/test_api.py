@@ -5,6 +5,8 @@ import inspect
 
 import pytest
 
+p_kw_only = inspect.Parameter.KEYWORD_ONLY
+
 PACKAGES = [
     "jaxreg",
     "jaxreg.core",
@@ -15,6 +17,8 @@ PACKAGES = [
     "jaxreg.regularizers",
     "jaxreg.evaluation",
     "jaxreg.points",
+    "jaxreg.optimize",
+    "jaxreg.learn",
 ]
 
 # functions whose leading positional parameters are data; everything after them must be keyword-only
@@ -51,7 +55,9 @@ def test_options_are_keyword_only_and_key_first(modname):
         if not inspect.isfunction(obj):
             continue
         params = list(inspect.signature(obj).parameters.values())
-        if any(p.name == "key" for p in params):
+        keys = [p for p in params if p.name == "key"]
+        if keys and keys[0].kind != p_kw_only:
+            # a positional key comes first; a keyword-only one (a training run's root key) is explicit anyway
             assert params[0].name == "key", f"{modname}.{name}: a PRNG key must be the first argument"
         defaulted_positional = [
             p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty
@@ -59,9 +65,10 @@ def test_options_are_keyword_only_and_key_first(modname):
         positional = [p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
         assert len(positional) <= MAX_POSITIONAL, f"{modname}.{name}: too many positional parameters"
         # optional settings with defaults must be keyword-only (a lone `dtype` is tolerated); factories that
-        # return a configured loss (``lncc(9)``, ``mi(32)``) may take their configuration positionally
+        # return a configured loss (``lncc(9)``, ``mi(32)``), optimiser (``make_optimizer(1e-3)``) or weighted
+        # objective term (``field_term(diffusion, 0.5)``) may take their configuration positionally
         ret = str(inspect.signature(obj).return_annotation)
-        if "Loss" in ret or "Callable" in ret:
+        if "Loss" in ret or "Callable" in ret or "GradientTransformation" in ret or "Term" in ret:
             continue
         bad = [p.name for p in defaulted_positional if p.name not in ("dtype",)]
         assert not bad, f"{modname}.{name}: options {bad} should be keyword-only"

@@ -366,7 +366,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxreg`` argument parser (``info``, ``apply``, ``demo``, ``evaluate``, ``landmarks``, ``register``)."""
+    """The ``jaxreg`` argument parser (``info``, ``apply``, ``demo``, ``evaluate``, ``landmarks``, ``register``, ``train``, ``predict``)."""
     from jaxreg import __version__
 
     p = _Parser(
@@ -477,11 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pd.set_defaults(func=cmd_demo)
 
-    from jaxreg.cli import evaluate, landmarks, register  # subcommands kept in their own modules
+    from jaxreg.cli import evaluate, landmarks, learn, register  # subcommands kept in their own modules
 
     evaluate.add_parser(sub)
     landmarks.add_parser(sub)
     register.add_parser(sub)
+    learn.add_parsers(sub)
     return p
 
 
@@ -500,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(e.code or 0) if not isinstance(e.code, str) else 2
         if getattr(args, "func", None) is None:
             print(
-                f"{PROG}: error: a command is required: info, apply, demo, evaluate, landmarks or register "
+                f"{PROG}: error: a command is required: info, apply, demo, evaluate, landmarks, register, train or predict "
                 f"(see '{PROG} --help')",
                 file=sys.stderr,
             )

@@ -8,7 +8,8 @@ For a new pair on arbitrary grids, :func:`predict`
    registration (``init="affine"``, :func:`jaxreg.optimize.pipelines.register_linear`), none, or a given
    linear transform ``A``;
 3. places the network grid on the fixed image (same shape and spacing, axis-aligned RAS+, centred on the fixed
-   image's grid centre), resamples the fixed image there and the moving image through ``A``;
+   image's centre of mass, as the training volumes were: see ``jaxreg train``'s ``align = "com"``), resamples
+   the fixed image there and the moving image through ``A``;
 4. runs the network once: ``T_net`` (a velocity/displacement field on the network grid, possibly after an
    affine of its own), so that the pull transform of the pair is ``T = A o T_net``;
 5. optionally refines ``T_net`` with the iterative greedy engine (:func:`jaxreg.optimize.greedy_register`,
@@ -31,7 +32,7 @@ from jaxreg.core.grid import Grid, Image
 from jaxreg.learn.synthesis import normalize_intensity
 from jaxreg.optimize.engine import Level, RegistrationResult
 from jaxreg.optimize.greedy import GreedyOptions, greedy_register
-from jaxreg.optimize.init import moments_init
+from jaxreg.optimize.init import image_moments, moments_init
 from jaxreg.transforms.base import LinearTransform
 from jaxreg.transforms.compose import Composite, compose, to_affine
 from jaxreg.transforms.dense import DisplacementField, VelocityField
@@ -64,29 +65,34 @@ class PredictResult(NamedTuple):
     refine: RegistrationResult | None
 
 
-def place_grid(network_grid: Grid, fixed_grid: Grid) -> Grid:
-    """The network grid (shape and spacing of ``network_grid``), axis-aligned RAS+, centred on ``fixed_grid``.
+def place_grid(network_grid: Grid, where: Grid | Any) -> Grid:
+    """The network grid (shape and spacing of ``network_grid``), axis-aligned RAS+, centred on ``where``.
 
     Args:
       network_grid: the grid the network was trained on (its shape and voxel sizes are used).
-      fixed_grid: the fixed image's grid; the returned grid has the same world centre.
+      where: a grid (the result has the same world centre) or a world point ``(ndim,)`` in mm (e.g. an image's
+        centre of mass).
 
     Returns:
-      A :class:`Grid` with ``network_grid.shape``, diagonal affine ``diag(spacing)`` and centre
-      ``fixed_grid.center`` (mm).
+      A :class:`Grid` with ``network_grid.shape`` and diagonal affine ``diag(spacing)`` whose centre is
+      ``where`` (mm).
     """
-    if not isinstance(network_grid, Grid) or not isinstance(fixed_grid, Grid):
-        raise TypeError("network_grid/fixed_grid: expected jaxreg Grids")
-    if network_grid.ndim != fixed_grid.ndim:
-        raise ValueError(
-            f"fixed_grid: the network registers {network_grid.ndim}-D images, got a {fixed_grid.ndim}-D image"
-        )
+    if not isinstance(network_grid, Grid):
+        raise TypeError(f"network_grid: expected a jaxreg Grid, got {type(network_grid).__name__}")
     n = network_grid.ndim
+    if isinstance(where, Grid):
+        if where.ndim != n:
+            raise ValueError(f"where: the network registers {n}-D images, got a {where.ndim}-D grid")
+        center = np.asarray(where.center, np.float64)
+    else:
+        center = np.asarray(where, np.float64)
+        if center.shape != (n,) or not np.all(np.isfinite(center)):
+            raise ValueError(f"where: expected a grid or a finite world point of shape ({n},), got shape {center.shape}")
     sp = np.asarray(network_grid.spacing, np.float64)
     aff = np.eye(n + 1)
     aff[:n, :n] = np.diag(sp)
     half = (np.asarray(network_grid.shape, np.float64) - 1.0) / 2.0
-    aff[:n, n] = np.asarray(fixed_grid.center, np.float64) - sp * half
+    aff[:n, n] = center - sp * half
     return Grid(tuple(network_grid.shape), aff)
 
 
@@ -157,7 +163,8 @@ def predict(
     moving: Image,
     *,
     network_grid: Grid,
-    init: str | LinearTransform = "moments",
+    init: str | LinearTransform = "com",
+    center: str = "com",
     refine_levels: Sequence[Level] = (),
     refine_similarity: Callable | None = None,
     refine_options: GreedyOptions = GreedyOptions(step=0.5, symmetric=True),
@@ -171,7 +178,11 @@ def predict(
       fixed: fixed scalar image (any grid).
       moving: moving scalar image (any grid, same dimension).
       network_grid: the grid the network was trained on (shape and spacing; see :func:`place_grid`).
-      init: linear initialisation: ``"moments"``, ``"com"``, ``"affine"``, ``"none"`` or a linear transform.
+      init: linear initialisation: ``"com"`` (translation of the centres of mass, the default), ``"moments"``
+        (plus principal axes), ``"affine"`` (intensity-based NCC affine registration), ``"none"`` or a linear
+        transform.
+      center: where the network grid is centred: ``"com"`` (the fixed image's centre of mass) or ``"grid"``
+        (its grid's centre).
       refine_levels: levels of test-time instance optimisation (greedy SVF/compositive updates initialised with
         the network's field, on the fixed image's grid); empty for none.
       refine_similarity: its similarity (default local NCC, window 5).
@@ -186,13 +197,15 @@ def predict(
         raise TypeError("fixed/moving: expected jaxreg Images")
     if fixed.grid.ndim != moving.grid.ndim:
         raise ValueError(f"fixed/moving: dimensions differ ({fixed.grid.ndim}-D vs {moving.grid.ndim}-D)")
+    if center not in ("com", "grid"):
+        raise ValueError(f"center: expected 'com' or 'grid', got {center!r}")
     if fixed.data.ndim != fixed.grid.ndim or moving.data.ndim != moving.grid.ndim:
         raise ValueError("fixed/moving: expected scalar images (no channel axis)")
     t0 = time.perf_counter()
     if normalize:
         fixed, moving = normalize_image(fixed), normalize_image(moving)
     a0 = _initial(init, fixed, moving)
-    grid = place_grid(network_grid, fixed.grid)
+    grid = place_grid(network_grid, np.asarray(image_moments(fixed)[0]) if center == "com" else fixed.grid)
     f_net = resample(fixed, grid).data
     m_net = warp(moving, a0, grid).data
     jax.block_until_ready(m_net)

@@ -252,11 +252,29 @@ def synthesis(
         out["moving_labels"], out["moving"] = make(km, item["moving_labels"])
         return out
 
+    def one_eval(key, item):
+        kf, km = jax.random.split(key)
+        out = dict(item)
+        for side, k in (("fixed", kf), ("moving", km)):
+            idx = syn.relabel(item[f"{side}_labels"], all_values, unknown=len(all_values))
+            out[side] = syn.synthesize_image(k, idx, len(all_values) + 1, grid=grid, **opts)[..., None].astype(jnp.float32)
+        return out
+
+    base = registration_metrics(grid, label_values=values)
+    synth_eval = _per_pair(one_eval)
+
+    def metrics(model, batch):
+        # validation pairs are label maps too: their images are synthesised with a fixed key (the same
+        # images at every evaluation), without the random deformation
+        if "fixed" not in batch or "moving" not in batch:
+            batch = synth_eval(jax.random.key(0), batch)
+        return base(model, batch)
+
     loss = registration_loss(
         grid, image_weight=0.0, regularizer=regularizer, regularizer_weight=regularizer_weight, label_values=values,
         label_weight=1.0, bidirectional=bidirectional,
     )
-    return TrainingMode(_per_pair(one), loss, registration_metrics(grid, label_values=values), ("fixed_labels", "moving_labels"))
+    return TrainingMode(_per_pair(one), loss, metrics, ("fixed_labels", "moving_labels"))
 
 
 MODES = {"unsupervised": unsupervised, "supervised": supervised, "weakly_supervised": weakly_supervised, "synthesis": synthesis}

@@ -1,0 +1,66 @@
+"""Learned (amortised) registration with Flax NNX and optax.
+
+A network predicts the transform of a pair in one evaluation; the same transforms, warps and objective terms
+as the iterative engine train it. The layers, from data to deployment:
+
+* :mod:`~jaxreg.learn.networks`: the VoxelMorph U-Net and :class:`RegistrationNet` (displacement, stationary
+  velocity, spatial-transformer affine, affine then deformable), fields at a fraction of the resolution, and
+  ``to_transform`` to world-mm jaxreg transforms.
+* :mod:`~jaxreg.learn.synthesis`: random affines and smooth deformations, SynthMorph label-driven image
+  synthesis, intensity augmentation (pure, key-first, on the device).
+* :mod:`~jaxreg.learn.data`: NIfTI folders resampled onto a common grid, deterministic per-step pair sampling,
+  a prefetching pair loader.
+* :mod:`~jaxreg.learn.losses` and :mod:`~jaxreg.learn.modes`: the training losses and the four training modes
+  (unsupervised, supervised on synthetic deformations, weakly supervised by labels, label-driven synthesis).
+* :mod:`~jaxreg.learn.train`: pure jitted train/eval steps, data parallelism with ``jax.sharding``, ``fit``
+  with orbax checkpoints, resumption, best-by-validation, CSV/PNG logs.
+* :mod:`~jaxreg.learn.inference`: ``predict`` on pairs of any grids, with test-time instance optimisation by
+  the iterative greedy engine.
+"""
+
+from jaxreg.learn.data import (
+    PairLoader,
+    atlas_pairs,
+    common_grid,
+    list_images,
+    load_volumes,
+    match_labels,
+    random_pairs,
+    sample_pairs,
+)
+from jaxreg.learn.inference import PredictResult, normalize_image, place_grid, predict
+from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
+from jaxreg.learn.modes import MODES, TrainingMode, supervised, synthesis, unsupervised, weakly_supervised
+from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, UNet
+from jaxreg.learn.synthesis import (
+    augment_intensity,
+    normalize_intensity,
+    random_affine,
+    random_deformation,
+    relabel,
+    synthesize_image,
+)
+from jaxreg.learn.train import (
+    FitResult,
+    fit,
+    initialize_distributed,
+    load_model,
+    make_eval_step,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+    shard_batch,
+    split_model,
+)
+
+__all__ = [
+    "UNet", "RegistrationNet", "Prediction", "TRANSFORM_KINDS",
+    "random_affine", "random_deformation", "relabel", "synthesize_image", "augment_intensity", "normalize_intensity",
+    "list_images", "match_labels", "common_grid", "load_volumes", "random_pairs", "atlas_pairs", "sample_pairs",
+    "PairLoader",
+    "registration_loss", "registration_metrics", "displacement_on_grid",
+    "TrainingMode", "unsupervised", "supervised", "weakly_supervised", "synthesis", "MODES",
+    "make_optimizer", "split_model", "make_mesh", "shard_batch", "make_train_step", "make_eval_step",
+    "initialize_distributed", "fit", "FitResult", "load_model",
+    "predict", "PredictResult", "place_grid", "normalize_image",
+]
