@@ -463,7 +463,7 @@ def augment_intensity(
 
 
 def normalize_intensity(
-    image: jax.Array, mask: jax.Array | None = None, *, percentiles: tuple[float, float] = (0.5, 99.5)
+    image: jax.Array, *, mask: jax.Array | None = None, percentiles: tuple[float, float] = (0.5, 99.5)
 ) -> jax.Array:
     """Robust min-max scaling to [0, 1]: ``clip((x - p_lo) / (p_hi - p_lo), 0, 1)``.
 
