@@ -17,7 +17,7 @@ from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, 
 from jaxreg.transforms import Affine, Composite, DisplacementField, VelocityField
 from jaxreg.warp import warp
 
-SMALL = dict(encoder=(4, 8), decoder=(8, 8, 4), affine_encoder=(4, 8))
+SMALL = {"encoder": (4, 8), "decoder": (8, 8, 4), "affine_encoder": (4, 8)}
 SHAPES = {2: (16, 16), 3: (8, 8, 8)}
 
 
@@ -136,10 +136,14 @@ def test_identity_at_init(ndim, transform):
     model = _model(ndim, transform, field_factor=2 if transform == "velocity" else 1)
     pred = _predict(model, fixed, moving)
     if pred.affine is not None:
-        np.testing.assert_array_equal(np.asarray(pred.affine), np.broadcast_to(np.eye(ndim + 1), pred.affine.shape))
+        np.testing.assert_array_equal(
+            np.asarray(pred.affine), np.broadcast_to(np.eye(ndim + 1), pred.affine.shape)
+        )
     if pred.field is not None:
         assert float(jnp.max(jnp.abs(pred.field))) < 1e-2  # voxels
-    warped = jax.jit(jax.vmap(lambda p, m: warp(Image(m, grid), model.to_transform(p, grid), grid, mode="nearest").data))
+    warped = jax.jit(
+        jax.vmap(lambda p, m: warp(Image(m, grid), model.to_transform(p, grid), grid, mode="nearest").data)
+    )
     np.testing.assert_allclose(np.asarray(warped(pred, moving)), np.asarray(moving), atol=5e-3)
 
 
@@ -228,7 +232,9 @@ def test_normalized_affine_world_semantics(scale, shift, shear, ndim):
     assert isinstance(t, Affine)
     np.testing.assert_allclose(np.asarray(t.center), grid.center, atol=1e-4)
     x = np.asarray(grid.world_coords(), dtype=np.float64)
-    np.testing.assert_allclose(np.asarray(t(jnp.asarray(x, jnp.float32))), _affine_world_reference(a, grid, x), atol=2e-4)
+    np.testing.assert_allclose(
+        np.asarray(t(jnp.asarray(x, jnp.float32))), _affine_world_reference(a, grid, x), atol=2e-4
+    )
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -270,7 +276,9 @@ def test_internal_affine_warp_matches_scipy_and_jaxreg_warp(ndim):
     s[:ndim, ndim] = c
     m = s @ a @ np.linalg.inv(s)
     for ch in range(2):
-        ref = ndi.affine_transform(np.asarray(img[..., ch], np.float64), m[:ndim, :ndim], m[:ndim, ndim], order=1)
+        ref = ndi.affine_transform(
+            np.asarray(img[..., ch], np.float64), m[:ndim, :ndim], m[:ndim, ndim], order=1
+        )
         np.testing.assert_allclose(out[..., ch], ref, atol=1e-4)
     # the same resampling as jaxreg.warp through the world transform of to_transform
     model = _model(ndim, "affine")
@@ -311,7 +319,7 @@ def test_to_transform_vmap_matches_loop():
 
     batched = jax.jit(jax.vmap(warp_one))(pred, moving)
     for b in range(3):
-        one = warp_one(jax.tree.map(lambda v: v[b], pred), moving[b])
+        one = warp_one(jax.tree.map(lambda v, b=b: v[b], pred), moving[b])
         np.testing.assert_allclose(np.asarray(batched[b]), np.asarray(one), atol=1e-5)
 
 

@@ -32,7 +32,8 @@ Architectures:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ from jaxreg.transforms import (
     from_voxel_displacement,
 )
 
-__all__ = ["UNet", "RegistrationNet", "Prediction", "TRANSFORM_KINDS"]
+__all__ = ["TRANSFORM_KINDS", "Prediction", "RegistrationNet", "UNet"]
 
 TRANSFORM_KINDS = ("displacement", "velocity", "affine", "affine+displacement", "affine+velocity")
 """The values of ``RegistrationNet(transform=...)``."""
@@ -79,7 +80,9 @@ def _check_widths(widths: Any, name: str, *, min_len: int = 1) -> tuple[int, ...
     if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
         raise TypeError(f"{name}: expected a sequence of positive ints (channel widths), got {widths!r}")
     out = tuple(widths)
-    if len(out) < min_len or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in out):
+    if len(out) < min_len or any(
+        isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in out
+    ):
         raise ValueError(f"{name}: expected at least {min_len} positive int widths, got {widths!r}")
     return tuple(int(w) for w in out)
 
@@ -88,7 +91,9 @@ def _check_batch(x: Any, name: str, ndim: int, channels: int) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim != ndim + 2 or x.shape[-1] != channels:
         want = "(B, " + ", ".join(["n"] * ndim) + f", {channels})"
-        raise ValueError(f"{name}: expected a batched channel-last {ndim}-D image {want}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected a batched channel-last {ndim}-D image {want}, got {tuple(x.shape)}"
+        )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
     return x
@@ -206,7 +211,9 @@ class UNet(nnx.Module):
         if isinstance(skip_levels, bool) or not isinstance(skip_levels, (int, np.integer)):
             raise TypeError(f"skip_levels: expected an int, got {skip_levels!r}")
         if not 0 <= skip_levels <= levels:
-            raise ValueError(f"skip_levels: expected 0 <= skip_levels <= len(encoder) = {levels}, got {skip_levels}")
+            raise ValueError(
+                f"skip_levels: expected 0 <= skip_levels <= len(encoder) = {levels}, got {skip_levels}"
+            )
         self.skip_levels = int(skip_levels)
         n = self.ndim
         enc, ch = [], self.in_channels
@@ -242,7 +249,9 @@ class UNet(nnx.Module):
           ``(B, *(spatial / 2^skip_levels), decoder[-1])`` features.
         """
         x = _check_batch(x, "x", self.ndim, self.in_channels)
-        _check_divisible(x.shape[1:-1], self.multiple, "x", f"2^len(encoder) for {len(self.encoder)} poolings")
+        _check_divisible(
+            x.shape[1:-1], self.multiple, "x", f"2^len(encoder) for {len(self.encoder)} poolings"
+        )
         n = self.ndim
         levels = len(self.encoder)
         window = (2,) * n
@@ -381,14 +390,16 @@ class RegistrationNet(nnx.Module):
         self.encoder = _check_widths(encoder, "encoder")
         self.decoder = _check_widths(decoder, "decoder", min_len=len(self.encoder) + 1)
         f = _check_positive_int(field_factor, "field_factor")
-        k = int(round(math.log2(f)))
+        k = round(math.log2(f))
         if 2**k != f or k > len(self.encoder):
             raise ValueError(
                 f"field_factor: expected a power of two at most 2^len(encoder) = {2 ** len(self.encoder)}, got {f}"
             )
         self.field_factor = f
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"steps: expected a non-negative int (scaling-and-squaring steps), got {steps!r}")
+            raise ValueError(
+                f"steps: expected a non-negative int (scaling-and-squaring steps), got {steps!r}"
+            )
         self.steps = int(steps)
         self.affine_encoder = _check_widths(affine_encoder, "affine_encoder")
 
@@ -439,7 +450,7 @@ class RegistrationNet(nnx.Module):
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, rngs: nnx.Rngs) -> "RegistrationNet":
+    def from_config(cls, config: Mapping[str, Any], *, rngs: nnx.Rngs) -> RegistrationNet:
         """Rebuild the architecture of :attr:`config` (weights freshly initialised from ``rngs``).
 
         Args:
@@ -450,11 +461,24 @@ class RegistrationNet(nnx.Module):
           A new :class:`RegistrationNet`.
         """
         if not isinstance(config, Mapping):
-            raise TypeError(f"config: expected a mapping of constructor arguments, got {type(config).__name__}")
-        known = {"ndim", "transform", "in_channels", "encoder", "decoder", "field_factor", "steps", "affine_encoder"}
+            raise TypeError(
+                f"config: expected a mapping of constructor arguments, got {type(config).__name__}"
+            )
+        known = {
+            "ndim",
+            "transform",
+            "in_channels",
+            "encoder",
+            "decoder",
+            "field_factor",
+            "steps",
+            "affine_encoder",
+        }
         unknown = set(config) - known
         if unknown or "ndim" not in config:
-            raise ValueError(f"config: expected keys {sorted(known)} (ndim required), got unknown {sorted(unknown)}")
+            raise ValueError(
+                f"config: expected keys {sorted(known)} (ndim required), got unknown {sorted(unknown)}"
+            )
         kw = dict(config)
         for name in ("encoder", "decoder", "affine_encoder"):
             if name in kw:
@@ -484,7 +508,9 @@ class RegistrationNet(nnx.Module):
         spatial = fixed.shape[1:-1]
         if any(s < 2 for s in spatial):
             raise ValueError(f"fixed/moving: expected spatial sizes >= 2, got {spatial}")
-        _check_divisible(spatial, self.multiple, "fixed/moving", f"2^len(encoder) for {len(self.encoder)} poolings")
+        _check_divisible(
+            spatial, self.multiple, "fixed/moving", f"2^len(encoder) for {len(self.encoder)} poolings"
+        )
         dt = jnp.result_type(fixed.dtype, moving.dtype)
         fixed, moving = fixed.astype(dt), moving.astype(dt)
         affine = None
