@@ -551,11 +551,30 @@ def _example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("name", ["register_2d.py", "multimodal_2d.py", "greedy_demons_2d.py"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "register_2d.py", "multimodal_2d.py", "greedy_demons_2d.py", "learn_unsupervised_2d.py", "learn_supervised_2d.py",
+        "learn_weakly_supervised_2d.py", "learn_synthmorph_2d.py",
+    ],
+)
 def test_2d_examples_skip_without_shared_data(tmp_path, name):
     r = _example(name, "-o", str(tmp_path / "ex"), "--data", str(tmp_path / "absent"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("skipping:") and not (tmp_path / "ex").exists()
+
+
+def test_learned_example_trains_and_reports(tmp_path):
+    if not (REPO / ".." / "shared" / "data" / "brain2d" / "r16.nii.gz").is_file():
+        pytest.skip("../shared/data/brain2d is absent")
+    pytest.importorskip("matplotlib")
+    r = _example("learn_unsupervised_2d.py", "-o", str(tmp_path / "ex"), "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("held-out pairs"))
+    before, after = (float(v) for v in line.split("NCC ")[1].split(";")[0].split(" -> "))
+    assert 0.5 < before < 1.0 and 0.5 < after < 1.0
+    assert (tmp_path / "ex" / "learn_unsupervised_2d.png").is_file()
+    assert (tmp_path / "ex" / "learn_unsupervised_2d" / "metrics.csv").is_file()
 
 
 def test_affine_3d_example_runs(tmp_path):

@@ -1,0 +1,73 @@
+"""Label-driven synthesis (SynthMorph): a contrast-agnostic network trained on label maps only, 2D.
+
+Axial slices of the ``labelmaps`` (``../shared/data``) on a 2 mm 128x128 grid. At every step both label
+slices are deformed by their own random diffeomorphism and turned into images with random intensities per
+label, blur, bias field and noise (:func:`jaxreg.learn.modes.synthesis`); the network (velocity field at half
+resolution) is trained on the soft Dice of the warped brain labels + diffusion; it never sees a real image.
+Held out: pairs involving subjects 9 and 10, evaluated on images synthesised with new keys (Dice), and the real
+``brain2d`` T1 pair r64 -> r16 (NCC), a contrast and subjects the network never saw.
+
+Usage::
+
+    python examples/learn_synthmorph_2d.py [-o example_out] [--steps 400] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import _learn_common as C
+from jaxreg.learn import modes
+from jaxreg.similarity import ncc
+
+
+def main() -> int:
+    args = C.parser(__doc__, 400).parse_args()
+    labels = C.labelmap_slices(Path(args.data))
+    if labels is None:
+        print(f"skipping: {args.data}/labelmaps not found (the shared data folder is absent)")
+        return 0
+    values = sorted(set(np.unique(labels).tolist()))
+    mode = modes.synthesis(C.GRID, label_values=C.BRAIN, synthesis_labels=values, regularizer_weight=1.0, deformation_mm=3.0)
+    train_pairs = [(i, j) for i in range(8) for j in range(8) if i != j]
+    test_pairs = [(i, j) for i in (8, 9) for j in range(8)] + [(j, i) for i in (8, 9) for j in range(8)]
+    net, seconds = C.train(C.model(args.seed), mode, C.pair_batches(None, labels, train_pairs, args.seed),
+                           steps=args.steps, seed=args.seed, workdir=Path(args.output) / "learn_synthmorph_2d")
+    # held-out label pairs, images synthesised with keys never used in training (no extra deformation)
+    batch = {"fixed_labels": jnp.asarray(labels[[i for i, _ in test_pairs]]), "moving_labels": jnp.asarray(labels[[j for _, j in test_pairs]])}
+    val = modes.synthesis(C.GRID, label_values=C.BRAIN, synthesis_labels=values).augment(jax.random.key(10_000 + args.seed), batch)
+    import flax.nnx as nnx
+
+    gd, st = nnx.split(net)
+    run = jax.jit(lambda st, f, m: nnx.merge(gd, st)(f, m))
+    pred = run(st, val["fixed"], val["moving"])
+    from jaxreg import Affine
+
+    before, after, fold = [], [], []
+    for b, (i, j) in enumerate(test_pairs):
+        t = net.to_transform(jax.tree_util.tree_map(lambda a: a[b], pred), C.GRID)
+        before.append(C.dice(labels[i], labels[j], Affine.identity(2)))
+        after.append(C.dice(labels[i], labels[j], t))
+        fold.append(C.folding(t))
+    print(f"trained {args.steps} steps in {seconds:.1f} s")
+    print(f"held-out label pairs ({len(test_pairs)}, synthetic images): mean Dice {np.mean(before):.4f} -> "
+          f"{np.mean(after):.4f}; max folding {max(fold):.3f} %")
+    images = C.brain2d_slices(Path(args.data))
+    if images is not None:
+        t = C.predict_pairs(net, images, [(0, 4)])[0]
+        import jaxreg
+
+        warped = jaxreg.warp(jaxreg.Image(images[4], C.GRID), t, C.GRID).data
+        print(f"real T1 pair r64 -> r16 (never seen): NCC {float(-ncc(images[0], images[4])):.4f} -> "
+              f"{float(-ncc(images[0], warped)):.4f}, folding {C.folding(t):.3f} %")
+        print(f"figure: {C.figure(images[0], images[4], t, Path(args.output) / 'learn_synthmorph_2d.png', 'SynthMorph-style network on real T1: r64 -> r16')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
