@@ -367,9 +367,11 @@ def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -
     """``jaxreg train``: train (or resume) a registration network from a TOML configuration."""
     import jax
 
-    from jaxreg.learn.train import fit
+    from jaxreg.learn.train import fit, initialize_distributed
 
     cfg = read_train_config(args.config, workdir=args.output, steps=args.steps)
+    if initialize_distributed():  # multi-host: only when the launcher's environment says so
+        log(f"distributed: process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices")
     parts = build_training(cfg, log=log)
     t = cfg["train"]
     log(f"training:   mode {t['mode']}, {t['steps']} steps of batch {t['batch_size']}, workdir {cfg['workdir']}")
