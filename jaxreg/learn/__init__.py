@@ -11,7 +11,9 @@ as the iterative engine train it. The layers, from data to deployment:
 * :mod:`~jaxreg.learn.data`: NIfTI folders resampled onto a common grid, deterministic per-step pair sampling,
   a prefetching pair loader.
 * :mod:`~jaxreg.learn.losses` and :mod:`~jaxreg.learn.modes`: the training losses and the four training modes
-  (unsupervised, supervised on synthetic deformations, weakly supervised by labels, label-driven synthesis).
+  (``modes.unsupervised``, ``modes.supervised`` on synthetic deformations, ``modes.weakly_supervised`` by
+  labels, ``modes.synthesis`` from label maps; the submodule names ``synthesis`` and ``data`` are modules, so
+  the mode factories are reached through ``jaxreg.learn.modes``).
 * :mod:`~jaxreg.learn.train`: pure jitted train/eval steps, data parallelism with ``jax.sharding``, ``fit``
   with orbax checkpoints, resumption, best-by-validation, CSV/PNG logs.
 * :mod:`~jaxreg.learn.inference`: ``predict`` on pairs of any grids, with test-time instance optimisation by
@@ -30,7 +32,8 @@ from jaxreg.learn.data import (
 )
 from jaxreg.learn.inference import PredictResult, normalize_image, place_grid, predict
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
-from jaxreg.learn.modes import MODES, TrainingMode, supervised, synthesis, unsupervised, weakly_supervised
+from jaxreg.learn import modes
+from jaxreg.learn.modes import MODES, TrainingMode
 from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, UNet
 from jaxreg.learn.synthesis import (
     augment_intensity,
@@ -59,7 +62,7 @@ __all__ = [
     "list_images", "match_labels", "common_grid", "load_volumes", "random_pairs", "atlas_pairs", "sample_pairs",
     "PairLoader",
     "registration_loss", "registration_metrics", "displacement_on_grid",
-    "TrainingMode", "unsupervised", "supervised", "weakly_supervised", "synthesis", "MODES",
+    "TrainingMode", "MODES",
     "make_optimizer", "split_model", "make_mesh", "shard_batch", "make_train_step", "make_eval_step",
     "initialize_distributed", "fit", "FitResult", "load_model",
     "predict", "PredictResult", "place_grid", "normalize_image",

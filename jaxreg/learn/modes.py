@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg.core.grid import Grid, Image
-from jaxreg.learn import synthesis as syn
+import jaxreg.learn.synthesis as syn
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
 from jaxreg.regularizers import diffusion
 from jaxreg.similarity import mse
