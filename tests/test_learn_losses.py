@@ -296,3 +296,27 @@ def test_predict_identity_network_and_refinement_on_a_shifted_pair():
     after = float(ncc(fixed.data, warp(moving, ref.transform, grid).data))
     assert after < before - 0.02, (before, after)
     assert ref.refine is not None and isinstance(ref.field, VelocityField)
+
+
+def test_multiscale_label_term_matches_scipy_normalised_convolution():
+    f, m = _pair()
+    lf, lm = _labels(0), _labels(3)
+    values, scales = (1, 2, 3), (0.0, 1.0, 2.0)
+    loss = registration_loss(GRID, image_weight=0.0, regularizer_weight=0.0, label_values=values, label_weight=1.0, label_scales=scales)
+    batch = {"fixed": jnp.asarray(f)[None, ..., None], "moving": jnp.asarray(m)[None, ..., None], "fixed_labels": jnp.asarray(lf)[None], "moving_labels": jnp.asarray(lm)[None]}
+    zero = FieldModel(np.zeros((*GRID.shape, 2), np.float32))
+
+    def smooth(x, s):  # Gaussian normalised convolution (border weights renormalised), per label channel
+        if s == 0:
+            return x
+        num = ndimage.gaussian_filter(x, s, mode="constant", truncate=3.0)
+        return num / ndimage.gaussian_filter(np.ones_like(x), s, mode="constant", truncate=3.0)
+
+    dices = []
+    for s in scales:
+        for v in values:
+            p, q = smooth((lf == v).astype(np.float64), s), smooth((lm == v).astype(np.float64), s)
+            dices.append((2 * np.sum(p * q) + 1e-6) / (np.sum(p) + np.sum(q) + 1e-6))
+    np.testing.assert_allclose(float(loss(zero, batch, None)[0]), 1.0 - np.mean(dices), rtol=1e-4)
+    with pytest.raises(ValueError, match="label_scales"):
+        registration_loss(GRID, label_values=(1,), label_weight=1.0, label_scales=(-1.0,))
