@@ -61,7 +61,12 @@ class Stopping(NamedTuple):
 
 class LevelResult(NamedTuple):
     """Per-level record: ``loss`` ``(iterations_cap,)`` (NaN after stopping), ``iterations``, ``converged``,
-    ``seconds`` (wall time including compilation) and ``compile_seconds``."""
+    ``seconds`` (wall time including compilation) and ``compile_seconds``.
+
+    For :func:`register` ``compile_seconds`` is the wall time of the level's first compiled call: compilation
+    (or a compilation-cache hit) plus its first ``chunk`` steps, an upper bound of the compilation time. For
+    :func:`~jaxreg.optimize.greedy_register` it is the ahead-of-time compilation alone (0 when cached).
+    """
 
     loss: np.ndarray
     iterations: int
