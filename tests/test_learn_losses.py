@@ -320,3 +320,22 @@ def test_multiscale_label_term_matches_scipy_normalised_convolution():
     np.testing.assert_allclose(float(loss(zero, batch, None)[0]), 1.0 - np.mean(dices), rtol=1e-4)
     with pytest.raises(ValueError, match="label_scales"):
         registration_loss(GRID, label_values=(1,), label_weight=1.0, label_scales=(-1.0,))
+
+
+def test_synthesis_same_subject_and_same_contrast_pairs():
+    lf, lm = _labels(0), _labels(3)
+    values = tuple(range(1, 10))
+    quiet = {"noise_std_max": 0.0, "bias_std": 0.0, "blur_mm_max": 0.0, "std_range": (0.0, 0.0), "gamma_std": 0.0}
+    mode = modes.synthesis(GRID, label_values=values, deformation_mm=1e-3, same_subject=1.0, same_contrast=True, synth_options=quiet)
+    out = mode.augment(jax.random.key(5), {"fixed_labels": jnp.asarray(lf)[None], "moving_labels": jnp.asarray(lm)[None]})
+    # one source map: both label maps are (negligibly deformed) copies of the fixed one
+    assert np.mean(np.asarray(out["moving_labels"][0]) == lf) > 0.95
+    f, m = np.asarray(out["fixed"][0, ..., 0]), np.asarray(out["moving"][0, ..., 0])
+    lab_m = np.asarray(out["moving_labels"][0])
+    for v in values:  # one intensity model per pair: each label has the same intensity in both images
+        if np.any(lab_m == v) and np.any(lf == v):
+            assert abs(f[lf == v].mean() - m[lab_m == v].mean()) < 1e-3
+    with pytest.raises(ValueError, match="same_subject"):
+        modes.synthesis(GRID, label_values=values, same_subject=0.5)
+    with pytest.raises(ValueError, match="same_subject"):
+        modes.synthesis(GRID, label_values=values, same_subject=1.5, deformation_mm=1.0)

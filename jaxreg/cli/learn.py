@@ -54,8 +54,8 @@ schedule = "cosine"                      # constant | cosine | warmup_cosine
 warmup_steps = 0
 clip_norm = 1.0
 seed = 0
-similarity = "mse"                       # unsupervised/weak image term: mse | ncc | lncc
-window = 9                               # lncc window (voxels)
+similarity = "lncc"                      # image term: mse | ncc | lncc
+window = 5                               # lncc window (voxels)
 regularizer_weight = 1.0
 bidirectional = false
 eval_every = 100
@@ -63,7 +63,10 @@ save_every = 100
 validation_pairs = 4
 
 [mode]                                   # options of the mode's factory in jaxreg.learn.modes
-deformation_mm = 0.0
+deformation_mm = 6.0                     # random diffeomorphism of each label map (mm)
+same_subject = 0.5                       # fraction of pairs made from one map (two deformed copies)
+same_contrast = true                     # one intensity model per pair (mono-modal pairs) ...
+image_weight = 1.0                       # ... so the image term ([train] similarity) can help the Dice
 """
 
 _TOP = ("workdir", "data", "model", "train", "mode")
@@ -317,7 +320,10 @@ def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -
     elif name == "weakly_supervised":
         mode = lm.weakly_supervised(grid, label_values=lv, similarity=sim, regularizer_weight=t["regularizer_weight"], bidirectional=t["bidirectional"], **extra)
     else:
-        mode = lm.synthesis(grid, label_values=lv, synthesis_labels=d["synthesis_labels"], regularizer_weight=t["regularizer_weight"], bidirectional=t["bidirectional"], **extra)
+        mode = lm.synthesis(
+            grid, label_values=lv, synthesis_labels=d["synthesis_labels"], regularizer_weight=t["regularizer_weight"],
+            bidirectional=t["bidirectional"], similarity=sim, **extra,
+        )
     mcfg = {"transform": "velocity", **cfg["model"]}
     model = RegistrationNet(grid.ndim, rngs=nnx.Rngs(int(t["seed"])), **mcfg)
     opt = make_optimizer(

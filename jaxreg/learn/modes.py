@@ -206,6 +206,11 @@ def synthesis(
     regularizer: Callable = diffusion,
     regularizer_weight: float = 1.0,
     deformation_mm: float = 0.0,
+    same_subject: float = 0.0,
+    same_contrast: bool = False,
+    image_weight: float = 0.0,
+    similarity: Callable = mse,
+    label_scales: Sequence[float] = (0.0,),
     bidirectional: bool = False,
     synth_options: dict[str, Any] | None = None,
 ) -> TrainingMode:
@@ -226,6 +231,19 @@ def synthesis(
       regularizer: field regulariser.
       regularizer_weight: its weight (SynthMorph uses 1 with the velocity gradient).
       deformation_mm: largest displacement of the random per-map deformation, mm (0 = off).
+      same_subject: probability (traced-free Python float in [0, 1]) that a pair is made from one label map:
+        the moving map is the fixed map itself before the two random deformations, as in SynthMorph's
+        training on deformed copies of one label map (Hoffmann et al. 2022); the correspondence is then fully
+        known to the Dice, which gives a consistent learning signal early in training. Needs
+        ``deformation_mm > 0``.
+      same_contrast: both images of a pair get the same random intensity per label, blur, bias field and gamma
+        (one key), with independent noise; contrasts still differ from pair to pair. The pair is then
+        mono-modal, so an image term can help the label Dice (a dense learning signal); leave it off to train
+        for any pair of contrasts, as SynthMorph does.
+      image_weight: weight of an image term ``sim(F, M o T)`` (meaningful with ``same_contrast``).
+      similarity: that term's similarity (e.g. ``lncc(9)``).
+      label_scales: Gaussian sigmas (voxels) of the multi-scale Dice (see
+        :func:`~jaxreg.learn.losses.registration_loss`).
       bidirectional: symmetrise the Dice with the inverse transform.
       synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`.
 
@@ -235,21 +253,35 @@ def synthesis(
     values = tuple(int(v) for v in label_values)
     all_values = tuple(int(v) for v in (synthesis_labels if synthesis_labels is not None else values))
     opts = dict(synth_options or {})
+    if not 0.0 <= float(same_subject) <= 1.0:
+        raise ValueError(f"same_subject: expected a probability in [0, 1], got {same_subject!r}")
+    if same_subject > 0 and not deformation_mm > 0:
+        raise ValueError("same_subject: pairs made from one label map need deformation_mm > 0 (else fixed == moving)")
 
-    def make(key, labels):
-        kd, ks = jax.random.split(key)
+    noise_max = float(opts.get("noise_std_max", 0.05))
+    if same_contrast:
+        opts["noise_std_max"] = 0.0
+
+    def make(key, labels, contrast_key):
+        kd, ks, kn, ka = jax.random.split(key, 4)
         if deformation_mm > 0:
             t = syn.random_deformation(kd, grid, max_displacement_mm=deformation_mm, smoothness_mm=10.0, kind="velocity")
             labels = warp_labels(Image(labels, grid), t, grid).data
         idx = syn.relabel(labels, all_values, unknown=len(all_values))
-        img = syn.synthesize_image(ks, idx, len(all_values) + 1, grid=grid, **opts)
+        img = syn.synthesize_image(ks if contrast_key is None else contrast_key, idx, len(all_values) + 1, grid=grid, **opts)
+        if contrast_key is not None and noise_max > 0:  # independent noise per image
+            img = img + jax.random.uniform(ka, (), minval=0.0, maxval=noise_max) * jax.random.normal(kn, img.shape)
         return labels, img[..., None].astype(jnp.float32)
 
     def one(key, item):
-        kf, km = jax.random.split(key)
+        kf, km, ks, kc = jax.random.split(key, 4)
         out = dict(item)
-        out["fixed_labels"], out["fixed"] = make(kf, item["fixed_labels"])
-        out["moving_labels"], out["moving"] = make(km, item["moving_labels"])
+        src = item["moving_labels"]
+        if same_subject > 0:
+            src = jnp.where(jax.random.bernoulli(ks, float(same_subject)), item["fixed_labels"], src)
+        contrast = kc if same_contrast else None
+        out["fixed_labels"], out["fixed"] = make(kf, item["fixed_labels"], contrast)
+        out["moving_labels"], out["moving"] = make(km, src, contrast)
         return out
 
     def one_eval(key, item):
@@ -257,7 +289,7 @@ def synthesis(
         out = dict(item)
         for side, k in (("fixed", kf), ("moving", km)):
             idx = syn.relabel(item[f"{side}_labels"], all_values, unknown=len(all_values))
-            out[side] = syn.synthesize_image(k, idx, len(all_values) + 1, grid=grid, **opts)[..., None].astype(jnp.float32)
+            out[side] = syn.synthesize_image(kf if same_contrast else k, idx, len(all_values) + 1, grid=grid, **opts)[..., None].astype(jnp.float32)
         return out
 
     base = registration_metrics(grid, label_values=values)
@@ -271,8 +303,9 @@ def synthesis(
         return base(model, batch)
 
     loss = registration_loss(
-        grid, image_weight=0.0, regularizer=regularizer, regularizer_weight=regularizer_weight, label_values=values,
-        label_weight=1.0, bidirectional=bidirectional,
+        grid, image_weight=image_weight, similarity=similarity, regularizer=regularizer,
+        regularizer_weight=regularizer_weight, label_values=values, label_weight=1.0, bidirectional=bidirectional,
+        label_scales=label_scales,
     )
     return TrainingMode(_per_pair(one), loss, metrics, ("fixed_labels", "moving_labels"))
 
