@@ -29,7 +29,6 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -451,20 +450,10 @@ def initialize_distributed() -> bool:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # temporary file in the same folder, fsync, rename (jaxreg.io.atomic_write): never a half-written file
+    from jaxreg.io import atomic_write
+
+    atomic_write(path, write)
 
 
 def _write_text(path: Path, text: str) -> None:
