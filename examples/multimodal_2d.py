@@ -3,7 +3,7 @@
 Uses ``../shared/data/head2d_multimodal`` (``fixed``, ``moving`` and their masks; the script skips with a
 message when the folder is absent). :func:`jaxreg.optimize.pipelines.register_pair` with
 ``pipeline="multimodal"`` runs an affine stage with Mattes mutual information, then the greedy diffeomorphic
-stage on MIND-SSC descriptors (compared by SSD), which do not depend on the contrast. The script prints the
+stage with normalised mutual information, which does not depend on the contrast. The script prints the
 Dice of ``fixed_mask`` with ``moving_mask`` carried onto the fixed grid (nearest neighbour) before
 registration, after the affine stage and after the deformable one, with the normalised mutual information of
 the images, and writes the report figure.
@@ -92,7 +92,7 @@ def main() -> int:
         deformation=field,
         jacobian=det,
         losses=losses,
-        title="register_pair (multimodal): MI affine, MIND-SSC deformable",
+        title="register_pair (multimodal): MI affine, NMI deformable",
     )
     print(f"figure:     {save_figure(fig, out / 'multimodal_2d.png', dpi=80)}")
     return 0
