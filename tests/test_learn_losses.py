@@ -291,6 +291,11 @@ def test_predict_identity_network_and_refinement_on_a_shifted_pair():
     pts = grid.world_coords()[::5, ::5].reshape(-1, 2)
     np.testing.assert_allclose(np.asarray(res.transform(pts)), np.asarray(pts), atol=1e-2)  # untrained ~ identity
     assert set(res.seconds) == {"init", "network", "refine", "total"}
+    from jaxreg.learn.inference import _forward
+
+    hits = _forward.cache_info().hits
+    predict(net, fixed, moving, network_grid=grid, init="none")  # same architecture: the jitted forward is reused
+    assert _forward.cache_info().hits == hits + 1
     ref = predict(net, fixed, moving, network_grid=grid, init="none", refine_levels=(Level(1, 0.0, 30),))
     before = float(ncc(fixed.data, warp(moving, res.transform, grid).data))
     after = float(ncc(fixed.data, warp(moving, ref.transform, grid).data))

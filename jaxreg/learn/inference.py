@@ -21,6 +21,7 @@ is written in ITK/ANTs form like any ``jaxreg register`` output.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -143,10 +144,10 @@ def _split(transform: Any) -> tuple[LinearTransform | None, Any]:
     raise ValueError(f"model: expected the network's transform to be 'linear o field', got {type(transform).__name__}")
 
 
-def _network_call(model: Any) -> Callable:
+@functools.lru_cache(maxsize=16)
+def _forward(graphdef: Any) -> Callable:
+    """One jitted forward pass per architecture (graph definitions are hashable): no recompilation per call."""
     import flax.nnx as nnx
-
-    graphdef, state = nnx.split(model)
 
     @jax.jit
     def run(state, f, m):
@@ -154,6 +155,14 @@ def _network_call(model: Any) -> Callable:
         pred = net(f[None, ..., None], m[None, ..., None])
         return jax.tree_util.tree_map(lambda a: a[0], pred)
 
+    return run
+
+
+def _network_call(model: Any) -> Callable:
+    import flax.nnx as nnx
+
+    graphdef, state = nnx.split(model)
+    run = _forward(graphdef)
     return lambda f, m: run(state, f, m)
 
 
