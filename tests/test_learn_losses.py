@@ -344,3 +344,17 @@ def test_synthesis_same_subject_and_same_contrast_pairs():
         modes.synthesis(GRID, label_values=values, same_subject=0.5)
     with pytest.raises(ValueError, match="same_subject"):
         modes.synthesis(GRID, label_values=values, same_subject=1.5, deformation_mm=1.0)
+
+
+def test_center_of_mass_and_normalisation_match_references():
+    from jaxreg.learn import normalize_intensity
+    from jaxreg.learn.inference import center_of_mass, normalize_image
+    from jaxreg.optimize.init import image_moments
+
+    grid = Grid(GRID.shape, np.array([[0.0, -2.0, 30.0], [1.5, 0.0, -4.0], [0, 0, 1]]))
+    f, _ = _pair()
+    img = Image(jnp.asarray(f - 0.2), grid)  # negative values get weight 0
+    np.testing.assert_allclose(center_of_mass(img), np.asarray(image_moments(img)[0]), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(normalize_image(img).data), np.asarray(normalize_intensity(img.data)), atol=1e-6)
+    with pytest.raises(ValueError, match="centre of mass"):
+        center_of_mass(Image(jnp.zeros(GRID.shape), GRID))

@@ -30,7 +30,7 @@ from jaxreg.learn.data import (
     random_pairs,
     sample_pairs,
 )
-from jaxreg.learn.inference import PredictResult, normalize_image, place_grid, predict
+from jaxreg.learn.inference import PredictResult, center_of_mass, normalize_image, place_grid, predict
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
 from jaxreg.learn import modes
 from jaxreg.learn.modes import MODES, TrainingMode
@@ -65,5 +65,5 @@ __all__ = [
     "TrainingMode", "MODES",
     "make_optimizer", "split_model", "make_mesh", "shard_batch", "make_train_step", "make_eval_step",
     "initialize_distributed", "fit", "FitResult", "load_model",
-    "predict", "PredictResult", "place_grid", "normalize_image",
+    "predict", "PredictResult", "place_grid", "normalize_image", "center_of_mass",
 ]
