@@ -6,12 +6,13 @@ one slice) and turned into images with a random intensity per label, blur, bias 
 (:func:`jaxreg.learn.modes.synthesis`; the two images of a pair share the intensity model, which changes from
 pair to pair); the network (velocity field at half resolution) is trained on the soft Dice of the warped brain
 labels + local NCC of the synthetic images + diffusion; it never sees a real image.
-Held out: pairs involving subjects 9 and 10, evaluated on images synthesised with new keys (Dice), and the real
+Held out: pairs involving subjects 9 and 10, evaluated on images synthesised with new keys (Dice; one new
+intensity model per pair), and the real
 ``brain2d`` T1 pair r64 -> r16 (NCC), a contrast and subjects the network never saw.
 
 Usage::
 
-    python examples/learn_synthmorph_2d.py [-o example_out] [--steps 400] [--data ../shared/data]
+    python examples/learn_synthmorph_2d.py [-o example_out] [--steps 1000] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from jaxreg.similarity import lncc, ncc
 
 
 def main() -> int:
-    args = C.parser(__doc__, 400).parse_args()
+    args = C.parser(__doc__, 1000).parse_args()
     labels = C.labelmap_slices(Path(args.data))
     if labels is None:
         print(f"skipping: {args.data}/labelmaps not found (the shared data folder is absent)")
@@ -45,7 +46,8 @@ def main() -> int:
                            steps=args.steps, seed=args.seed, workdir=Path(args.output) / "learn_synthmorph_2d")
     # held-out label pairs, images synthesised with keys never used in training (no extra deformation)
     batch = {"fixed_labels": jnp.asarray(labels[[i for i, _ in test_pairs]]), "moving_labels": jnp.asarray(labels[[j for _, j in test_pairs]])}
-    val = modes.synthesis(C.GRID, label_values=C.BRAIN, synthesis_labels=values).augment(jax.random.key(10_000 + args.seed), batch)
+    # (one new intensity model per pair, shared by its two images, as in training)
+    val = modes.synthesis(C.GRID, label_values=C.BRAIN, synthesis_labels=values, same_contrast=True).augment(jax.random.key(10_000 + args.seed), batch)
     import flax.nnx as nnx
 
     gd, st = nnx.split(net)
