@@ -85,7 +85,7 @@ def model(seed: int, transform: str = "velocity") -> RegistrationNet:
     return RegistrationNet(2, transform=transform, field_factor=2, rngs=nnx.Rngs(seed))
 
 
-def train(net, mode, batches: Callable[[int], Any], *, steps: int, seed: int, workdir: Path, eval_batches=None, lr: float = 1e-3):
+def train(net, mode, batches: Callable[[int], Any], *, steps: int, seed: int, workdir: Path, eval_batches=None, lr: float = 2e-3):
     """``fit`` with the examples' settings; returns the trained network and the wall time."""
     t0 = time.perf_counter()
     res = fit(

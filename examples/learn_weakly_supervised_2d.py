@@ -40,7 +40,7 @@ def main() -> int:
     ])
     train_pairs = [(i, j) for i in range(8) for j in range(8) if i != j]
     test_pairs = [(i, j) for i in (8, 9) for j in range(8)] + [(j, i) for i in (8, 9) for j in range(8)]
-    mode = modes.weakly_supervised(C.GRID, label_values=C.BRAIN, image_weight=0.5, regularizer_weight=1.0)
+    mode = modes.weakly_supervised(C.GRID, label_values=C.BRAIN, image_weight=0.5, regularizer_weight=0.2)
     net, seconds = C.train(C.model(args.seed), mode, C.pair_batches(images, labels, train_pairs, args.seed),
                            steps=args.steps, seed=args.seed, workdir=Path(args.output) / "learn_weakly_supervised_2d")
     ts = C.predict_pairs(net, images, test_pairs)
