@@ -19,8 +19,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 SIZES = {"small": [(128, 128), (32, 48, 32)], "full": [(160, 192, 224)]}
 
 
@@ -35,8 +33,8 @@ def _labels(key, shape, batch, n):
 
 
 def run(device, shape, steps: int, batch: int, field_factor: int) -> dict:
-    import flax.nnx as nnx
     import jax
+    from flax import nnx
 
     from jaxreg import Grid
     from jaxreg.learn import RegistrationNet, make_optimizer, make_train_step, modes, split_model
@@ -50,7 +48,7 @@ def run(device, shape, steps: int, batch: int, field_factor: int) -> dict:
         opt = make_optimizer(1e-4)
         state = opt.init(params)
         step = make_train_step(gd, mode.loss, opt, augment=mode.augment)
-        k1, k2 = jax.random.split(jax.random.key(0))
+        k1 = jax.random.key(0)
         lab = _labels(k1, shape, batch, len(values) + 1)
         batch_d = {"fixed_labels": lab, "moving_labels": jax.numpy.roll(lab, 2, axis=1)}
         t = time.perf_counter()
@@ -107,7 +105,7 @@ def main() -> int:
     for shape, name, r in rows:
         base = next((b for s, n, b in rows if s == shape and n == "cpu"), None)
         ratio = "-" if base is None else f"{base['inference_s'] / r['inference_s']:.1f}x"
-        print(f"{str(shape):<18} {name:<12} {r['first_step_s']:>12.2f} {r['step_s']:>9.4f} {r['pairs_per_s']:>9.2f} {r['inference_s']:>9.4f} {ratio:>8}")
+        print(f"{shape!s:<18} {name:<12} {r['first_step_s']:>12.2f} {r['step_s']:>9.4f} {r['pairs_per_s']:>9.2f} {r['inference_s']:>9.4f} {ratio:>8}")
     return 0
 
 

@@ -60,9 +60,9 @@ def _table(title: str, header: list[str], rows: list[list]) -> str:
 
 # -- 1. throughput ---------------------------------------------------------------------------------------------
 def throughput(steps: int) -> list[dict]:
-    import flax.nnx as nnx
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
     from jaxreg import Grid
     from jaxreg.learn import RegistrationNet, make_optimizer, make_train_step, modes, split_model
@@ -140,7 +140,7 @@ def _folding(transform, grid) -> float:
 
 
 def _load(model_dir: Path):
-    import flax.nnx as nnx
+    from flax import nnx
 
     from jaxreg.cli.learn import load_trained
     from jaxreg.learn import RegistrationNet
@@ -156,8 +156,8 @@ def _load(model_dir: Path):
 
 
 def inference(model_dir: Path, repeats: int) -> list[dict]:
-    import flax.nnx as nnx
     import jax
+    from flax import nnx
 
     from jaxreg.learn import RegistrationNet, predict
     from jaxreg.learn.inference import _network_call, normalize_image
@@ -168,7 +168,7 @@ def inference(model_dir: Path, repeats: int) -> list[dict]:
         print("  skipped: ../shared/data/brain3d not found")
         return []
     fixed, moving = brain[0], brain[1]
-    model, grid, meta, _ = _load(model_dir)
+    model, grid, _meta, _ = _load(model_dir)
     rows = []
     f = normalize_image(fixed)
     m = resample(normalize_image(moving), fixed.grid)
@@ -220,7 +220,7 @@ def dice_table(model_dir: Path, refine_scale: float) -> list[dict]:
         print("  skipped: ../shared/data/brain3d not found")
         return []
     fixed, moving, fl, ml, labels = brain
-    model, grid, meta, trained = _load(model_dir)
+    model, grid, _meta, trained = _load(model_dir)
     rows = []
     rows.append({"method": "identity", "dice": _dice(_identity(), fl, ml, labels), "s": None, "fold_pct": 0.0})
     t = _clock()

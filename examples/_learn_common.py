@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,8 @@ def brain2d_slices(data: Path) -> np.ndarray | None:
     """``(6, 128, 128)`` float32 slices in [0, 1] (r16 first), or ``None`` when the data are absent."""
     from jaxreg.io import load_image
     from jaxreg.learn import normalize_intensity
-    from jaxreg.optimize.init import image_moments
     from jaxreg.learn.inference import place_grid
+    from jaxreg.optimize.init import image_moments
 
     names = ("r16", "r27", "r30", "r62", "r64", "r85")
     src = Path(data) / "brain2d"
@@ -80,7 +81,7 @@ def labelmap_slices(data: Path) -> np.ndarray | None:
 
 def model(seed: int, transform: str = "velocity") -> RegistrationNet:
     """The VoxelMorph-width 2D network of the examples (field at half resolution)."""
-    import flax.nnx as nnx
+    from flax import nnx
 
     return RegistrationNet(2, transform=transform, field_factor=2, rngs=nnx.Rngs(seed))
 
@@ -119,7 +120,7 @@ def pair_batches(images: np.ndarray | None, labels: np.ndarray | None, pairs: li
 
 def predict_pairs(net, images: np.ndarray, pairs: list[tuple[int, int]]):
     """The trained network's transforms of ``pairs`` (one jitted call each) on :data:`GRID`."""
-    import flax.nnx as nnx
+    from flax import nnx
 
     gd, st = nnx.split(net)
 

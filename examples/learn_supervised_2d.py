@@ -17,11 +17,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import _learn_common as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _learn_common as C
 from jaxreg.learn import displacement_on_grid, modes
 
 
@@ -44,13 +44,13 @@ def main() -> int:
                            workdir=Path(args.output) / "learn_supervised_2d")
     # held out: r16 under 8 new deformations (keys never used in training)
     test = mode.augment(jax.random.key(10_000 + args.seed), {"moving": jnp.repeat(jnp.asarray(images[0])[None, ..., None], 8, 0)})
-    import flax.nnx as nnx
+    from flax import nnx
 
     gd, st = nnx.split(net)
     pred = jax.jit(lambda st, f, m: nnx.merge(gd, st)(f, m))(st, test["fixed"], test["moving"])
     err0, err1, fold = [], [], []
     for b in range(8):
-        t = net.to_transform(jax.tree_util.tree_map(lambda a: a[b], pred), C.GRID)
+        t = net.to_transform(jax.tree_util.tree_map(lambda a, b=b: a[b], pred), C.GRID)
         true = np.asarray(test["displacement"][b])
         est = np.asarray(displacement_on_grid(t, C.GRID))
         mask = images[0] > 0.05

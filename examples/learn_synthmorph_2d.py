@@ -20,11 +20,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import _learn_common as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _learn_common as C
 from jaxreg.learn import modes
 from jaxreg.similarity import lncc, ncc
 
@@ -48,7 +48,7 @@ def main() -> int:
     batch = {"fixed_labels": jnp.asarray(labels[[i for i, _ in test_pairs]]), "moving_labels": jnp.asarray(labels[[j for _, j in test_pairs]])}
     # (one new intensity model per pair, shared by its two images, as in training)
     val = modes.synthesis(C.GRID, label_values=C.BRAIN, synthesis_labels=values, same_contrast=True).augment(jax.random.key(10_000 + args.seed), batch)
-    import flax.nnx as nnx
+    from flax import nnx
 
     gd, st = nnx.split(net)
     run = jax.jit(lambda st, f, m: nnx.merge(gd, st)(f, m))
@@ -57,7 +57,7 @@ def main() -> int:
 
     before, after, fold = [], [], []
     for b, (i, j) in enumerate(test_pairs):
-        t = net.to_transform(jax.tree_util.tree_map(lambda a: a[b], pred), C.GRID)
+        t = net.to_transform(jax.tree_util.tree_map(lambda a, b=b: a[b], pred), C.GRID)
         before.append(C.dice(labels[i], labels[j], Affine.identity(2)))
         after.append(C.dice(labels[i], labels[j], t))
         fold.append(C.folding(t))

@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import _learn_common as C
 import numpy as np
 
-import _learn_common as C
 from jaxreg.learn import modes
 from jaxreg.similarity import lncc, ncc
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import _learn_common as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _learn_common as C
 from jaxreg.learn import modes, relabel, synthesize_image
 
 

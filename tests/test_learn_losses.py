@@ -7,12 +7,12 @@ bidirectional terms, deterministic augmentation per key).
 
 from __future__ import annotations
 
-import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from scipy import ndimage
 
 from jaxreg import Affine, DisplacementField, Grid, Image, VelocityField
@@ -247,7 +247,7 @@ def _train(mode, net, batch, steps=25, lr=3e-3):
 def test_each_mode_trains_a_tiny_network(name):
     grid = Grid.from_spacing((16, 16), 1.0)
     i, j = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
-    blob = lambda ci, cj: np.exp(-((i - ci) ** 2 + (j - cj) ** 2) / 18.0).astype(np.float32)  # noqa: E731
+    blob = lambda ci, cj: np.exp(-((i - ci) ** 2 + (j - cj) ** 2) / 18.0).astype(np.float32)
     f, m = blob(7.5, 7.5), blob(8.5, 6.5)
     lf, lm = (f > 0.4).astype(np.int32) + 1, (m > 0.4).astype(np.int32) + 1
     batch = {"fixed": jnp.asarray(f)[None, ..., None], "moving": jnp.asarray(m)[None, ..., None], "fixed_labels": jnp.asarray(lf)[None], "moving_labels": jnp.asarray(lm)[None]}

@@ -16,12 +16,13 @@ import glob
 import os
 import time
 import tomllib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["EXAMPLE_CONFIG", "add_parsers", "read_train_config", "build_training", "run_train", "run_predict"]
+__all__ = ["EXAMPLE_CONFIG", "add_parsers", "build_training", "read_train_config", "run_predict", "run_train"]
 
 EXAMPLE_CONFIG = """\
 # jaxreg train configuration (TOML). Paths are relative to this file.
@@ -277,7 +278,7 @@ def load_aligned(
 
 def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Load the data and build the model, mode, optimiser and data factories of a training run."""
-    import flax.nnx as nnx
+    from flax import nnx
 
     from jaxreg.io import load_image
     from jaxreg.learn import data as ld
@@ -382,7 +383,7 @@ def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -
     t = cfg["train"]
     log(f"training:   mode {t['mode']}, {t['steps']} steps of batch {t['batch_size']}, workdir {cfg['workdir']}")
     mode = parts["mode"]
-    res = fit(
+    fit(
         parts["model"], mode.loss, parts["optimizer"], parts["train_data"],
         steps=int(t["steps"]), key=jax.random.key(int(t["seed"])), workdir=cfg["workdir"], augment=mode.augment,
         eval_fn=mode.metrics, eval_data=parts["eval_data"], eval_every=int(t["eval_every"]), save_every=int(t["save_every"]),
@@ -396,7 +397,7 @@ def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -
 
 def load_trained(model_dir: str | os.PathLike, *, which: str = "best") -> tuple[Any, Any, dict]:
     """(model, network grid, metadata) of a ``jaxreg train`` work folder."""
-    import flax.nnx as nnx
+    from flax import nnx
 
     from jaxreg.core.grid import Grid
     from jaxreg.learn.networks import RegistrationNet
@@ -404,7 +405,7 @@ def load_trained(model_dir: str | os.PathLike, *, which: str = "best") -> tuple[
 
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"--model {model_dir}: no such folder")
-    build = lambda c: RegistrationNet.from_config(c, rngs=nnx.Rngs(0))  # noqa: E731
+    build = lambda c: RegistrationNet.from_config(c, rngs=nnx.Rngs(0))
     try:
         model, meta = load_model(model_dir, build, which=which)
     except FileNotFoundError:

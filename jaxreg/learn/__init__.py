@@ -20,6 +20,7 @@ as the iterative engine train it. The layers, from data to deployment:
   the iterative greedy engine.
 """
 
+from jaxreg.learn import modes as modes
 from jaxreg.learn.data import (
     PairLoader,
     atlas_pairs,
@@ -32,7 +33,6 @@ from jaxreg.learn.data import (
 )
 from jaxreg.learn.inference import PredictResult, center_of_mass, normalize_image, place_grid, predict
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
-from jaxreg.learn import modes
 from jaxreg.learn.modes import MODES, TrainingMode
 from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, UNet
 from jaxreg.learn.synthesis import (
@@ -57,13 +57,42 @@ from jaxreg.learn.train import (
 )
 
 __all__ = [
-    "UNet", "RegistrationNet", "Prediction", "TRANSFORM_KINDS",
-    "random_affine", "random_deformation", "relabel", "synthesize_image", "augment_intensity", "normalize_intensity",
-    "list_images", "match_labels", "common_grid", "load_volumes", "random_pairs", "atlas_pairs", "sample_pairs",
+    "MODES",
+    "TRANSFORM_KINDS",
+    "FitResult",
     "PairLoader",
-    "registration_loss", "registration_metrics", "displacement_on_grid",
-    "TrainingMode", "MODES",
-    "make_optimizer", "split_model", "make_mesh", "shard_batch", "make_train_step", "make_eval_step",
-    "initialize_distributed", "fit", "FitResult", "load_model",
-    "predict", "PredictResult", "place_grid", "normalize_image", "center_of_mass",
+    "PredictResult",
+    "Prediction",
+    "RegistrationNet",
+    "TrainingMode",
+    "UNet",
+    "atlas_pairs",
+    "augment_intensity",
+    "center_of_mass",
+    "common_grid",
+    "displacement_on_grid",
+    "fit",
+    "initialize_distributed",
+    "list_images",
+    "load_model",
+    "load_volumes",
+    "make_eval_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
+    "match_labels",
+    "normalize_image",
+    "normalize_intensity",
+    "place_grid",
+    "predict",
+    "random_affine",
+    "random_deformation",
+    "random_pairs",
+    "registration_loss",
+    "registration_metrics",
+    "relabel",
+    "sample_pairs",
+    "shard_batch",
+    "split_model",
+    "synthesize_image",
 ]

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ from jaxreg.transforms.dense import DisplacementField, VelocityField
 from jaxreg.transforms.linear import Affine, Translation
 from jaxreg.warp import resample, warp
 
-__all__ = ["PredictResult", "place_grid", "normalize_image", "center_of_mass", "predict"]
+__all__ = ["PredictResult", "center_of_mass", "normalize_image", "place_grid", "predict"]
 
 
 class PredictResult(NamedTuple):
@@ -167,7 +168,7 @@ def _split(transform: Any) -> tuple[LinearTransform | None, Any]:
 @functools.lru_cache(maxsize=16)
 def _forward(graphdef: Any) -> Callable:
     """One jitted forward pass per architecture (graph definitions are hashable): no recompilation per call."""
-    import flax.nnx as nnx
+    from flax import nnx
 
     @jax.jit
     def run(state, f, m):
@@ -179,7 +180,7 @@ def _forward(graphdef: Any) -> Callable:
 
 
 def _network_call(model: Any) -> Callable:
-    import flax.nnx as nnx
+    from flax import nnx
 
     graphdef, state = nnx.split(model)
     run = _forward(graphdef)

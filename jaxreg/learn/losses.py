@@ -23,7 +23,8 @@ Each pair's loss is computed by a per-pair function vmapped over the batch.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ from jaxreg.transforms.compose import invert
 from jaxreg.warp import warp, warp_labels, warp_onehot
 from jaxreg.warp.pyramid import smooth_array
 
-__all__ = ["registration_loss", "registration_metrics", "displacement_on_grid"]
+__all__ = ["displacement_on_grid", "registration_loss", "registration_metrics"]
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 

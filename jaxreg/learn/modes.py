@@ -24,19 +24,20 @@ Modes:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxreg.core.grid import Grid, Image
 import jaxreg.learn.synthesis as syn
+from jaxreg.core.grid import Grid, Image
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
 from jaxreg.regularizers import diffusion
 from jaxreg.similarity import mse
 from jaxreg.warp import warp, warp_labels
 
-__all__ = ["TrainingMode", "unsupervised", "supervised", "weakly_supervised", "synthesis", "MODES"]
+__all__ = ["MODES", "TrainingMode", "supervised", "synthesis", "unsupervised", "weakly_supervised"]
 
 
 class TrainingMode(NamedTuple):
