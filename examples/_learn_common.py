@@ -42,8 +42,7 @@ def brain2d_slices(data: Path) -> np.ndarray | None:
     """``(6, 128, 128)`` float32 slices in [0, 1] (r16 first), or ``None`` when the data are absent."""
     from jaxreg.io import load_image
     from jaxreg.learn import normalize_intensity
-    from jaxreg.learn.inference import place_grid
-    from jaxreg.optimize.init import image_moments
+    from jaxreg.learn.inference import center_of_mass, place_grid
 
     names = ("r16", "r27", "r30", "r62", "r64", "r85")
     src = Path(data) / "brain2d"
@@ -53,7 +52,7 @@ def brain2d_slices(data: Path) -> np.ndarray | None:
     for n in names:
         img = load_image(src / f"{n}.nii.gz")
         img = jaxreg.Image(normalize_intensity(img.data), img.grid)
-        g = place_grid(GRID, np.asarray(image_moments(img)[0]))
+        g = place_grid(GRID, center_of_mass(img))
         out.append(np.asarray(jaxreg.resample(img, g).data, np.float32))
     return np.stack(out)
 

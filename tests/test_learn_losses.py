@@ -163,8 +163,6 @@ def test_loss_errors_name_the_argument():
 
 
 def test_metrics_dice_matches_numpy_and_no_folding_for_identity():
-    from jaxreg.evaluation import dice
-
     f, m = _pair()
     lf, lm = _labels(0), _labels(3)
     values = (1, 2, 3, 4, 5, 6)
@@ -182,7 +180,6 @@ def test_metrics_dice_matches_numpy_and_no_folding_for_identity():
     fold = np.zeros((*GRID.shape, 2), np.float32)
     fold[..., 0] = -2.0 * np.indices(GRID.shape)[0]
     assert float(ev(FieldModel(fold), batch)["folding"]) > 50.0
-    del dice
 
 
 # -- modes ---------------------------------------------------------------------------------------------------

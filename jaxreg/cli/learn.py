@@ -242,9 +242,8 @@ def load_aligned(
     """
     from jaxreg.io import load_image, load_labels
     from jaxreg.learn import data as ld
-    from jaxreg.learn.inference import normalize_image, place_grid
+    from jaxreg.learn.inference import center_of_mass, normalize_image, place_grid
     from jaxreg.optimize.engine import Level
-    from jaxreg.optimize.init import image_moments
     from jaxreg.optimize.pipelines import register_linear
     from jaxreg.warp import warp, warp_labels
 
@@ -257,7 +256,7 @@ def load_aligned(
     for k in range(n):
         weight = _weight_image(images[k] if images else None, labels[k] if labels else None, centroid_labels)
         if align == "com":
-            g = place_grid(grid, np.asarray(image_moments(weight)[0]))
+            g = place_grid(grid, center_of_mass(weight))
             if images:
                 out_i.append(ld.load_volumes([images[k]], g, labels=False)[0])
             if labels:
@@ -265,7 +264,7 @@ def load_aligned(
             continue
         if reference is None:
             reference = weight
-        g = place_grid(grid, np.asarray(image_moments(reference)[0]))
+        g = place_grid(grid, center_of_mass(reference))
         a = register_linear(
             reference, weight, model="affine", metric="ncc", init="com", levels=(Level(8, 0.0, 60), Level(4, 0.0, 40))
         ).transform
@@ -344,8 +343,6 @@ def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -
     n_val = int(t["validation_pairs"])
     v_img = v_images if use_images is not None else None
     v_lab = v_labels if (use_labels is not None or name == "synthesis") else None
-    if name == "supervised":
-        v_lab = None if v_lab is None else v_lab
 
     def eval_data():
         loader = ld.PairLoader(v_img, v_lab, batch_size=1, seed=int(t["seed"]) + 1, mode="random", start_step=0, prefetch=0)
@@ -469,18 +466,11 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
     return 0
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return v
-
-
 def add_parsers(subparsers: Any) -> None:
     """Add ``train`` and ``predict`` to ``subparsers``."""
+    from jaxreg.cli.main import int_at_least
+
+    _nonneg_int = int_at_least(0)
     pt = subparsers.add_parser(
         "train",
         help="train a registration network (VoxelMorph / SynthMorph style) from a TOML configuration",

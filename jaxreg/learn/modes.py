@@ -263,13 +263,17 @@ def synthesis(
     if same_contrast:
         opts["noise_std_max"] = 0.0
 
+    def image(key, labels):
+        """The synthetic image ``(*shape)`` of a label map (``key`` draws the intensity model)."""
+        idx = syn.relabel(labels, all_values, unknown=len(all_values))
+        return syn.synthesize_image(key, idx, len(all_values) + 1, grid=grid, **opts)
+
     def make(key, labels, contrast_key):
         kd, ks, kn, ka = jax.random.split(key, 4)
         if deformation_mm > 0:
             t = syn.random_deformation(kd, grid, max_displacement_mm=deformation_mm, smoothness_mm=10.0, kind="velocity")
             labels = warp_labels(Image(labels, grid), t, grid).data
-        idx = syn.relabel(labels, all_values, unknown=len(all_values))
-        img = syn.synthesize_image(ks if contrast_key is None else contrast_key, idx, len(all_values) + 1, grid=grid, **opts)
+        img = image(ks if contrast_key is None else contrast_key, labels)
         if contrast_key is not None and noise_max > 0:  # independent noise per image
             img = img + jax.random.uniform(ka, (), minval=0.0, maxval=noise_max) * jax.random.normal(kn, img.shape)
         return labels, img[..., None].astype(jnp.float32)
@@ -289,8 +293,7 @@ def synthesis(
         kf, km = jax.random.split(key)
         out = dict(item)
         for side, k in (("fixed", kf), ("moving", km)):
-            idx = syn.relabel(item[f"{side}_labels"], all_values, unknown=len(all_values))
-            out[side] = syn.synthesize_image(kf if same_contrast else k, idx, len(all_values) + 1, grid=grid, **opts)[..., None].astype(jnp.float32)
+            out[side] = image(kf if same_contrast else k, item[f"{side}_labels"])[..., None].astype(jnp.float32)
         return out
 
     base = registration_metrics(grid, label_values=values)
