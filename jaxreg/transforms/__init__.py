@@ -3,7 +3,11 @@
 Linear: :class:`Translation`, :class:`Rigid`, :class:`Similarity`, :class:`Affine`; global
 :class:`Polynomial`; cubic :class:`BSplineTransform` (FFD); dense :class:`DisplacementField` and
 :class:`VelocityField` (diffeomorphic, scaling and squaring); :func:`compose`, :func:`invert` and
-:func:`jacobian` / :func:`jacobian_determinant` for any of them.
+:func:`jacobian` / :func:`jacobian_determinant` for any of them; :func:`exp_voxel_field`, the one
+scaling-and-squaring kernel.
+
+Code outside this package uses the transform protocol of :class:`Transform` (``is_linear``, ``on_grid``,
+``regularized_field``, ``linear_part``) rather than switching on these classes.
 """
 
 from jaxreg.transforms.base import LinearTransform, Transform
@@ -19,6 +23,7 @@ from jaxreg.transforms.dense import (
     DisplacementField,
     VelocityField,
     compose_fields,
+    exp_voxel_field,
     from_voxel_displacement,
     invert_field,
     to_voxel_displacement,
@@ -59,6 +64,7 @@ __all__ = [
     "to_displacement",
     "compose_fields",
     "invert_field",
+    "exp_voxel_field",
     "to_voxel_displacement",
     "from_voxel_displacement",
     "jacobian",

@@ -10,13 +10,23 @@ transforms pass them through ``lax.stop_gradient``: their gradient is zero.
 
 Subclasses implement :meth:`Transform.__call__` for arbitrary points and may override
 :meth:`Transform.sample_grid` with a faster evaluation on a whole grid.
+
+The transform protocol. Code outside ``jaxreg.transforms`` (the optimisation engine, regularised objectives,
+file writers, plots) asks a transform what it is through these members instead of switching on its class, so
+a new transform is one module here plus its file-format entry in :mod:`jaxreg.io`:
+
+* :attr:`Transform.is_linear`: whether ``T(x) = A x + b`` exactly;
+* :meth:`Transform.on_grid`: the transform re-expressed for an optimisation level on a grid (dense fields are
+  resampled, world-defined transforms are returned unchanged);
+* :meth:`Transform.regularized_field`: the dense field (mm) that field regularisers see, and its grid;
+* :meth:`Transform.linear_part`: the transform as a :class:`LinearTransform` when it is linear, else ``None``.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +73,16 @@ def pytree_dataclass(cls: type | None = None, *, static: tuple[str, ...] = ()):
 
 
 class Transform(abc.ABC):
-    """Base of all spatial transforms (world mm -> world mm, fixed space -> moving space)."""
+    """Base of all spatial transforms (world mm -> world mm, fixed space -> moving space).
+
+    Attributes:
+      is_linear: class-level flag, ``True`` when every instance is ``x -> A x + b`` (then :meth:`linear_part`
+        returns a :class:`LinearTransform`). ``False`` here, ``True`` on :class:`LinearTransform`; a
+        :class:`~jaxreg.transforms.compose.Composite` overrides it with a property that is ``True`` when all its
+        members are linear (so read it on instances, not on the class).
+    """
+
+    is_linear: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -83,9 +102,57 @@ class Transform(abc.ABC):
         """``T(x) - x`` on ``grid`` in world mm, shape ``(*grid.shape, ndim)``."""
         return self.sample_grid(grid, dtype) - grid.world_coords(dtype)
 
+    # -- the protocol ---------------------------------------------------------------------------------------------
+    def on_grid(self, grid: Grid) -> Transform:
+        """The transform re-expressed for an optimisation level on ``grid``.
+
+        Transforms defined in world mm (linear, polynomial, B-spline: the default) are returned unchanged;
+        dense fields are resampled onto ``grid`` (see
+        :meth:`~jaxreg.transforms.dense.DisplacementField.on_grid`); composites map this over their members.
+        Pure: ``self`` is never modified.
+
+        Args:
+          grid: the level's grid (static), of this transform's dimension.
+
+        Returns:
+          A transform of the same class whose trainable leaves live on ``grid`` where that applies.
+        """
+        _check_grid(self, grid)
+        return self
+
+    def regularized_field(self, grid: Grid) -> tuple[jax.Array | None, Grid]:
+        """The dense field (world mm) that field regularisers see, and the grid it is sampled on.
+
+        The default, for non-linear transforms without a field of their own (B-spline, polynomial, ...), is the
+        displacement ``T(x) - x`` sampled on ``grid``. Dense fields return their own leaf on their own grid
+        (velocity for a velocity field, displacement for a displacement field), linear transforms ``None``.
+
+        Args:
+          grid: the grid to sample on when the transform has no grid of its own (usually the fixed level grid).
+
+        Returns:
+          ``(field, field_grid)``: ``field`` of shape ``(*field_grid.shape, ndim)`` in mm, or ``(None, grid)``.
+        """
+        return self.sample_displacement(grid), grid
+
+    def linear_part(self) -> LinearTransform | None:
+        """This transform as a :class:`LinearTransform` when :attr:`is_linear`, else ``None``."""
+        return None
+
 
 class LinearTransform(Transform):
     """A transform ``x -> A x + b`` with an exact homogeneous matrix (``(ndim+1, ndim+1)``)."""
+
+    is_linear: ClassVar[bool] = True
+
+    def regularized_field(self, grid: Grid) -> tuple[jax.Array | None, Grid]:
+        """``(None, grid)``: a linear transform has no field to regularise."""
+        _check_grid(self, grid)
+        return None, grid
+
+    def linear_part(self) -> LinearTransform:
+        """``self``."""
+        return self
 
     @abc.abstractmethod
     def homogeneous(self) -> jax.Array:

@@ -31,6 +31,11 @@ __all__ = ["Composite", "NumericalInverse", "compose", "invert", "to_displacemen
 class Composite(Transform):
     """``transforms[0] o transforms[1] o ... o transforms[-1]`` (the last is applied first to a point).
 
+    The protocol maps over the members: :attr:`is_linear` (a property here) is ``True`` when every member is
+    linear, :meth:`on_grid` re-expresses each member, :meth:`regularized_field` is that of the last
+    non-linear member (the one applied first to a point among them) and :meth:`linear_part` the product of
+    the members as an :class:`Affine` when all are linear.
+
     Attributes:
       transforms: tuple of transforms of one dimension (a pytree: every member's leaves are leaves).
     """
@@ -60,6 +65,29 @@ class Composite(Transform):
         for t in reversed(self.transforms[:-1]):
             pts = t(pts)
         return pts
+
+    @property
+    def is_linear(self) -> bool:  # type: ignore[override]
+        """``True`` when every member is linear."""
+        return all(t.is_linear for t in self.transforms)
+
+    def on_grid(self, grid: Grid) -> Composite:
+        """Every member re-expressed on ``grid`` (see :meth:`Transform.on_grid`), same order."""
+        _check_grid(self, grid)
+        return Composite(tuple(t.on_grid(grid) for t in self.transforms))
+
+    def regularized_field(self, grid: Grid) -> tuple[jax.Array | None, Grid]:
+        """The :meth:`Transform.regularized_field` of the last non-linear member, ``(None, grid)`` if none."""
+        _check_grid(self, grid)
+        for t in reversed(self.transforms):
+            if not t.is_linear:
+                return t.regularized_field(grid)
+        return None, grid
+
+    def linear_part(self) -> Affine | None:
+        """The product of the members as one :class:`Affine` (:func:`to_affine`) when all are linear, else
+        ``None``."""
+        return to_affine(self) if self.is_linear else None
 
 
 def compose(*transforms: Transform) -> Composite:
@@ -108,6 +136,11 @@ class NumericalInverse(Transform):
         y = points if jnp.issubdtype(points.dtype, jnp.floating) else points.astype(jnp.float32)
         return jax.lax.fori_loop(0, self.iterations, lambda _, x: y - (self.forward(x) - x), y)
 
+    def on_grid(self, grid: Grid) -> NumericalInverse:
+        """The inverse of ``forward.on_grid(grid)`` (same iterations)."""
+        _check_grid(self, grid)
+        return NumericalInverse(self.forward.on_grid(grid), self.iterations)
+
 
 def to_affine(transform: Transform) -> Affine:
     """Collapse a linear transform, or a composite of linear transforms, into one :class:`Affine`."""
@@ -115,10 +148,10 @@ def to_affine(transform: Transform) -> Affine:
         return transform
     if isinstance(transform, LinearTransform):
         return Affine.from_transform(transform)
-    if isinstance(transform, Composite) and all(isinstance(t, LinearTransform) for t in transform.transforms):
-        h = transform.transforms[0].homogeneous()
+    if isinstance(transform, Composite) and transform.is_linear:
+        h = transform.transforms[0].linear_part().homogeneous()
         for t in transform.transforms[1:]:
-            h = h @ t.homogeneous()
+            h = h @ t.linear_part().homogeneous()
         return Affine.from_homogeneous(h)
     raise ValueError(f"transform: expected a linear transform or a composite of them, got {type(transform).__name__}")
 

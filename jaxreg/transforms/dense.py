@@ -8,6 +8,12 @@ edge-clamped within half a voxel of the border; outside the grid ``u = 0``: exac
 A :class:`VelocityField` stores a stationary velocity ``v`` (mm per unit time) and represents the
 diffeomorphism ``exp(v)``, the flow of ``v`` at time 1, computed by scaling and squaring (Arsigny et al.,
 MICCAI 2006): ``u_0 = v / 2^N``, then ``N`` times ``u <- u + u o (id + u)``. Its inverse is ``exp(-v)``.
+:func:`exp_voxel_field` is the one scaling-and-squaring kernel of the library (index units, one grid); the
+velocity field and the greedy optimiser both call it.
+
+For an optimisation level on another grid both fields are resampled (:meth:`DisplacementField.on_grid`):
+linear interpolation of the world-mm values at the new voxel centres, edge values repeated outside the field's
+voxel centres.
 
 Internally fields are composed in voxel units of their grid (``u_vox = A^-1 u_mm`` with ``A`` the grid's linear
 part) so that every sampling is a plain index-space interpolation.
@@ -32,6 +38,7 @@ __all__ = [
     "from_voxel_displacement",
     "compose_fields",
     "invert_field",
+    "exp_voxel_field",
 ]
 
 
@@ -50,6 +57,46 @@ def from_voxel_displacement(displacement: jax.Array, grid: Grid) -> jax.Array:
 def _compose_vox(outer: jax.Array, inner: jax.Array, index: jax.Array) -> jax.Array:
     """``inner + outer(index + inner)`` for index-unit fields on one grid (edge extension outside)."""
     return inner + map_coordinates(outer, index + inner, order=1, mode="nearest")
+
+
+def exp_voxel_field(v: jax.Array, steps: int) -> jax.Array:
+    """Displacement of ``exp(v)`` for a stationary velocity in index units, by scaling and squaring.
+
+    ``u_0 = v / 2^N``, then ``N`` times ``u <- u + u o (id + u)`` (Arsigny et al., MICCAI 2006), every
+    composition a linear interpolation in index space with edge values repeated outside the grid (mode
+    ``"nearest"``). Unbatched: vmap it over leading axes.
+
+    Args:
+      v: ``(*shape, ndim)`` velocity in voxels of its own grid (components in array-axis order).
+      steps: number of squarings ``N`` (static, a non-negative Python int).
+
+    Returns:
+      ``(*shape, ndim)`` displacement of ``exp(v)`` in voxels, same floating dtype as ``v`` (float32 for
+      integer input).
+    """
+    v = jnp.asarray(v)
+    if v.ndim < 2 or v.shape[-1] != v.ndim - 1:
+        raise ValueError(f"v: expected an index-unit field of shape (*shape, ndim) with ndim = len(shape), got {v.shape}")
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps: expected a non-negative Python int, got {steps!r}")
+    if not jnp.issubdtype(v.dtype, jnp.floating):
+        v = v.astype(jnp.float32)
+    axes = [jnp.arange(s, dtype=v.dtype) for s in v.shape[:-1]]
+    index = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+    u = v / (2.0 ** int(steps))
+    return jax.lax.fori_loop(0, int(steps), lambda _, w: _compose_vox(w, w, index), u)
+
+
+def _resample_field(values: jax.Array, src: Grid, dst: Grid) -> jax.Array:
+    """World-mm field ``values`` on ``src`` linearly interpolated at the voxel centres of ``dst`` (edge mode
+    ``"nearest"``); the index-to-index map ``src.world_to_index o dst.index_to_world`` is composed in float64."""
+    if src == dst:
+        return values
+    n = src.ndim
+    m = src.inverse_affine @ dst.affine  # dst index -> src index
+    dt = values.dtype
+    idx = dst.index_coords(dt) @ jnp.asarray(m[:n, :n].T, dt) + jnp.asarray(m[:n, n], dt)
+    return map_coordinates(values, idx, order=1, mode="nearest")
 
 
 def _check_field(displacement: jax.Array, grid: Grid, name: str) -> None:
@@ -105,6 +152,29 @@ class DisplacementField(Transform):
             return grid.world_coords(dtype) + self.displacement.astype(dtype)
         return self(grid.world_coords(dtype))
 
+    def on_grid(self, grid: Grid) -> DisplacementField:
+        """The field resampled onto ``grid`` for an optimisation level.
+
+        ``u`` (world mm) is linearly interpolated at the voxel centres of ``grid``, with the edge values
+        repeated beyond the field's outer voxel centres (mode ``"nearest"``); this restricts the field to a
+        coarse level and lifts it to a finer one. ``self`` when ``grid == self.grid``.
+
+        Args:
+          grid: the level grid (static).
+
+        Returns:
+          A :class:`DisplacementField` on ``grid``, displacement ``(*grid.shape, ndim)`` mm.
+        """
+        _check_grid(self, grid)
+        if grid == self.grid:
+            return self
+        return DisplacementField(_resample_field(self.displacement, self.grid, grid), grid)
+
+    def regularized_field(self, grid: Grid) -> tuple[jax.Array, Grid]:
+        """``(displacement, self.grid)``: the field itself on its own grid (``grid`` is only checked)."""
+        _check_grid(self, grid)
+        return self.displacement, self.grid
+
 
 @pytree_dataclass(static=("grid", "steps"))
 class VelocityField(Transform):
@@ -138,10 +208,7 @@ class VelocityField(Transform):
 
     def exp(self) -> DisplacementField:
         """The displacement field of ``exp(v)`` on the velocity's grid."""
-        v = to_voxel_displacement(self.velocity, self.grid)
-        index = self.grid.index_coords(v.dtype)
-        u = v / (2.0**self.steps)
-        u = jax.lax.fori_loop(0, self.steps, lambda _, w: _compose_vox(w, w, index), u)
+        u = exp_voxel_field(to_voxel_displacement(self.velocity, self.grid), self.steps)
         return DisplacementField(from_voxel_displacement(u, self.grid), self.grid)
 
     def inverse(self) -> "VelocityField":
@@ -153,6 +220,26 @@ class VelocityField(Transform):
 
     def sample_grid(self, grid: Grid, dtype: Any = jnp.float32) -> jax.Array:
         return self.exp().sample_grid(grid, dtype)
+
+    def on_grid(self, grid: Grid) -> VelocityField:
+        """The velocity (world mm) resampled onto ``grid`` as for :meth:`DisplacementField.on_grid`; same
+        ``steps``; ``self`` when ``grid == self.grid``.
+
+        Args:
+          grid: the level grid (static).
+
+        Returns:
+          A :class:`VelocityField` on ``grid``, velocity ``(*grid.shape, ndim)`` mm.
+        """
+        _check_grid(self, grid)
+        if grid == self.grid:
+            return self
+        return VelocityField(_resample_field(self.velocity, self.grid, grid), grid, self.steps)
+
+    def regularized_field(self, grid: Grid) -> tuple[jax.Array, Grid]:
+        """``(velocity, self.grid)``: the velocity on its own grid (``grid`` is only checked)."""
+        _check_grid(self, grid)
+        return self.velocity, self.grid
 
 
 def compose_fields(outer: DisplacementField, inner: DisplacementField) -> DisplacementField:
