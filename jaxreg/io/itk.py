@@ -37,6 +37,11 @@ Order of transforms.
   ``affine(warp(x))``; see also SimpleITK issue #2505 and PR #2628, ANTsPy issues #137 and #271.
   :func:`compose_files` implements this convention.
 
+Writing. One table in this module (``_ITK_TEXT_FORMATS``) maps transform classes to their ITK text encoders;
+it is looked up along the class's MRO, so every :class:`~jaxreg.transforms.base.LinearTransform` shares one
+entry, and a new transform that ITK can hold adds one entry there. A ``.mat`` file holds the transform's
+:meth:`~jaxreg.transforms.base.Transform.linear_part`; a ``.nii`` file a displacement field.
+
 Every writer is atomic (see :func:`jaxreg.io.atomic_write`).
 """
 
@@ -46,7 +51,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +68,8 @@ from jaxreg.io.nifti import (
     nifti_grid,
 )
 from jaxreg.transforms.base import LinearTransform, Transform
+from jaxreg.transforms.compose import Composite
+from jaxreg.transforms.dense import DisplacementField
 from jaxreg.transforms.linear import Affine
 
 __all__ = [
@@ -348,16 +355,18 @@ def transform_to_itk(transform: LinearTransform) -> tuple[str, np.ndarray, np.nd
     """Encode a jaxreg linear transform (RAS) as an ITK ``AffineTransform_double_N_N`` (LPS).
 
     Args:
-      transform: any :class:`~jaxreg.transforms.base.LinearTransform`; its ``center`` (if any) becomes the ITK
-        centre, otherwise the origin.
+      transform: any linear transform (its :meth:`~jaxreg.transforms.base.Transform.linear_part` is encoded,
+        so a composite of linear transforms works too); its ``center`` (if any) becomes the ITK centre,
+        otherwise the origin.
 
     Returns:
       ``(type_name, parameters (n*n + n,), fixed_parameters (n,))`` float64: the LPS matrix row-major, the
       LPS translation, the LPS centre.
     """
-    if not isinstance(transform, LinearTransform):
+    linear = transform.linear_part() if isinstance(transform, Transform) else None
+    if linear is None:
         raise TypeError(f"transform: expected a jaxreg LinearTransform, got {type(transform).__name__}")
-    a = Affine.from_transform(transform)
+    a = linear if isinstance(linear, Affine) else Affine.from_transform(linear)
     n = a.ndim
     f = _flip(n)
     m = f @ np.asarray(a.matrix, dtype=np.float64) @ f
@@ -368,8 +377,6 @@ def transform_to_itk(transform: LinearTransform) -> tuple[str, np.ndarray, np.nd
 
 # -- displacement fields -------------------------------------------------------------------------------------
 def _field_from_itk_parameters(p: np.ndarray, fx: np.ndarray, n: int, what: str) -> Transform:
-    from jaxreg.transforms.dense import DisplacementField
-
     nfix = n + n + n + n * n
     if fx.size != nfix:
         raise ValueError(
@@ -433,7 +440,6 @@ def read_displacement_field(path: PathLike) -> Any:
       ValueError: unreadable file, wrong shape or intent, NaN/Inf values, singular affine.
     """
     from jaxreg.io.nifti import _affine_or_error
-    from jaxreg.transforms.dense import DisplacementField
 
     img, data = load_nifti(path)
     shp = data.shape
@@ -478,8 +484,6 @@ def write_displacement_field(
     (code 1): what ``antsApplyTransforms`` and ``sitk.ReadImage`` + ``sitk.DisplacementFieldTransform``
     expect.
     """
-    from jaxreg.transforms.dense import DisplacementField
-
     if not isinstance(field, DisplacementField):
         raise TypeError(
             f"field: expected a DisplacementField, got {type(field).__name__}; "
@@ -758,7 +762,7 @@ def compose_files(paths: Sequence[PathLike], *, invert: Sequence[bool] | None = 
         raise ValueError(f"invert: expected {len(ts)} flags (one per path), got {len(flags)}")
     for i, (t, flag) in enumerate(zip(ts, flags, strict=True)):
         if flag:
-            if not isinstance(t, LinearTransform):
+            if not t.is_linear:
                 raise ValueError(
                     f"{paths[i]}: cannot invert a {type(t).__name__} (ANTs does not either); use the inverse "
                     "warp file (e.g. *InverseWarp.nii.gz) instead"
@@ -767,6 +771,49 @@ def compose_files(paths: Sequence[PathLike], *, invert: Sequence[bool] | None = 
     if len(ts) == 1:
         return ts[0]
     return compose(*reversed(ts))
+
+
+_Entry = tuple[str, np.ndarray, np.ndarray]  # (ITK type name, parameters, fixed parameters)
+
+
+class _ItkTextFormat(NamedTuple):
+    """How the instances of one transform class are written to an ITK text file.
+
+    Attributes:
+      entries: ``(transform, path) -> [(type_name, parameters, fixed_parameters), ...]``, the ``Transform:``
+        blocks of the transform in ITK queue order (``path`` is for error messages).
+      composite: whether the blocks are wrapped in a ``CompositeTransform_double_N_N`` header.
+    """
+
+    entries: Callable[[Any, PathLike], list[_Entry]]
+    composite: bool = False
+
+
+def _itk_text_entries(transform: Transform, path: PathLike) -> list[_Entry]:
+    return _itk_text_format(transform, path).entries(transform, path)
+
+
+def _itk_text_format(transform: Transform, path: PathLike) -> _ItkTextFormat:
+    """The :data:`_ITK_TEXT_FORMATS` entry of the nearest class in ``type(transform).__mro__``."""
+    for cls in type(transform).__mro__:
+        fmt = _ITK_TEXT_FORMATS.get(cls)
+        if fmt is not None:
+            return fmt
+    raise ValueError(
+        f"{path}: cannot write a {type(transform).__name__} to an ITK text file (linear transforms and "
+        "displacement fields only); sample it with to_displacement(transform, grid) first"
+    )
+
+
+# Transform class -> ITK text format; found along the MRO, so subclasses inherit their base's entry. A composite
+# writes its members' blocks in order (ITK's CompositeTransform queue is jaxreg's compose order).
+_ITK_TEXT_FORMATS: dict[type, _ItkTextFormat] = {
+    LinearTransform: _ItkTextFormat(lambda t, _: [transform_to_itk(t)]),
+    DisplacementField: _ItkTextFormat(lambda t, _: [_field_to_itk_parameters(t)]),
+    Composite: _ItkTextFormat(
+        lambda t, path: [e for m in t.transforms for e in _itk_text_entries(m, path)], composite=True
+    ),
+}
 
 
 def write_transform(transform: Transform, path: PathLike, *, inputs: Iterable[PathLike] = ()) -> None:
@@ -790,9 +837,6 @@ def write_transform(transform: Transform, path: PathLike, *, inputs: Iterable[Pa
     Raises:
       ValueError: unsupported suffix or a transform the format cannot hold.
     """
-    from jaxreg.transforms.compose import Composite, to_affine
-    from jaxreg.transforms.dense import DisplacementField
-
     if not isinstance(transform, Transform):
         raise TypeError(f"transform: expected a jaxreg transform, got {type(transform).__name__}")
     kind = _kind_of(path)
@@ -800,27 +844,13 @@ def write_transform(transform: Transform, path: PathLike, *, inputs: Iterable[Pa
         write_displacement_field(transform, path, inputs=inputs)
         return
     if kind == "mat":
-        if isinstance(transform, Composite):
-            try:
-                transform = to_affine(transform)
-            except ValueError as e:
-                raise ValueError(f"{path}: a .mat file holds one linear transform; {e}") from e
-        if not isinstance(transform, LinearTransform):
+        linear = transform.linear_part()
+        if linear is None:
             raise ValueError(
-                f"{path}: a .mat file holds one linear transform, got {type(transform).__name__}"
+                f"{path}: a .mat file holds one linear transform (or a composite of linear ones), got a "
+                f"non-linear {type(transform).__name__}"
             )
-        _write_mat(*transform_to_itk(transform), path, inputs)
+        _write_mat(*transform_to_itk(linear), path, inputs)
         return
-    members = transform.transforms if isinstance(transform, Composite) else (transform,)
-    entries = []
-    for t in members:
-        if isinstance(t, LinearTransform):
-            entries.append(transform_to_itk(t))
-        elif isinstance(t, DisplacementField):
-            entries.append(_field_to_itk_parameters(t))
-        else:
-            raise ValueError(
-                f"{path}: cannot write a {type(t).__name__} to an ITK text file (linear transforms and "
-                "displacement fields only); sample it with to_displacement(transform, grid) first"
-            )
-    _write_text(entries, path, inputs, composite=isinstance(transform, Composite))
+    fmt = _itk_text_format(transform, path)
+    _write_text(fmt.entries(transform, path), path, inputs, composite=fmt.composite)

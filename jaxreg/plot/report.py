@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxreg.core.grid import Image
-from jaxreg.plot import _PLANE_NAMES, _aspect, _pyplot, _slice, checkerboard, plot_grid, slice_planes
+from jaxreg.plot import _PLANE_NAMES, _aspect, _pyplot, _slice, checkerboard, slice_planes
 from jaxreg.transforms.base import Transform
 
 __all__ = ["registration_report"]
@@ -38,18 +38,13 @@ def _robust_range(data: np.ndarray) -> tuple[float, float]:
 
 
 def _draw_grid(
-    ax: Any, deformation: Transform, g: Any, axis: int | None, index: int | None, every: int
+    ax: Any, displacement: np.ndarray, g: Any, axis: int | None, index: int | None, every: int
 ) -> None:
-    """Deformation-grid lines over one slice; a displacement field on ``g`` is read at its voxels directly
-    (NumPy, no interpolation or compilation), anything else goes through :func:`jaxreg.plot.plot_grid`."""
-    from jaxreg.transforms.dense import DisplacementField
-
+    """Deformation-grid lines over one slice, read from the displacement ``(*g.shape, ndim)`` (world mm) of the
+    deformation at the voxels of ``g`` (NumPy; the same lines as :func:`jaxreg.plot.plot_grid`)."""
     style = {"color": "tab:orange", "linewidth": 0.4}
-    if not (isinstance(deformation, DisplacementField) and deformation.grid == g):
-        plot_grid(deformation, g, ax=ax, axis=axis, index=index, every=every, **style)
-        return
     n = g.ndim
-    u = np.asarray(deformation.displacement, np.float64)
+    u = displacement
     keep = [0, 1] if axis is None else [d for d in range(n) if d != axis]
     u_sl = u if axis is None else np.take(u, index, axis=axis)  # (a, b, n) world mm
     a_len, b_len = u_sl.shape[:2]
@@ -136,6 +131,8 @@ def registration_report(
     else:
         columns.append(("det J (none)", np.ones(g.shape, np.float32), "RdBu", 0.0, 2.0))
 
+    # sampled once for all planes: a displacement field on the fixed grid is read at its voxels
+    u = None if deformation is None else np.asarray(deformation.sample_displacement(g), np.float64)
     planes: list[tuple[int | None, int | None]] = list(slice_planes(g, index)) or [(None, None)]
     stages = [(k, v) for k, v in (losses or {}).items() if v is not None and len(v)]
     n_rows, n_cols = len(planes), len(columns)
@@ -161,9 +158,9 @@ def registration_report(
                 ax.set_title(name, fontsize=8)
             if c == 0 and axis is not None:
                 ax.set_ylabel(f"{_PLANE_NAMES.get(axis, f'axis {axis}')} {idx}", fontsize=8)
-            if name == "deformation grid" and deformation is not None:
+            if name == "deformation grid" and u is not None:
                 every = max(2, round(max(g.shape) / 20))
-                _draw_grid(ax, deformation, g, axis, idx, every)
+                _draw_grid(ax, u, g, axis, idx, every)
             if name.startswith("det J") and jacobian is not None and r == n_rows - 1:
                 cb = fig.colorbar(h, ax=ax, fraction=0.046, pad=0.04, orientation="horizontal")
                 cb.ax.tick_params(labelsize=6)
