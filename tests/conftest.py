@@ -9,10 +9,22 @@ from hypothesis import HealthCheck, settings
 # keep tests hermetic: the command line's persistent compilation cache stays off unless a test turns it on
 os.environ.setdefault("JAXREG_CACHE_DIR", "")
 
+# "ci" (the default) explores: every run draws fresh examples (not derandomised), so a property keeps finding new
+# inputs over many runs; no example database is written (runs stay hermetic, a failure prints its reproducing
+# example and seed instead); the example count bounds each property's time, and JAX's compile-heavy first example
+# neither trips a deadline nor the too_slow health check. "dev" explores more, locally.
 settings.register_profile(
-    "ci", max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    "ci",
+    max_examples=20,
+    deadline=None,
+    derandomize=False,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
-settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "dev", max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()

@@ -401,8 +401,107 @@ def _umask() -> int:
 def test_public_api_documented_and_keyword_only():
     for name in jio.__all__:
         fn = getattr(jio, name)
+        if not callable(fn):
+            continue  # constants (tables of names) carry no docstring; tests/test_api.py checks the rest
         assert inspect.getdoc(fn), f"{name} has no docstring"
         sig = inspect.signature(fn)
         for p in sig.parameters.values():
             if p.default is not inspect.Parameter.empty:
                 assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}({p.name}=) not keyword-only"
+
+
+# -- transform files: read_transforms -------------------------------------------------------------------------
+_F3 = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (ITK's physical space)
+
+
+def _itk_map(tx, points_ras: np.ndarray) -> np.ndarray:
+    """RAS points through a SimpleITK transform, which works on LPS points (independent reference)."""
+    return np.array([_F3 @ np.asarray(tx.TransformPoint(tuple(float(v) for v in _F3 @ p))) for p in points_ras])
+
+
+def _sitk_field_image(sitk, rng):
+    """A random 3-D displacement field as a SimpleITK vector image (LPS geometry, LPS components)."""
+    from scipy.spatial.transform import Rotation
+
+    shape = (6, 5, 4)  # index order (i, j, k); SimpleITK arrays are (k, j, i)
+    u = rng.normal(scale=1.5, size=(*shape, 3))
+    img = sitk.GetImageFromArray(np.ascontiguousarray(u.transpose(2, 1, 0, 3)), isVector=True)
+    img.SetSpacing((1.3, 0.9, 2.1))
+    img.SetOrigin((-4.0, 7.5, 2.0))
+    img.SetDirection(tuple(Rotation.from_rotvec([0.2, -0.3, 0.4]).as_matrix().ravel()))
+    return img
+
+
+def test_read_transforms_reads_sitk_and_jaxreg_files_in_order(tmp_path):
+    """One transform per path, in the given order, without composing them.
+
+    The files are written by SimpleITK (an affine ``.mat``, an Euler ``.tfm``, a displacement field
+    ``.nii.gz``) and by jaxreg's writers (a rigid ``.mat``, a displacement field ``.nii.gz``). Each transform
+    read must map RAS points (mm) as SimpleITK maps the LPS-flipped points with the same file, and the
+    jaxreg-written ones must map as the transforms that were written.
+    """
+    import SimpleITK as sitk
+
+    from jaxreg.transforms import Affine, DisplacementField, Rigid
+
+    rng = np.random.default_rng(21)
+    aff = sitk.AffineTransform(3)
+    aff.SetMatrix(tuple((np.eye(3) + rng.uniform(-0.3, 0.3, (3, 3))).ravel()))
+    aff.SetTranslation(tuple(rng.uniform(-10, 10, 3)))
+    aff.SetCenter(tuple(rng.uniform(-20, 20, 3)))
+    sitk.WriteTransform(aff, str(tmp_path / "a.mat"))
+    eul = sitk.Euler3DTransform((3.0, -2.0, 5.0), 0.2, -0.4, 0.7, (4.0, 1.0, -6.0))
+    sitk.WriteTransform(eul, str(tmp_path / "e.tfm"))
+    sitk.WriteImage(_sitk_field_image(sitk, rng), str(tmp_path / "u.nii.gz"))
+    field_grid = Grid.from_spacing((5, 7, 6), (1.1, 0.8, 1.7), origin=(2.0, -3.0, 9.0))
+    with jax.enable_x64(True):
+        rigid = Rigid(jnp.asarray([0.3, -0.2, 0.1]), jnp.asarray([2.0, -1.0, 4.0]), jnp.asarray([5.0, 6.0, -7.0]))
+        field = DisplacementField(jnp.asarray(rng.normal(scale=2.0, size=(5, 7, 6, 3))), field_grid)
+        jio.write_transform(rigid, tmp_path / "r.mat")
+        jio.write_displacement_field(field, tmp_path / "w.nii.gz")
+        names = ["a.mat", "e.tfm", "u.nii.gz", "r.mat", "w.nii.gz"]
+        # str and Path mixed, and a tuple: any sequence of paths
+        paths = tuple(str(tmp_path / n) if i % 2 else tmp_path / n for i, n in enumerate(names))
+        ts = jio.read_transforms(paths)
+        assert isinstance(ts, list) and len(ts) == len(names)
+        assert [type(t) for t in ts] == [Affine, Affine, DisplacementField, Affine, DisplacementField]
+
+        pts = rng.uniform(-40, 40, size=(30, 3))
+        for t, name in zip(ts[:2], names[:2], strict=True):
+            want = _itk_map(sitk.ReadTransform(str(tmp_path / name)), pts)
+            np.testing.assert_allclose(np.asarray(t(jnp.asarray(pts))), want, atol=1e-9, err_msg=name)
+        want_r = _itk_map(sitk.ReadTransform(str(tmp_path / "r.mat")), pts)
+        np.testing.assert_allclose(np.asarray(ts[3](jnp.asarray(pts))), want_r, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(ts[3](jnp.asarray(pts))), np.asarray(rigid(jnp.asarray(pts))), atol=1e-9)
+
+        # fields: compare inside each field's grid (SimpleITK reads the float32 NIfTI geometry and
+        # re-orthonormalises its direction, nibabel does not: ~1e-7 mm, hence atol 1e-6)
+        for t, name in ((ts[2], "u.nii.gz"), (ts[4], "w.nii.gz")):
+            idx = rng.uniform(0.0, np.asarray(t.grid.shape) - 1.0, size=(40, 3))
+            p = np.asarray(t.grid.index_to_world(jnp.asarray(idx)))
+            tx = sitk.DisplacementFieldTransform(sitk.ReadImage(str(tmp_path / name), sitk.sitkVectorFloat64))
+            np.testing.assert_allclose(np.asarray(t(jnp.asarray(p))), _itk_map(tx, p), atol=1e-6, err_msg=name)
+        assert ts[4].grid == field_grid
+        np.testing.assert_array_equal(np.asarray(ts[4].displacement), np.asarray(field.displacement))
+
+        # each entry is what read_transform gives for that path alone (no composition across entries)
+        for t, name in zip(ts, names, strict=True):
+            one = jio.read_transform(tmp_path / name)
+            assert type(one) is type(t)
+            np.testing.assert_array_equal(np.asarray(one(jnp.asarray(pts))), np.asarray(t(jnp.asarray(pts))))
+
+
+def test_read_transforms_errors(tmp_path):
+    with jax.enable_x64(True):
+        from jaxreg.transforms import Translation
+
+        jio.write_transform(Translation(jnp.asarray([1.0, 2.0, 3.0])), tmp_path / "t.mat")
+    assert jio.read_transforms([]) == []
+    for single in (str(tmp_path / "t.mat"), tmp_path / "t.mat"):
+        with pytest.raises(TypeError, match="single path"):
+            jio.read_transforms(single)
+    with pytest.raises(FileNotFoundError, match="nope.mat"):
+        jio.read_transforms([tmp_path / "t.mat", tmp_path / "nope.mat"])
+    (tmp_path / "bad.xyz").write_text("not a transform")
+    with pytest.raises(ValueError, match="bad.xyz"):
+        jio.read_transforms([tmp_path / "bad.xyz"])

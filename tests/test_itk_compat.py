@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
@@ -33,8 +34,6 @@ from jaxreg.transforms.compose import Composite, compose
 from jaxreg.transforms.dense import DisplacementField
 from jaxreg.transforms.linear import Affine, Rigid, Similarity, Translation
 from jaxreg.warp import warp
-
-sitk = pytest.importorskip("SimpleITK")
 
 
 @pytest.fixture(autouse=True)
@@ -583,8 +582,10 @@ def test_errors_text_files(tmp_path):
             head
             + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0 0 0 1 0 0 0\n"
             + "FixedParameters: 0 0\n",
-            r"fixed\.tfm: transform 0: AffineTransform_double_3_3: "
-            r"expected 3 fixed parameters \(centre\), got 2",
+            (
+                r"fixed\.tfm: transform 0: AffineTransform_double_3_3: "
+                r"expected 3 fixed parameters \(centre\), got 2"
+            ),
         ),
         "trunc.tfm": (
             head + "Transform: AffineTransform_double_3_3\nParameters: 1 0 0 0 1 0\n",
