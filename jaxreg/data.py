@@ -8,7 +8,8 @@ library, for demos, examples, tests and documentation:
 * :func:`phantom` -- a small synthetic 2D/3D image (or label map) made of nested ellipsoids;
 * :func:`random_velocity_field` -- a seeded random smooth stationary velocity field, whose exponential is a
   diffeomorphism with displacements of a few mm: a known deformation to warp images with;
-* :func:`gaussian_smooth` -- separable Gaussian smoothing of an array on a grid, sigma in mm.
+* :func:`gaussian_smooth` -- Gaussian smoothing of a bare array on a grid, sigma in mm (the array form of
+  :func:`jaxreg.warp.pyramid.gaussian_smooth`).
 
 nilearn is an optional dependency (``pip install 'jaxreg[demo]'``) imported only inside :func:`load_mni152` and
 :func:`load_mni152_masks`.
@@ -25,7 +26,7 @@ import numpy as np
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.transforms.dense import VelocityField
-from jaxreg.warp.pyramid import smooth_array
+from jaxreg.warp.pyramid import gaussian_smooth as _smooth_image
 
 __all__ = ["load_mni152", "load_mni152_masks", "phantom", "random_velocity_field", "gaussian_smooth"]
 
@@ -171,11 +172,12 @@ def phantom(
 
 # -- smoothing and random deformations -------------------------------------------------------------------------
 def gaussian_smooth(data: jax.Array, grid: Grid, sigma_mm: float | Sequence[float]) -> jax.Array:
-    """Separable Gaussian smoothing of ``data`` on ``grid`` with a standard deviation in mm.
+    """Gaussian smoothing of a bare array on ``grid``, standard deviation in mm.
 
-    One 1D Gaussian per array axis with ``sigma_d = sigma_mm / spacing_d`` voxels, truncated at 4 sigma and
-    renormalised at the border (so a constant stays constant): :func:`jaxreg.warp.pyramid.smooth_array`
-    on an array and its grid.
+    The array form of :func:`jaxreg.warp.pyramid.gaussian_smooth` (the library's one Gaussian smoothing):
+    ``gaussian_smooth(Image(data, grid), sigma_mm, truncate=4.0).data``. One 1-D Gaussian per array axis with
+    ``sigma_d = sigma_mm / spacing_d`` voxels, truncated at 4 sigma (scipy's default) and renormalised at the
+    border, so a constant stays constant.
 
     Args:
       data: ``(*grid.shape)`` or ``(*grid.shape, C)`` array.
@@ -183,18 +185,12 @@ def gaussian_smooth(data: jax.Array, grid: Grid, sigma_mm: float | Sequence[floa
       sigma_mm: standard deviation in mm, scalar or per axis; 0 leaves an axis unchanged.
 
     Returns:
-      Array of ``data``'s shape and (floating) dtype.
+      Array of ``data``'s shape; floating dtypes are kept, integer data becomes float32.
+
+    Raises:
+      ValueError: ``data`` does not match ``grid``; a negative or non-finite ``sigma_mm``.
     """
-    data = jnp.asarray(data)
-    if tuple(data.shape[: grid.ndim]) != grid.shape or data.ndim > grid.ndim + 1:
-        raise ValueError(
-            f"data: expected shape {grid.shape} or {grid.shape + ('C',)}, got {tuple(data.shape)}"
-        )
-    sig = np.broadcast_to(np.asarray(sigma_mm, dtype=np.float64), (grid.ndim,))
-    if np.any(sig < 0) or not np.all(np.isfinite(sig)):
-        raise ValueError(f"sigma_mm: expected non-negative finite values, got {sig.tolist()}")
-    dt = data.dtype if jnp.issubdtype(data.dtype, jnp.floating) else jnp.float32
-    return smooth_array(data.astype(dt), sig / grid.spacing, truncate=4.0)
+    return _smooth_image(Image(jnp.asarray(data), grid), sigma_mm, truncate=4.0).data
 
 
 def random_velocity_field(

@@ -71,21 +71,38 @@ def smooth_array(data: jax.Array, sigma_voxels: Sequence[float], *, truncate: fl
     return out
 
 
-def gaussian_smooth(image: Image, sigma_mm: float | Sequence[float]) -> Image:
-    """Gaussian smoothing with standard deviation ``sigma_mm`` (mm, scalar or per world axis of the grid).
+def gaussian_smooth(image: Image, sigma_mm: float | Sequence[float], *, truncate: float = 3.0) -> Image:
+    """Gaussian smoothing with standard deviation ``sigma_mm`` (mm, scalar or per array axis of the grid).
+
+    One 1-D Gaussian per array axis with ``sigma_d = sigma_mm_d / spacing_d`` voxels (:func:`smooth_array`),
+    so anisotropic images are smoothed isotropically in mm; kernels end at ``truncate`` sigma and are
+    renormalised at the border, so a constant stays constant. The library's one Gaussian smoothing of an image
+    (:func:`jaxreg.data.gaussian_smooth` is its form for a bare array and a grid).
 
     Args:
-      image: float image ``(*shape[, C])``.
-      sigma_mm: standard deviation in mm; 0 leaves the image unchanged.
+      image: image ``(*shape[, C])``; integer images are smoothed as float32, floating ones keep their dtype.
+      sigma_mm: standard deviation in mm, scalar or per axis; 0 leaves an axis unchanged.
+      truncate: kernel radius in standard deviations (static).
 
     Returns:
       The smoothed image on the same grid.
+
+    Raises:
+      TypeError: ``image`` is not a jaxreg ``Image``.
+      ValueError: a negative or non-finite ``sigma_mm``, or one of the wrong length.
     """
-    sig = np.broadcast_to(np.asarray(sigma_mm, np.float64), (image.grid.ndim,))
-    if np.any(sig < 0):
-        raise ValueError(f"sigma_mm: expected non-negative values, got {sig.tolist()}")
+    if not isinstance(image, Image):
+        raise TypeError(f"image: expected a jaxreg Image, got {type(image).__name__}")
+    try:
+        sig = np.broadcast_to(np.asarray(sigma_mm, np.float64), (image.grid.ndim,))
+    except ValueError:
+        raise ValueError(
+            f"sigma_mm: expected a scalar or {image.grid.ndim} values (one per axis), got {sigma_mm!r}"
+        ) from None
+    if np.any(sig < 0) or not np.all(np.isfinite(sig)):
+        raise ValueError(f"sigma_mm: expected non-negative finite values, got {sig.tolist()}")
     data = image.data if jnp.issubdtype(image.data.dtype, jnp.floating) else image.data.astype(jnp.float32)
-    return Image(smooth_array(data, sig / image.grid.spacing), image.grid)
+    return Image(smooth_array(data, sig / image.grid.spacing, truncate=truncate), image.grid)
 
 
 def downsample_image(image: Image, factor: int | Sequence[int], *, sigma_mm: float | None = None) -> Image:
