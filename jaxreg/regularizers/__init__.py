@@ -15,6 +15,11 @@ Transforms:
 * :func:`inverse_consistency` -- mean ``||b(f(x)) - x||^2 + ||f(b(x)) - x||^2`` on a grid (mm^2);
 * :func:`bspline_bending_energy` -- exact thin-plate energy of a cubic B-spline FFD from its coefficients.
 
+The six field terms above share one contract, ``fn(u, *, spacing, mask=None) -> scalar`` (``spacing`` the
+voxel size in mm per axis; a ``grid`` may be given instead), and are registered by name for
+:func:`jaxreg.terms.regularizer` and :func:`jaxreg.terms.parse` (e.g. ``regularizer("elastic", mu=2.0)``
+fixes ``mu`` at configuration time).
+
 All are pure and jit-able; spacing is static (mm per array axis, or a ``grid``), numeric weights (``mu``,
 ``lam``, ``eps``) are traced, so they can be vmapped over and differentiated. Each function's docstring gives
 its equation, discretisation, units and reference; :mod:`jaxreg.regularizers.smoothness` explains the

@@ -11,7 +11,9 @@ better**. Conventions shared by all of them:
 * Options that change shapes or loops (window, bins, kernel, radius) configure a *factory* that returns the
   loss function, e.g. ``lncc(window=9)(fixed, moving, mask)``; numeric options (``eps``, ``eta``, intensity
   ranges) are traced arguments of the loss. Metrics without such options are plain functions
-  (``ssd(fixed, moving, mask)``).
+  (``ssd(fixed, moving, mask)``). A factory returns a :class:`jaxreg.core.registry.Configured` term that
+  compares and hashes by its options (``lncc(5) == lncc(window=5)``), so equal configurations share compiled
+  code; every metric is also registered by name (:func:`jaxreg.terms.similarity`, :func:`jaxreg.terms.parse`).
 * All are pure and jitted, differentiable with respect to both images (except the hard ``"box"`` binning;
   reverse mode only for B-spline MI/NMI, whose backward pass is a custom VJP), and vmappable over batches.
 

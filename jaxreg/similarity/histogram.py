@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxreg.core.registry import configured
 from jaxreg.core.sampling import map_coordinates
 from jaxreg.similarity import _utils as U
 
@@ -267,6 +268,7 @@ def joint_histogram(
     return _joint(fixed, moving, mask, bins, kernel, float(sigma), fixed_range, moving_range)
 
 
+@configured("similarity")
 def mi(bins: int = 32, *, kernel: str = "bspline", sigma: float = 1.0) -> Loss:
     """Negated mutual information of a Parzen-window joint histogram (Mattes et al. 2003 style).
 
@@ -301,6 +303,7 @@ def mi(bins: int = 32, *, kernel: str = "bspline", sigma: float = 1.0) -> Loss:
     return jax.jit(loss)
 
 
+@configured("similarity")
 def nmi(bins: int = 32, *, kernel: str = "bspline", sigma: float = 1.0) -> Loss:
     """Negated normalised mutual information (Studholme et al., Pattern Recognition 32(1), 1999).
 
@@ -332,6 +335,7 @@ def nmi(bins: int = 32, *, kernel: str = "bspline", sigma: float = 1.0) -> Loss:
     return jax.jit(loss)
 
 
+@configured("similarity")
 def correlation_ratio(bins: int = 32, *, kernel: str = "box", sigma: float = 1.0) -> Loss:
     """Correlation ratio of the moving intensities given the binned fixed intensities (Roche et al. 1998).
 

@@ -20,6 +20,7 @@ import numpy as np
 from jax import lax
 
 from jaxreg.core.diff import index_gradient
+from jaxreg.core.registry import configured, register
 from jaxreg.similarity import _utils as U
 
 __all__ = ["ngf", "mind_ssc", "mind"]
@@ -36,6 +37,7 @@ def _normalised_gradient(image, spacing, eta):
     return jnp.where(ok, g * lax.rsqrt(jnp.where(ok, norm2, 1)), 0)
 
 
+@register("similarity")
 @functools.partial(jax.jit, static_argnames=("spacing",))
 def ngf(
     fixed: jax.Array,
@@ -198,6 +200,7 @@ def mind_ssc(
     return jnp.stack(_mind_ssc(image, radius, dilation, w), axis=-1)
 
 
+@configured("similarity")
 def mind(radius: int = 2, *, dilation: int = 2) -> Loss:
     """MIND-SSC loss: mean squared difference of the two images' MIND-SSC descriptors.
 
