@@ -1,50 +1,58 @@
-"""Optimisation-based registration: objectives, the compiled multi-resolution engine.
+"""Registration as optimisation: one entry point, strategy objects, one result type.
 
-:func:`register` is the one iterative entry point: a fixed and a moving image, an initial transform, an
-:class:`Objective` (weighted terms), an optax optimiser, resolution :class:`Level` s and a :class:`Stopping`
-rule; it returns a :class:`RegistrationResult`. :func:`register_many` runs a batch of registrations (pairs or
-weight sweeps) in one vmapped, compiled call. :func:`greedy_register` is the greedy (demons-like, SyN-like)
-diffeomorphic alternative for dense fields, and :func:`greedy_register_many` runs it for many pairs with one
-vmapped, compiled call per level.
+:func:`register` runs any method on any transform model over resolution levels, for one pair or a batch
+(``jax.vmap`` of the same per-level kernel), and returns one :class:`Registration`. The pieces are values:
+
+* methods (:mod:`~jaxreg.optimize.methods`): :class:`Gradient` (an :class:`Objective` of weighted terms and
+  an :class:`Optimizer`, :class:`Stopping`), :class:`Greedy` (demons/SyN-like diffeomorphic updates);
+* transform models (:mod:`~jaxreg.optimize.models`): :class:`Linear`, :class:`BSpline`, :class:`Field`;
+* pipelines: tuples of :class:`Stage` (method, model, :class:`Level` s, start); the named ones in
+  :data:`PRESETS` (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"bspline"``, ``"dense"``);
+* starts (:mod:`~jaxreg.optimize.init`): centres of mass, principal axes, and the scored candidate starts.
+
+Example::
+
+    from jaxreg.optimize import Gradient, Level, Optimizer, objective, register, similarity_term
+    method = Gradient(objective(similarity_term("lncc(window=5)")), Optimizer("adam", 0.1))
+    result = register(fixed, moving, method, levels=(Level(2, 0.0, 50), Level(1, 0.0, 20)))
+    result = register(fixed, moving, "default")          # affine -> symmetric greedy SVF
 """
 
-from jaxreg.optimize.engine import (
-    Level,
-    LevelResult,
-    RegistrationResult,
-    Stopping,
-    adapt_transform,
-    register,
-    register_many,
-)
-from jaxreg.optimize.greedy import GreedyManyResult, GreedyOptions, greedy_register, greedy_register_many
-from jaxreg.optimize.objective import (
-    Objective,
-    Term,
-    field_term,
-    objective,
-    regularized_field,
-    similarity_term,
-    transform_term,
-)
+from jaxreg.optimize.engine import Level, LevelResult, Registration, Stage, StageResult, register
+from jaxreg.optimize.init import candidate_starts, center_init, center_of_mass, image_moments, moments_init
+from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
+from jaxreg.optimize.models import BSpline, Field, Linear, linear_as
+from jaxreg.optimize.objective import Objective, Term, field_term, objective, similarity_term, transform_term
+from jaxreg.optimize.presets import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS, PRESETS, preset
 
 __all__ = [
-    "GreedyManyResult",
-    "GreedyOptions",
+    "BSpline",
+    "DEFAULT_GREEDY_LEVELS",
+    "DEFAULT_LINEAR_LEVELS",
+    "Field",
+    "Gradient",
+    "Greedy",
     "Level",
     "LevelResult",
+    "Linear",
     "Objective",
-    "RegistrationResult",
+    "Optimizer",
+    "PRESETS",
+    "Registration",
+    "Stage",
+    "StageResult",
     "Stopping",
     "Term",
-    "adapt_transform",
+    "candidate_starts",
+    "center_init",
+    "center_of_mass",
     "field_term",
-    "greedy_register",
-    "greedy_register_many",
+    "image_moments",
+    "linear_as",
+    "moments_init",
     "objective",
+    "preset",
     "register",
-    "register_many",
-    "regularized_field",
     "similarity_term",
     "transform_term",
 ]

@@ -1,20 +1,30 @@
-"""The iterative registration engine: one entry point, compiled loops, multi-resolution.
+"""The registration engine: one entry point, stages of strategies, one result type.
 
-:func:`register` optimises the parameters of a transform pytree with an optax optimiser so that the moving
-image, warped onto the fixed grid (pull), minimises an :class:`~jaxreg.optimize.Objective`. Each resolution
-level smooths and downsamples both images (:class:`Level`: shrink factor, smoothing in mm, iteration cap),
-adapts the transform to the level (dense fields are resampled onto the level grid; linear, polynomial and
-B-spline transforms carry over unchanged since they live in world mm) and runs the optimisation loop compiled:
-``lax.scan`` over chunks of steps, with steps after convergence masked out, so that the loop can be vmapped
-over many pairs or weights (:func:`register_many`). Between chunks the host reports progress (tqdm when
-installed); nothing is printed inside the compiled code.
+:func:`register` registers a moving image to a fixed image (or many pairs at once) with a *pipeline*: a
+sequence of :class:`Stage` s, each a method (:class:`~jaxreg.optimize.Gradient`,
+:class:`~jaxreg.optimize.Greedy`, ...) optimising a transform model (:class:`~jaxreg.optimize.Linear`,
+:class:`~jaxreg.optimize.BSpline`, :class:`~jaxreg.optimize.Field`) over resolution :class:`Level` s. A stage
+either continues the previous one (rigid -> affine; B-spline -> refined B-spline) or is stacked on it (a
+deformable field after the affine: the moving image is sampled at ``affine(field(x))``, pull). Named pipelines
+(``"default"``, ``"multimodal"``, ...) are stage tuples in :data:`jaxreg.optimize.PRESETS`.
 
-Convergence (:class:`Stopping`): the relative change of the loss over ``window`` iterations falls below
-``tol`` (``|L[k - window] - L[k]| <= tol * |L[k - window]|``), or the level's iteration cap is reached.
+Each level smooths and downsamples both images (:class:`Level`: shrink factor, smoothing in mm, iteration
+cap), re-expresses the transform on the level grid (:meth:`~jaxreg.transforms.Transform.on_grid`) and runs the
+method's pure per-level kernel, compiled ahead of time once per configuration and input signature: methods,
+terms and grids compare by value, so a second call with equal (even freshly built) settings compiles nothing.
+Many pairs (a list of images per side) or a sweep of a method's weights (``sweep=True``) run as ``jax.vmap``
+of the same kernel: one compiled call per level for the whole batch. Linear stages start from the best of
+several candidate starts (:func:`~jaxreg.optimize.init.candidate_starts`), scored by the stage's similarity
+at its coarsest level in one vmapped call; the winner is reported in :attr:`StageResult.start`.
+
+The result is one :class:`Registration`: the full pull transform (fixed world mm -> moving world mm), one
+:class:`StageResult` per stage with one :class:`LevelResult` per level (loss history, iterations, convergence,
+wall and compile times).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -22,18 +32,15 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxreg.core.grid import Grid, Image
-from jaxreg.core.sampling import map_coordinates
-from jaxreg.optimize.objective import Objective
+from jaxreg.optimize.init import INITS, candidate_starts, center_init, moments_init
+from jaxreg.optimize.methods import Gradient, Greedy
 from jaxreg.transforms.base import Transform
-from jaxreg.transforms.compose import Composite, compose
-from jaxreg.transforms.dense import DisplacementField, VelocityField
-from jaxreg.warp import _moving_index
-from jaxreg.warp.pyramid import smooth_array
+from jaxreg.transforms.compose import compose
+from jaxreg.warp.pyramid import level_image
 
-__all__ = ["Level", "Stopping", "LevelResult", "RegistrationResult", "register", "register_many", "adapt_transform"]
+__all__ = ["Level", "Stage", "LevelResult", "StageResult", "Registration", "register"]
 
 
 class Level(NamedTuple):
@@ -51,340 +58,493 @@ class Level(NamedTuple):
     iterations: int = 100
 
 
-class Stopping(NamedTuple):
-    """Stopping rule: relative loss change below ``tol`` over ``window`` iterations (after ``min_iterations``)."""
+class Stage(NamedTuple):
+    """One stage of a pipeline: a method optimising a transform model over levels.
 
-    tol: float = 1e-5
-    window: int = 10
-    min_iterations: int = 10
+    Attributes:
+      method: the strategy (:class:`~jaxreg.optimize.Gradient`, :class:`~jaxreg.optimize.Greedy`).
+      model: the transform model (:class:`~jaxreg.optimize.Linear`, :class:`~jaxreg.optimize.BSpline`,
+        :class:`~jaxreg.optimize.Field`); ``None`` for the method's default (affine for ``Gradient``, the
+        velocity or displacement field of a ``Greedy`` method).
+      levels: resolution levels, coarse to fine.
+      init: start of a linear stage that does not continue a previous one: ``"auto"`` (best of the candidate
+        starts by the stage's similarity at its coarsest level), ``"moments"`` (principal axes closest to the
+        identity), ``"com"`` (centres of mass), ``"center"`` (grid centres) or ``"identity"``.
+      name: label of the stage in results and reports (default: the model's kind).
+    """
+
+    method: Any
+    model: Any = None
+    levels: tuple = (Level(),)
+    init: str = "auto"
+    name: str | None = None
 
 
 class LevelResult(NamedTuple):
-    """Per-level record: ``loss`` ``(iterations_cap,)`` (NaN after stopping), ``iterations``, ``converged``,
-    ``seconds`` (wall time including compilation) and ``compile_seconds``.
+    """Per-level record.
 
-    For :func:`register` ``compile_seconds`` is the wall time of the level's first compiled call: compilation
-    (or a compilation-cache hit) plus its first ``chunk`` steps, an upper bound of the compilation time. For
-    :func:`~jaxreg.optimize.greedy_register` it is the ahead-of-time compilation alone (0 when cached).
+    Attributes:
+      loss: ``(iterations_cap,)`` loss per iteration (NaN after stopping); ``(B, cap)`` for a batch.
+      iterations: iterations run (``(B,)`` for a batch).
+      converged: whether the stopping rule held before the cap (``(B,)`` for a batch).
+      seconds: wall time of the level (s), compilation included.
+      compile_seconds: ahead-of-time compilation of the level's kernel (0 when it was cached).
     """
 
     loss: np.ndarray
-    iterations: int
-    converged: bool
+    iterations: Any
+    converged: Any
     seconds: float
     compile_seconds: float
 
 
-class RegistrationResult(NamedTuple):
-    """Outcome of :func:`register`.
+class StageResult(NamedTuple):
+    """Per-stage record.
 
     Attributes:
-      transform: the optimised transform (the full pull transform, ``outer`` included when given).
-      optimized: the optimised part alone (same type as the initial ``transform``).
+      name: the stage's label.
+      transform: the optimised transform of the stage on the fixed grid (the field, the B-spline, the linear
+        map); leading batch axis on every leaf for a batch.
+      outer: the fixed transform it was stacked on (pull: moving sampled at ``outer(transform(x))``) or ``None``.
       levels: one :class:`LevelResult` per level.
+      start: which candidate start won (``"com"``, ``"principal(+x+y+z)"``, ...; a tuple for a batch), the
+        continued stage, or ``None``.
+      seconds: wall time of the stage (s).
+    """
+
+    name: str
+    transform: Transform
+    outer: Transform | None
+    levels: tuple
+    start: Any
+    seconds: float
+
+    @property
+    def full(self) -> Transform:
+        """The stage's full pull transform ``outer o transform``."""
+        return self.transform if self.outer is None else compose(self.outer, self.transform)
+
+
+class Registration(NamedTuple):
+    """The outcome of :func:`register` (one pair, or a batch with a leading axis on every array).
+
+    Attributes:
+      transform: the full pull transform (fixed world mm -> moving world mm).
+      stages: one :class:`StageResult` per stage.
       seconds: total wall time (s).
     """
 
     transform: Transform
-    optimized: Transform
-    levels: tuple
+    stages: tuple
     seconds: float
 
     @property
+    def optimized(self) -> Transform:
+        """The last stage's optimised transform."""
+        return self.stages[-1].transform
+
+    @property
+    def linear(self) -> Transform | None:
+        """The full transform of the last linear stage that nothing non-linear precedes (``None`` if none)."""
+        out = None
+        for st in self.stages:
+            if not _is_linear(st.full):
+                break
+            out = st.full
+        return out
+
+    @property
+    def deformable(self) -> Transform | None:
+        """The non-linear part after :attr:`linear`: ``transform = compose(linear, deformable)``; or ``None``."""
+        lin = self.linear
+        if lin is None:
+            return self.transform if not _is_linear(self.transform) else None
+        parts = [st.transform for st in self.stages if not _is_linear(st.transform) and st.outer is not None]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else compose(*parts)
+
+    @property
+    def levels(self) -> tuple:
+        """All levels of all stages, in order."""
+        return tuple(lv for st in self.stages for lv in st.levels)
+
+    @property
     def loss_history(self) -> np.ndarray:
-        """All levels' losses concatenated (NaNs dropped)."""
-        out = np.concatenate([np.asarray(lv.loss) for lv in self.levels])
+        """All levels' losses concatenated, NaNs dropped (``(B, total)`` with NaNs kept for a batch)."""
+        if self.pairs:
+            return np.concatenate([np.asarray(lv.loss) for lv in self.levels], axis=1)
+        out = np.concatenate([np.asarray(lv.loss).ravel() for lv in self.levels])
         return out[np.isfinite(out)]
 
     @property
-    def iterations(self) -> int:
-        """Total iterations over all levels."""
-        return int(sum(lv.iterations for lv in self.levels))
+    def iterations(self) -> Any:
+        """Total iterations over all levels (``(B,)`` for a batch)."""
+        return sum(np.asarray(lv.iterations) for lv in self.levels)
 
     @property
-    def converged(self) -> bool:
-        """Whether the last level stopped on the tolerance rather than the cap."""
-        return bool(self.levels[-1].converged)
+    def converged(self) -> Any:
+        """Whether the last level stopped on its tolerance rather than its cap (``(B,)`` for a batch)."""
+        return np.asarray(self.levels[-1].converged) if self.pairs else bool(self.levels[-1].converged)
+
+    @property
+    def pairs(self) -> int:
+        """Number of registrations of a batch, 0 for a single registration."""
+        return int(np.asarray(self.levels[0].loss).shape[0]) if np.ndim(self.levels[0].loss) == 2 else 0
+
+    def pair(self, i: int) -> "Registration":
+        """The ``i``-th registration of a batch as a single :class:`Registration` (times of the batch)."""
+        if not 0 <= int(i) < self.pairs:
+            raise ValueError(f"i: expected 0 <= i < {self.pairs} (registrations in the batch), got {i}")
+        take = functools.partial(jax.tree_util.tree_map, lambda x: x[int(i)])
+        stages = []
+        for st in self.stages:
+            levels = tuple(
+                lv._replace(loss=np.asarray(lv.loss)[i], iterations=int(np.asarray(lv.iterations)[i]),
+                            converged=bool(np.asarray(lv.converged)[i]))
+                for lv in st.levels
+            )
+            start = st.start[i] if isinstance(st.start, tuple) else st.start
+            stages.append(st._replace(transform=take(st.transform), outer=None if st.outer is None else take(st.outer),
+                                      levels=levels, start=start))
+        return Registration(take(self.transform), tuple(stages), self.seconds)
 
 
-# -- transforms across levels ----------------------------------------------------------------------------------
-def _resample_field(values: jax.Array, src: Grid, dst: Grid) -> jax.Array:
-    if src == dst:
-        return values
-    idx = _moving_index(src, dst.world_coords(values.dtype))
-    return map_coordinates(values, idx, order=1, mode="nearest")
+def _is_linear(t: Transform) -> bool:
+    return t.linear_part() is not None
 
 
-def adapt_transform(transform: Transform, grid: Grid) -> Transform:
-    """The transform re-expressed for a level on ``grid``.
+# -- compiled kernels ---------------------------------------------------------------------------------------------
+_EXECUTABLES: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+_MAX_EXECUTABLES = 64
 
-    Dense fields (:class:`DisplacementField`, :class:`VelocityField`) are resampled (linear interpolation,
-    world mm values) onto ``grid``: this both restricts them to a coarse level and lifts them to a finer one.
-    Linear, polynomial and B-spline transforms are defined in world mm and returned unchanged. Composites adapt
-    each member.
+
+def _signature(args: tuple) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    return treedef, tuple((tuple(np.shape(x)), jnp.result_type(x), bool(getattr(x, "weak_type", False))) for x in leaves)
+
+
+def _compiled(key: tuple, make: Callable[[], Callable], args: tuple) -> tuple[Any, float]:
+    """The ahead-of-time compiled ``make()`` for ``args``, cached by ``key`` and the input signature.
+
+    The cache is keyed by values only (methods, grids and transform structures compare by value), so equal
+    configurations built independently reuse one executable. Returns ``(executable, compile_seconds)``.
     """
-    if isinstance(transform, DisplacementField):
-        return DisplacementField(_resample_field(transform.displacement, transform.grid, grid), grid)
-    if isinstance(transform, VelocityField):
-        return VelocityField(_resample_field(transform.velocity, transform.grid, grid), grid, transform.steps)
-    if isinstance(transform, Composite):
-        return Composite(tuple(adapt_transform(t, grid) for t in transform.transforms))
-    return transform
+    sig = (key, _signature(args))
+    exe = _EXECUTABLES.get(sig)
+    if exe is not None:
+        _EXECUTABLES.move_to_end(sig)
+        return exe, 0.0
+    t0 = time.perf_counter()
+    exe = jax.jit(make()).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    _EXECUTABLES[sig] = exe
+    while len(_EXECUTABLES) > _MAX_EXECUTABLES:
+        _EXECUTABLES.popitem(last=False)
+    return exe, seconds
 
 
-# -- the compiled loop -----------------------------------------------------------------------------------------
-class _State(NamedTuple):
-    params: Any
-    opt_state: Any
-    losses: jax.Array  # (cap,)
-    k: jax.Array  # iterations done
-    done: jax.Array  # bool
-    converged: jax.Array  # bool
+def _run_level(method, fgrid, mgrid, cap, batch, sweep, args):
+    """Run one level's kernel (vmapped over the batch): ``(params, losses, iterations, converged), compile_s``."""
+
+    def make():
+        kernel = method.level_kernel(fgrid, mgrid, cap)
+        if not batch:
+            return kernel
+        axes = (0 if sweep else None, 0, 0, 0, 0, 0, 0)
+        return jax.vmap(kernel, in_axes=axes)
+
+    exe, compile_s = _compiled(("level", fgrid, mgrid, int(cap), bool(batch), bool(sweep)), make, args)
+    return exe(*args), compile_s
 
 
-def _level_data(image: Image, level: Level) -> tuple[jax.Array, Grid]:
-    out = _level_data_jit(image, level)
+def _level_arrays(data: jax.Array | None, grid: Grid, level: Level, batch: bool) -> tuple[Any, Grid]:
+    """One pyramid level of ``data`` (vmapped over a leading batch axis)."""
+    if data is None:
+        return None, grid.downsample(level.shrink) if level.shrink > 1 else grid
+    if batch:
+        out = jax.vmap(lambda d: level_image(Image(d, grid), level.shrink, level.smooth_mm))(data)
+    else:
+        out = level_image(Image(data, grid), level.shrink, level.smooth_mm)
     return out.data, out.grid
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _level_data_jit(image: Image, level: Level) -> Image:
-    data = image.data if jnp.issubdtype(image.data.dtype, jnp.floating) else image.data.astype(jnp.float32)
-    sig = np.zeros(image.grid.ndim) if level.smooth_mm <= 0 else level.smooth_mm / image.grid.spacing
-    if level.shrink > 1 and level.smooth_mm <= 0:
-        sig = np.full(image.grid.ndim, 0.5 * level.shrink)  # anti-aliasing before decimation, in voxels
-    data = smooth_array(data, sig) if np.any(sig > 0) else data
-    if level.shrink == 1:
-        return Image(data, image.grid)
-    grid = image.grid.downsample(level.shrink)
-    idx = _moving_index(image.grid, grid.world_coords(data.dtype))
-    return Image(map_coordinates(data, idx, order=1, mode="nearest"), grid)
+def _on_grid(transform: Transform, grid: Grid) -> Transform:
+    return transform.on_grid(grid)
 
 
-def _make_loss(terms: tuple, fixed_grid: Grid, moving_grid: Grid):
-    """loss(params, weights, fixed, moving, fmask, mmask, outer) for one level (params: the transform pytree)."""
-
-    def loss(params: Transform, weights, fixed, moving, fmask, mmask, outer):
-        full = params if outer is None else compose(outer, params)
-        idx = _moving_index(moving_grid, full.sample_grid(fixed_grid, fixed.dtype))
-        warped = map_coordinates(moving, idx, order=1, mode="constant", cval=0.0)
-        mask = fmask
-        if mmask is not None:
-            wm = map_coordinates(mmask, idx, order=1, mode="constant", cval=0.0)
-            mask = wm if mask is None else mask * wm
-        return Objective(terms, weights)(params, fixed, warped, mask, fixed_grid)
-
-    return loss
+def _on_grid_batched(transform: Transform, grid: Grid, batch: bool) -> Transform:
+    if batch:
+        return jax.vmap(lambda t: _on_grid(t, grid))(transform)
+    return _on_grid(transform, grid)
 
 
-def _make_chunk(loss_fn: Callable, optimizer: optax.GradientTransformation, cap: int, stopping: Stopping, chunk: int):
-    vg = jax.value_and_grad(loss_fn)
+# -- starts of linear stages ----------------------------------------------------------------------------------------
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
-    def step(state: _State, data) -> tuple[_State, None]:
-        weights, fixed, moving, fmask, mmask, outer = data
-        loss, grads = vg(state.params, weights, fixed, moving, fmask, mmask, outer)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = state.done
-        sel = lambda old, new: jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), old, new)  # noqa: E731
-        k = state.k
-        losses = jnp.where(keep, state.losses, state.losses.at[jnp.minimum(k, cap - 1)].set(loss))
-        past = losses[jnp.maximum(k - stopping.window, 0)]
-        rel = jnp.abs(past - loss) <= stopping.tol * jnp.abs(past)
-        conv = (k >= jnp.maximum(stopping.window, stopping.min_iterations)) & rel & jnp.isfinite(loss)
-        new_k = jnp.where(keep, k, k + 1)
-        done = keep | conv | (new_k >= cap)
-        return (
-            _State(sel(state.params, params), sel(state.opt_state, opt_state), losses, new_k, done, state.converged | (conv & ~keep)),
-            None,
+
+def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level, batch, sweep):
+    """The start of a linear stage (stacked for a batch) and the name of the start chosen for each pair."""
+    init = stage.init
+    pairs = list(zip(fixed, moving, fmasks, mmasks))
+    if init in ("moments", "com", "center", "identity"):
+        starts = []
+        for f, m, fm, mm in pairs:
+            if init == "identity":
+                starts.append(None)
+            elif init == "center":
+                starts.append(center_init(f, m))
+            else:
+                starts.append(moments_init(f, m, mode="principal" if init == "moments" else "com", fixed_mask=fm, moving_mask=mm))
+        params = [model.start(f.grid, s) for (f, *_), s in zip(pairs, starts)]
+        return (_stack(params) if batch else params[0]), ((init,) * len(pairs) if batch else init)
+    # "auto": score every candidate with the stage's loss at its coarsest level, in one vmapped call
+    if not hasattr(method, "loss_fn"):
+        raise ValueError(f"init: 'auto' needs a method with a loss (Gradient), got {type(method).__name__}; use 'moments' or 'com'")
+    cands = [candidate_starts(f, m, fixed_mask=fm, moving_mask=mm) for f, m, fm, mm in pairs]
+    names = [[n for n, _ in c] for c in cands]
+    params = [_stack([model.start(f.grid, t) for _, t in c]) for (f, *_), c in zip(pairs, cands)]
+    params = _stack(params) if batch else params[0]
+    fa, fg = _level_arrays(_stack_data([p[0] for p in pairs], batch), fixed[0].grid, level, batch)
+    ma, mg = _level_arrays(_stack_data([p[1] for p in pairs], batch), moving[0].grid, level, batch)
+    fma = _level_arrays(_stack_data([p[2] for p in pairs], batch), fixed[0].grid, level, batch)[0]
+    mma = _level_arrays(_stack_data([p[3] for p in pairs], batch), moving[0].grid, level, batch)[0]
+
+    def make():
+        loss = method.loss_fn(fg, mg)
+        score = jax.vmap(loss, in_axes=(None, 0, None, None, None, None, None))
+        if batch:
+            score = jax.vmap(score, in_axes=(0 if sweep else None, 0, 0, 0, 0, 0, None))
+        return score
+
+    args = (method, params, fa, ma, fma, mma, None)
+    exe, _ = _compiled(("score", fg, mg, bool(batch), bool(sweep)), make, args)
+    scores = np.asarray(exe(*args))
+    scores = np.where(np.isfinite(scores), scores, np.inf)
+    best = np.argmin(scores, axis=-1)
+    if batch:
+        chosen = jax.tree_util.tree_map(lambda x: x[np.arange(len(pairs)), best], params)
+        return chosen, tuple(names[i][int(b)] for i, b in enumerate(best))
+    return jax.tree_util.tree_map(lambda x: x[int(best)], params), names[0][int(best)]
+
+
+def _stack_data(images: Sequence[Image | None], batch: bool) -> Any:
+    if images[0] is None:
+        return None
+    return jnp.stack([im.data for im in images]) if batch else images[0].data
+
+
+# -- the entry point ---------------------------------------------------------------------------------------------------
+def _as_stages(method: Any, levels: Any, init: str | None) -> tuple[Stage, ...]:
+    if isinstance(method, str):
+        from jaxreg.optimize.presets import preset
+
+        if levels is not None:
+            raise ValueError("levels: a named pipeline has its own levels; build the stages to change them")
+        return preset(method)
+    if isinstance(method, Stage):
+        stages: tuple = (method,)
+    elif isinstance(method, (tuple, list)) and method and all(isinstance(s, Stage) for s in method):
+        stages = tuple(method)
+    elif hasattr(method, "level_kernel"):
+        lv = (Level(),) if levels is None else tuple(levels)
+        return (Stage(method, levels=lv, init=init or "auto"),)
+    else:
+        raise TypeError(
+            "method: expected a method (Gradient, Greedy), a Stage, a sequence of Stages or a pipeline name, "
+            f"got {type(method).__name__}"
         )
-
-    def run(state: _State, weights, fixed, moving, fmask, mmask, outer) -> _State:
-        data = (weights, fixed, moving, fmask, mmask, outer)
-        state, _ = jax.lax.scan(lambda s, _: step(s, data), state, None, length=chunk)
-        return state
-
-    return run
+    if levels is not None:
+        raise ValueError("levels: stages carry their own levels; pass levels only with a bare method")
+    return stages
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled_run(terms: tuple, fixed_grid: Grid, moving_grid: Grid, optimizer, cap: int, stopping: Stopping, chunk: int, batched: bool):
-    """The jitted chunk runner for one configuration, cached so a repeated call does not recompile."""
-    run = _make_chunk(_make_loss(terms, fixed_grid, moving_grid), optimizer, cap, stopping, chunk)
-    return jax.jit(jax.vmap(run) if batched else run)
-
-
-_adapt_jit = jax.jit(lambda t, g: adapt_transform(t, g), static_argnums=1)
-
-
-def _init_state(params, optimizer, cap: int, dtype) -> _State:
-    return _State(
-        params,
-        optimizer.init(params),
-        jnp.full((cap,), jnp.nan, dtype),
-        jnp.zeros((), jnp.int32),
-        jnp.zeros((), bool),
-        jnp.zeros((), bool),
-    )
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - optional
-        return None
-    return tqdm(total=total, desc=desc, leave=False)
+def _check_stage(stage: Stage, i: int) -> None:
+    if not hasattr(stage.method, "level_kernel"):
+        raise TypeError(f"stages[{i}].method: expected a method (Gradient, Greedy), got {type(stage.method).__name__}")
+    if not stage.levels or not all(isinstance(lv, Level) for lv in stage.levels):
+        raise ValueError(f"stages[{i}].levels: expected a non-empty tuple of Level, got {stage.levels!r}")
+    for lv in stage.levels:
+        if int(lv.shrink) < 1 or int(lv.iterations) < 0 or float(lv.smooth_mm) < 0:
+            raise ValueError(f"stages[{i}].levels: expected shrink >= 1, iterations >= 0, smooth_mm >= 0, got {lv}")
+    if stage.init not in INITS:
+        raise ValueError(f"stages[{i}].init: expected one of {INITS}, got {stage.init!r}")
 
 
 def register(
-    fixed: Image,
-    moving: Image,
-    transform: Transform,
+    fixed: Image | Sequence[Image],
+    moving: Image | Sequence[Image],
+    method: Any = "default",
     *,
-    objective: Objective,
-    optimizer: optax.GradientTransformation,
-    levels: Sequence[Level] = (Level(),),
-    stopping: Stopping = Stopping(),
+    transform: Transform | None = None,
+    levels: Sequence[Level] | None = None,
+    init: str | None = None,
     outer: Transform | None = None,
-    fixed_mask: Image | None = None,
-    moving_mask: Image | None = None,
-    chunk: int = 25,
-    progress: bool = False,
-) -> RegistrationResult:
-    """Register ``moving`` to ``fixed`` by optimising ``transform``.
+    fixed_mask: Image | Sequence[Image] | None = None,
+    moving_mask: Image | Sequence[Image] | None = None,
+    sweep: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Registration:
+    """Register ``moving`` to ``fixed``: the one entry point of every method and pipeline.
 
-    The moving image is sampled at ``outer(transform(x))`` for fixed voxel centres ``x`` (pull; ``outer``, when
-    given, is a fixed earlier stage such as an affine, applied last). Images may live on different grids.
+    The moving image is sampled (pull) at ``T(x)`` for fixed voxel centres ``x``, with ``T`` the returned
+    ``transform`` (fixed world mm -> moving world mm); images may live on different grids.
 
     Args:
-      fixed: fixed image ``(*shape[, C])`` on its grid.
-      moving: moving image on its own grid (same channels).
-      transform: initial transform (a pytree; all its leaves are optimised, centres have stopped gradients).
-      objective: weighted sum of terms (:func:`jaxreg.optimize.objective`).
-      optimizer: any optax gradient transformation (its state is re-initialised at each level).
-      levels: resolution levels, coarse to fine.
-      stopping: convergence rule.
-      outer: optional fixed transform applied after ``transform``.
-      fixed_mask: optional mask on the fixed grid (weights in [0, 1]).
-      moving_mask: optional mask on the moving grid, warped with the image.
-      chunk: steps per compiled call between progress reports (static).
-      progress: show a tqdm bar per level.
+      fixed: fixed image ``(*shape[, C])``, or a sequence of ``B`` fixed images on one grid (a batch).
+      moving: moving image (its own grid, same channels), or a sequence of ``B`` on one grid.
+      method: a method (:class:`~jaxreg.optimize.Gradient`, :class:`~jaxreg.optimize.Greedy`), a
+        :class:`Stage`, a sequence of stages, or the name of a pipeline in :data:`jaxreg.optimize.PRESETS`
+        (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"bspline"``, ``"dense"``).
+      transform: initial transform of the first stage (otherwise the stage's model starts it); for a batch,
+        every leaf has a leading axis ``B``.
+      levels: levels of a bare method (default one full-resolution level of 100 iterations).
+      init: start of a bare method's linear stage (see :class:`Stage`).
+      outer: a fixed transform applied after everything optimised (``T = outer o ...``), e.g. a known
+        pre-alignment; for a batch, stacked or shared.
+      fixed_mask: optional mask (weights in [0, 1]) on the fixed grid (one per pair, or one for all).
+      moving_mask: optional mask on the moving grid, warped with the image (gradient methods).
+      sweep: the method's numeric weights carry a leading batch axis ``B`` (a hyperparameter sweep in one
+        vmapped call); images not given as sequences are shared by all members.
+      log: called with one line per level (progress), outside the compiled code.
 
     Returns:
-      :class:`RegistrationResult`.
+      :class:`Registration`.
     """
-    _check_inputs(fixed, moving, transform, fixed_mask, moving_mask)
     t_start = time.perf_counter()
-    params = transform
-    records = []
-    for li, level in enumerate(levels):
-        params, rec = _run_level(fixed, moving, params, objective, optimizer, level, stopping, outer, fixed_mask, moving_mask, chunk, progress, li)
-        records.append(rec)
-    final = adapt_transform(params, fixed.grid)
-    full = final if outer is None else compose(outer, final)
-    return RegistrationResult(full, final, tuple(records), time.perf_counter() - t_start)
+    stages = _as_stages(method, levels, init)
+    for i, st in enumerate(stages):
+        _check_stage(st, i)
+    batch_in = isinstance(fixed, (list, tuple)) or isinstance(moving, (list, tuple))
+    fixed_l, moving_l = _as_list(fixed, "fixed"), _as_list(moving, "moving")
+    b = max(len(fixed_l), len(moving_l))
+    if sweep:
+        b = _sweep_size(stages, b if batch_in else None)
+    batch = batch_in or sweep
+    fixed_l, moving_l = _broadcast(fixed_l, b, "fixed"), _broadcast(moving_l, b, "moving")
+    fm_l = _broadcast(_as_list(fixed_mask, "fixed_mask"), b, "fixed_mask") if fixed_mask is not None else [None] * b
+    mm_l = _broadcast(_as_list(moving_mask, "moving_mask"), b, "moving_mask") if moving_mask is not None else [None] * b
+    _check_inputs(fixed_l, moving_l, fm_l, mm_l, transform, outer)
+    fgrid, mgrid = fixed_l[0].grid, moving_l[0].grid
+    f_all, m_all = _stack_data(fixed_l, batch), _stack_data(moving_l, batch)
+    fm_all, mm_all = _stack_data(fm_l, batch), _stack_data(mm_l, batch)
+    if batch and outer is not None and not _has_batch(outer, b):
+        outer = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (b, *jnp.shape(x))), outer)
+
+    results = []
+    prev_model = prev_params = None
+    prev_outer = prev_full = outer
+    for si, stage in enumerate(stages):
+        ts = time.perf_counter()
+        method_s = stage.method.resolved(fgrid)
+        model = stage.model if stage.model is not None else method_s.default_model
+        model.check()
+        name = stage.name or (getattr(model, "family", None) or type(model).__name__.lower())
+        cont = None
+        if prev_model is not None:
+            cont = model.continue_from(prev_model, prev_params)
+        if cont is not None:
+            params, stage_outer, start = cont, prev_outer, f"continued {results[-1].name}"
+        else:
+            stage_outer = prev_full
+            if si == 0 and transform is not None:
+                # a given transform is optimised as it is, unless the stage names a model to convert it to
+                params = transform if (stage.model is None or batch) else model.start(fgrid, transform)
+                start = "given"
+                if stage.model is None:
+                    model = None
+            elif model.is_linear and stage_outer is None:
+                params, start = _linear_start(stage, model, method_s, fixed_l, moving_l, fm_l, mm_l, stage.levels[0], batch, sweep)
+            else:
+                p0 = model.start(fgrid, None)
+                params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (b, *jnp.shape(x))), p0) if batch else p0
+                start = None
+        records = []
+        uses_mmask = not isinstance(method_s, Greedy)
+        for li, level in enumerate(stage.levels):
+            t0 = time.perf_counter()
+            f, fg = _level_arrays(f_all, fgrid, level, batch)
+            m, mg = _level_arrays(m_all, mgrid, level, batch)
+            fmk = _level_arrays(fm_all, fgrid, level, batch)[0]
+            mmk = _level_arrays(mm_all, mgrid, level, batch)[0] if uses_mmask else None
+            params = _on_grid_batched(params, fg, batch)
+            args = (method_s, params, f, m, fmk, mmk, stage_outer)
+            (params, losses, its, conv), compile_s = _run_level(method_s, fg, mg, int(level.iterations), batch, sweep, args)
+            losses = np.asarray(losses)
+            rec = LevelResult(
+                losses,
+                np.asarray(its) if batch else int(its),
+                np.asarray(conv) if batch else bool(conv),
+                time.perf_counter() - t0,
+                compile_s,
+            )
+            records.append(rec)
+            if log is not None:
+                last = losses[..., :][np.isfinite(losses)]
+                log(f"{name} level {li + 1}/{len(stage.levels)} (shrink {level.shrink}): "
+                    f"{np.max(rec.iterations)} iterations, loss {float(last[-1]) if last.size else float('nan'):.5g}, "
+                    f"{rec.seconds:.2f} s (compile {compile_s:.2f} s)")
+        params = _on_grid_batched(params, fgrid, batch)
+        res = StageResult(name, params, stage_outer, tuple(records), start, time.perf_counter() - ts)
+        results.append(res)
+        prev_model, prev_params, prev_outer, prev_full = model, params, stage_outer, res.full
+    return Registration(prev_full, tuple(results), time.perf_counter() - t_start)
 
 
-def _run_level(fixed, moving, params, objective, optimizer, level, stopping, outer, fixed_mask, moving_mask, chunk, progress, li, batched=False):
-    t0 = time.perf_counter()
-    f, fgrid = _level_data(fixed, level)
-    m, mgrid = _level_data(moving, level)
-    fm = None if fixed_mask is None else _level_data(fixed_mask, level)[0]
-    mm = None if moving_mask is None else _level_data(moving_mask, level)[0]
-    params = _adapt_jit(params, fgrid)
-    cap = int(level.iterations)
-    run_j = _compiled_run(objective.terms, fgrid, mgrid, optimizer, cap, stopping, int(chunk), False)
-    state = _init_state(params, optimizer, cap, f.dtype)
-    bar = _progress(cap, f"level {li} (shrink {level.shrink})", progress)
-    compile_s = 0.0
-    first = True
-    while True:
-        tc = time.perf_counter()
-        state = run_j(state, objective.weights, f, m, fm, mm, outer)
-        k = int(state.k)
-        if first:
-            compile_s = time.perf_counter() - tc
-            first = False
-        if bar is not None:
-            bar.n = k
-            last = np.asarray(state.losses)[max(k - 1, 0)]
-            bar.set_postfix(loss=f"{last:.5g}")
-            bar.refresh()
-        if bool(state.done):
-            break
-    if bar is not None:
-        bar.close()
-    rec = LevelResult(np.asarray(state.losses), int(state.k), bool(state.converged), time.perf_counter() - t0, compile_s)
-    return state.params, rec
+def _as_list(x: Any, name: str) -> list:
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise ValueError(f"{name}: expected at least one image")
+        return list(x)
+    return [x]
 
 
-def register_many(
-    fixed: jax.Array,
-    moving: jax.Array,
-    transform: Transform,
-    *,
-    fixed_grid: Grid,
-    moving_grid: Grid,
-    objective: Objective,
-    optimizer: optax.GradientTransformation,
-    iterations: int = 100,
-    stopping: Stopping = Stopping(),
-    chunk: int = 25,
-) -> tuple[Transform, jax.Array, jax.Array]:
-    """Many registrations in one compiled, vmapped call (single resolution level).
-
-    Everything is batched along a leading axis of size ``B``: pairs of equal shape, or one pair broadcast
-    against a batch of objective weights (a hyperparameter sweep), or both. Each member stops on its own
-    (converged members are masked), the call returns when all are done.
-
-    Args:
-      fixed: ``(B, *fixed_grid.shape[, C])`` fixed images.
-      moving: ``(B, *moving_grid.shape[, C])`` moving images.
-      transform: initial transforms with a leading batch axis on every leaf.
-      fixed_grid: the shared fixed grid.
-      moving_grid: the shared moving grid.
-      objective: terms, with ``weights`` ``(B, n_terms)`` (or ``(n_terms,)``, broadcast).
-      optimizer: optax optimiser.
-      iterations: iteration cap.
-      stopping: convergence rule.
-      chunk: steps per compiled call.
-
-    Returns:
-      ``(transforms, losses (B, iterations), iterations_used (B,))``.
-    """
-    b = fixed.shape[0]
-    if moving.shape[0] != b:
-        raise ValueError(f"moving: expected a leading batch of {b} like fixed, got {moving.shape[0]}")
-    weights = jnp.asarray(objective.weights, jnp.float32)
-    if weights.ndim == 1:
-        weights = jnp.broadcast_to(weights, (b, weights.shape[0]))
-    run_v = _compiled_run(objective.terms, fixed_grid, moving_grid, optimizer, int(iterations), stopping, int(chunk), True)
-    state = jax.vmap(lambda p: _init_state(p, optimizer, int(iterations), fixed.dtype))(transform)
-    while True:
-        state = run_v(state, weights, fixed, moving, None, None, None)
-        if bool(jnp.all(state.done)):
-            break
-    return state.params, state.losses, state.k
+def _broadcast(items: list, b: int, name: str) -> list:
+    if len(items) == b:
+        return items
+    if len(items) == 1:
+        return items * b
+    raise ValueError(f"{name}: expected {b} images (one per pair) or one for all, got {len(items)}")
 
 
-def _check_inputs(fixed, moving, transform, fixed_mask, moving_mask) -> None:
-    for name, im in (("fixed", fixed), ("moving", moving)):
-        if not isinstance(im, Image):
-            raise TypeError(f"{name}: expected a jaxreg Image, got {type(im).__name__}")
-        if not bool(jnp.all(jnp.isfinite(im.data))):
+def _has_batch(tree: Any, b: int) -> bool:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return bool(leaves) and all(jnp.ndim(x) >= 1 and jnp.shape(x)[0] == b for x in leaves)
+
+
+def _sweep_size(stages: Sequence[Stage], b: int | None) -> int:
+    sizes = {int(jnp.shape(x)[0]) for st in stages for x in jax.tree_util.tree_leaves(st.method) if jnp.ndim(x) >= 1}
+    if not sizes:
+        raise ValueError("sweep: the methods have no numeric weights to sweep over")
+    if len(sizes) != 1 or (b is not None and b not in sizes and b != 1):
+        raise ValueError(f"sweep: expected every method weight with one leading batch size{'' if b is None else f' {b}'}, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _check_inputs(fixed, moving, fmasks, mmasks, transform, outer) -> None:
+    for name, ims in (("fixed", fixed), ("moving", moving)):
+        for im in ims:
+            if not isinstance(im, Image):
+                raise TypeError(f"{name}: expected a jaxreg Image, got {type(im).__name__}")
+            if im.grid != ims[0].grid or im.data.shape != ims[0].data.shape:
+                raise ValueError(f"{name}: every image of a batch must share one grid and shape")
+        if not bool(jnp.all(jnp.isfinite(jnp.stack([im.data for im in ims]) if len(ims) > 1 else ims[0].data))):
             raise ValueError(f"{name}: the image contains NaN or Inf")
-    if fixed.grid.ndim != moving.grid.ndim:
-        raise ValueError(f"fixed/moving: dimensions differ ({fixed.grid.ndim}-D vs {moving.grid.ndim}-D)")
-    if fixed.has_channels != moving.has_channels or (fixed.has_channels and fixed.data.shape[-1] != moving.data.shape[-1]):
+    f0, m0 = fixed[0], moving[0]
+    if f0.grid.ndim != m0.grid.ndim:
+        raise ValueError(f"fixed/moving: dimensions differ ({f0.grid.ndim}-D vs {m0.grid.ndim}-D)")
+    if f0.has_channels != m0.has_channels or (f0.has_channels and f0.data.shape[-1] != m0.data.shape[-1]):
         raise ValueError("fixed/moving: channel counts differ")
-    if not isinstance(transform, Transform) or transform.ndim != fixed.grid.ndim:
-        raise ValueError(f"transform: expected a {fixed.grid.ndim}-D jaxreg transform, got {type(transform).__name__}")
-    for name, mk, ref in (("fixed_mask", fixed_mask, fixed), ("moving_mask", moving_mask, moving)):
-        if mk is None:
-            continue
-        if not isinstance(mk, Image) or mk.grid != ref.grid:
-            raise ValueError(f"{name}: expected an Image on the {name.split('_')[0]} image's grid")
-        if not bool(jnp.any(mk.data > 0)):
-            raise ValueError(f"{name}: the mask is empty")
+    for name, t in (("transform", transform), ("outer", outer)):
+        if t is not None and (not isinstance(t, Transform) or t.ndim != f0.grid.ndim):
+            raise ValueError(f"{name}: expected a {f0.grid.ndim}-D jaxreg transform, got {type(t).__name__}")
+    for name, mks, refs in (("fixed_mask", fmasks, fixed), ("moving_mask", mmasks, moving)):
+        for mk, ref in zip(mks, refs):
+            if mk is None:
+                continue
+            if not isinstance(mk, Image) or mk.grid != ref.grid or mk.data.shape != ref.grid.shape:
+                raise ValueError(f"{name}: expected an Image on the {name.split('_')[0]} image's grid without channels")
+            if not bool(jnp.any(mk.data > 0)):
+                raise ValueError(f"{name}: the mask is empty")

@@ -6,14 +6,19 @@ callables. Three kinds of term exist, distinguished by what they read:
 
 * ``similarity``: ``fn(fixed, warped, mask) -> scalar`` on the fixed grid (fixed and warped moving image
   arrays ``(*shape[, C])``, ``mask`` ``(*shape)`` weights or ``None``), e.g. ``jaxreg.similarity.lncc(9)``;
-* ``field``: ``fn(field, spacing) -> scalar`` on the regularised dense field (the velocity of a
+* ``field``: ``fn(field, *, spacing, mask=None) -> scalar`` (the regulariser contract of
+  :mod:`jaxreg.regularizers`) on the regularised dense field (the velocity of a
   :class:`~jaxreg.transforms.VelocityField`, the displacement of a
   :class:`~jaxreg.transforms.DisplacementField`, the sampled displacement of any other non-linear
-  transform; linear transforms contribute 0), in mm on its grid, e.g. ``jaxreg.regularizers.diffusion``;
+  transform; linear transforms contribute 0: :meth:`~jaxreg.transforms.Transform.regularized_field`), in mm
+  on its grid with ``spacing`` its voxel size in mm, e.g. ``jaxreg.regularizers.diffusion``;
 * ``transform``: ``fn(transform) -> scalar`` on the transform pytree itself (an analytic B-spline bending
   energy, a landmark distance).
 
-The value is ``sum_k weights[k] * term_k``; lower is better.
+The value is ``sum_k weights[k] * term_k``; lower is better. Terms may be given by registry name
+(``similarity_term("lncc(window=5)")``, ``field_term("diffusion", 0.5)``; see :mod:`jaxreg.terms`). Terms
+compare by value when their functions do (registry terms and module-level functions), so equal objectives
+built twice share compiled kernels.
 """
 
 from __future__ import annotations
@@ -25,11 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg.core.grid import Grid
-from jaxreg.transforms.base import LinearTransform, Transform
-from jaxreg.transforms.bspline import BSplineTransform
-from jaxreg.transforms.dense import DisplacementField, VelocityField
+from jaxreg.transforms.base import Transform
 
-__all__ = ["Term", "Objective", "similarity_term", "field_term", "transform_term", "objective", "regularized_field"]
+__all__ = ["Term", "Objective", "similarity_term", "field_term", "transform_term", "objective"]
 
 _KINDS = ("similarity", "field", "transform")
 
@@ -42,19 +45,48 @@ class Term(NamedTuple):
     fn: Callable[..., jax.Array]
 
 
-def _term(kind: str, fn: Callable, weight: float, name: str | None) -> tuple[Term, float]:
+def _resolve(spec: Any, kind: str, argname: str) -> Callable:
+    """A callable term from a callable or a registry spec (name, ``"name(k=v)"`` or mapping)."""
+    if callable(spec):
+        return spec
+    if isinstance(spec, (str, dict)) or hasattr(spec, "keys"):
+        from jaxreg.terms import parse
+
+        return parse(spec, kind)
+    raise TypeError(f"{argname}: expected a callable {kind} or a registry name, got {type(spec).__name__}")
+
+
+def as_similarity(spec: Any, argname: str = "similarity") -> Callable:
+    """``spec`` as a similarity function ``sim(fixed, warped, mask=None) -> scalar`` (callable or registry spec)."""
+    return _resolve(spec, "similarity", argname)
+
+
+def _term(kind: str, fn: Any, weight: float, name: str | None) -> tuple[Term, float]:
+    registry_kind = {"similarity": "similarity", "field": "regularizer"}.get(kind)
+    fn = _resolve(fn, registry_kind, "fn") if registry_kind else fn
     if not callable(fn):
         raise TypeError(f"fn: expected a callable {kind} term, got {type(fn).__name__}")
-    return Term(kind, name or getattr(fn, "__name__", kind), fn), float(weight)
+    try:
+        weight = float(weight)
+    except (TypeError, ValueError):
+        raise TypeError(f"weight: expected a number, got {weight!r}") from None
+    return Term(kind, name or getattr(fn, "__name__", kind), fn), weight
 
 
-def similarity_term(fn: Callable, weight: float = 1.0, *, name: str | None = None) -> tuple[Term, float]:
-    """A similarity term ``fn(fixed, warped, mask) -> scalar`` (lower is better) with its weight."""
+def similarity_term(fn: Any, weight: float = 1.0, *, name: str | None = None) -> tuple[Term, float]:
+    """A similarity term ``fn(fixed, warped, mask) -> scalar`` (lower is better) with its weight.
+
+    ``fn`` is a function or a registry spec (``"ncc"``, ``"lncc(window=5)"``, ``{"name": "mi", "bins": 64}``).
+    """
     return _term("similarity", fn, weight, name)
 
 
-def field_term(fn: Callable, weight: float = 1.0, *, name: str | None = None) -> tuple[Term, float]:
-    """A regulariser ``fn(field, spacing) -> scalar`` of the dense field (mm) with its weight."""
+def field_term(fn: Any, weight: float = 1.0, *, name: str | None = None) -> tuple[Term, float]:
+    """A regulariser ``fn(field, *, spacing, mask=None) -> scalar`` of the dense field (mm) with its weight.
+
+    ``fn`` is a function following that contract (every function of :mod:`jaxreg.regularizers` does) or a
+    registry spec (``"diffusion"``, ``"elastic(mu=1.0, lam=2.0)"``).
+    """
     return _term("field", fn, weight, name)
 
 
@@ -127,11 +159,11 @@ class Objective:
                 vals.append(t.fn(fixed, warped, mask))
             elif t.kind == "field":
                 if field is None:
-                    field = regularized_field(transform, grid)
+                    field = transform.regularized_field(grid)
                 if field[0] is None:
                     vals.append(jnp.zeros((), fixed.dtype))
                 else:
-                    vals.append(t.fn(field[0], tuple(float(s) for s in field[1].spacing)))
+                    vals.append(t.fn(field[0], spacing=tuple(float(s) for s in field[1].spacing)))
             else:
                 vals.append(t.fn(transform))
         return jnp.stack([jnp.asarray(v, fixed.dtype).reshape(()) for v in vals])
@@ -139,31 +171,6 @@ class Objective:
     def __call__(self, transform, fixed, warped, mask, grid) -> jax.Array:
         """Weighted sum ``sum_k w_k term_k`` (a scalar)."""
         return jnp.dot(jnp.asarray(self.weights, fixed.dtype), self.terms_values(transform, fixed, warped, mask, grid))
-
-
-def regularized_field(transform: Transform, grid: Grid) -> tuple[jax.Array | None, Grid]:
-    """The dense field that ``field`` terms regularise, and its grid.
-
-    Velocity for a :class:`VelocityField`, displacement for a :class:`DisplacementField` (on their own grids),
-    the displacement sampled on ``grid`` for B-splines and other non-linear transforms, ``None`` for linear
-    transforms. Composites use their last non-linear member.
-    """
-    from jaxreg.transforms.compose import Composite
-
-    if isinstance(transform, Composite):
-        for t in reversed(transform.transforms):
-            if not isinstance(t, LinearTransform):
-                return regularized_field(t, grid)
-        return None, grid
-    if isinstance(transform, LinearTransform):
-        return None, grid
-    if isinstance(transform, VelocityField):
-        return transform.velocity, transform.grid
-    if isinstance(transform, DisplacementField):
-        return transform.displacement, transform.grid
-    if isinstance(transform, BSplineTransform):
-        return transform.sample_displacement(grid), grid
-    return transform.sample_displacement(grid), grid
 
 
 def objective(*terms: tuple[Term, float]) -> Objective:

@@ -1,0 +1,110 @@
+"""Named pipelines: tuples of :class:`~jaxreg.optimize.Stage` (data, not code).
+
+=============  ======================================================================================
+name           stages
+=============  ======================================================================================
+``default``    affine (NCC, best candidate start) -> symmetric greedy SVF with local NCC (window 5),
+               tuned on brain MRI (mono-modal)
+``multimodal`` affine (Mattes MI, 32 bins) -> symmetric greedy SVF with normalised MI (32 bins)
+``affine``     the affine stage of ``default`` alone
+``rigid``      a rigid stage (NCC) alone
+``bspline``    affine -> cubic B-spline FFD at 40, 20, 10 mm control spacing (local NCC + 0.01 x analytic
+               bending energy, as NiftyReg ``reg_f3d``)
+``dense``      affine -> variational displacement field (local NCC + diffusion, gradient descent)
+=============  ======================================================================================
+
+:func:`preset` returns a pipeline with some settings replaced (the command line's options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from jaxreg.optimize.engine import Level, Stage
+from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
+from jaxreg.optimize.models import BSpline, Field, Linear
+from jaxreg.optimize.objective import field_term, objective, similarity_term, transform_term
+from jaxreg.regularizers import bspline_bending_energy
+
+__all__ = ["PRESETS", "preset", "DEFAULT_LINEAR_LEVELS", "DEFAULT_GREEDY_LEVELS"]
+
+DEFAULT_LINEAR_LEVELS = (Level(4, 0.0, 100), Level(2, 0.0, 50))
+DEFAULT_GREEDY_LEVELS = (Level(4, 0.0, 40), Level(2, 0.0, 20), Level(1, 0.0, 5))
+
+_LINEAR_OPT = Optimizer("adam", 0.2, radius_mm="auto")
+
+
+def _linear(metric: str, family: str = "affine") -> Stage:
+    method = Gradient(objective(similarity_term(metric)), _LINEAR_OPT, Stopping(tol=1e-5))
+    return Stage(method, Linear(family), DEFAULT_LINEAR_LEVELS, "auto", family)
+
+
+_AFFINE_NCC = _linear("ncc")
+
+PRESETS: dict[str, tuple[Stage, ...]] = {
+    "default": (_AFFINE_NCC, Stage(Greedy("lncc(window=5)", step=0.5), None, DEFAULT_GREEDY_LEVELS, name="deformable")),
+    "multimodal": (_linear("mi(bins=32)"), Stage(Greedy("nmi(bins=32)", step=0.5), None, DEFAULT_GREEDY_LEVELS, name="deformable")),
+    "affine": (_AFFINE_NCC,),
+    "rigid": (_linear("ncc", "rigid"),),
+    "bspline": (_AFFINE_NCC,) + tuple(
+        Stage(
+            Gradient(objective(similarity_term("lncc(window=5)"), transform_term(bspline_bending_energy, 0.01, name="bending")),
+                     Optimizer("adam", 0.5)),
+            BSpline(spacing), (level,), name=f"bspline{spacing:g}",
+        )
+        for spacing, level in ((40.0, Level(4, 0.0, 60)), (20.0, Level(2, 0.0, 40)), (10.0, Level(1, 0.0, 20)))
+    ),
+    "dense": (
+        _AFFINE_NCC,
+        Stage(Gradient(objective(similarity_term("lncc(window=5)"), field_term("diffusion", 1.0)), Optimizer("adam", 0.2)),
+              Field("displacement"), (Level(4, 0.0, 80), Level(2, 0.0, 40)), name="dense"),
+    ),
+}
+
+
+def preset(
+    name: str,
+    *,
+    linear_levels: Sequence[Level] | None = None,
+    deformable_levels: Sequence[Level] | None = None,
+    similarity: Any = None,
+    greedy: dict[str, Any] | None = None,
+    init: str | None = None,
+) -> tuple[Stage, ...]:
+    """The pipeline ``name`` of :data:`PRESETS`, with some settings replaced.
+
+    Args:
+      name: a key of :data:`PRESETS`.
+      linear_levels: levels of the linear stage(s).
+      deformable_levels: levels of a greedy deformable stage.
+      similarity: similarity of the greedy deformable stage (function or registry spec, e.g. ``"lncc(window=7)"``).
+      greedy: other settings of the greedy stage (:class:`~jaxreg.optimize.Greedy` field names).
+      init: start of the linear stage (``"auto"``, ``"moments"``, ``"com"``, ``"center"``, ``"identity"``).
+
+    Returns:
+      A tuple of stages for :func:`~jaxreg.optimize.register`.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"pipeline: expected one of {sorted(PRESETS)}, got {name!r}")
+    out = []
+    for st in PRESETS[name]:
+        model = st.model
+        if isinstance(model, Linear):
+            if linear_levels is not None:
+                st = st._replace(levels=tuple(linear_levels))
+            if init is not None:
+                st = st._replace(init=init)
+        elif isinstance(st.method, Greedy):
+            changes = dict(greedy or {})
+            if similarity is not None:
+                changes["similarity"] = similarity
+            if changes:
+                unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(Greedy)})
+                if unknown:
+                    raise ValueError(f"greedy: unknown settings {unknown}")
+                st = st._replace(method=dataclasses.replace(st.method, **changes))
+            if deformable_levels is not None:
+                st = st._replace(levels=tuple(deformable_levels))
+        out.append(st)
+    return tuple(out)
