@@ -7,6 +7,7 @@ to the image and renormalised (normalised convolution), so constants stay consta
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 
 from jaxreg.core.grid import Image
 
-__all__ = ["gaussian_kernel", "gaussian_smooth", "smooth_array", "downsample_image", "pyramid"]
+__all__ = ["gaussian_kernel", "gaussian_smooth", "smooth_array", "downsample_image", "level_image", "pyramid"]
 
 
 def gaussian_kernel(sigma: float, *, truncate: float = 3.0) -> np.ndarray:
@@ -130,7 +131,35 @@ def downsample_image(image: Image, factor: int | Sequence[int], *, sigma_mm: flo
     return resample(smoothed, target, order=1, mode="nearest")
 
 
-def pyramid(image: Image, factors: Sequence[int]) -> list[Image]:
-    """Images downsampled by each factor in ``factors`` (e.g. ``(4, 2, 1)``), coarse to fine."""
-    return [image if int(f) == 1 else downsample_image(image, int(f)) for f in factors]
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _level_image(image: Image, shrink: int, smooth_mm: float) -> Image:
+    if shrink > 1:
+        return downsample_image(image, shrink, sigma_mm=smooth_mm if smooth_mm > 0 else None)
+    data = image.data if jnp.issubdtype(image.data.dtype, jnp.floating) else image.data.astype(jnp.float32)
+    return gaussian_smooth(Image(data, image.grid), smooth_mm) if smooth_mm > 0 else Image(data, image.grid)
+
+
+def level_image(image: Image, shrink: int = 1, smooth_mm: float = 0.0) -> Image:
+    """One level of the resolution pyramid (the one the registration engine uses), jitted.
+
+    ``shrink > 1``: :func:`downsample_image` by ``shrink`` with Gaussian smoothing of ``smooth_mm`` mm, or the
+    anti-aliasing sigma of ``shrink / 2`` voxels when ``smooth_mm`` is 0; ``shrink == 1``: the image smoothed by
+    ``smooth_mm`` mm (unchanged when 0). Integer images are cast to float32.
+
+    Args:
+      image: input image ``(*shape[, C])``.
+      shrink: integer downsampling factor (static).
+      smooth_mm: Gaussian sigma in mm (static).
+
+    Returns:
+      The level's image on ``image.grid.downsample(shrink)`` (or on ``image.grid``).
+    """
+    if int(shrink) < 1 or float(smooth_mm) < 0:
+        raise ValueError(f"shrink/smooth_mm: expected shrink >= 1 and smooth_mm >= 0, got {shrink!r}, {smooth_mm!r}")
+    return _level_image(image, int(shrink), float(smooth_mm))
+
+
+def pyramid(image: Image, factors: Sequence[int], *, smooth_mm: float = 0.0) -> list[Image]:
+    """:func:`level_image` for each factor in ``factors`` (e.g. ``(4, 2, 1)``), coarse to fine."""
+    return [level_image(image, int(f), smooth_mm) for f in factors]
 
