@@ -14,8 +14,8 @@ Example::
 
     from jaxreg.optimize import Gradient, Level, Optimizer, objective, register, similarity_term
     method = Gradient(objective(similarity_term("lncc(window=5)")), Optimizer("adam", 0.1))
-    result = register(fixed, moving, method, levels=(Level(2, 0.0, 50), Level(1, 0.0, 20)))
-    result = register(fixed, moving, "default")          # affine -> symmetric greedy SVF
+    result = register(fixed, moving, method=method, levels=(Level(2, 0.0, 50), Level(1, 0.0, 20)))
+    result = register(fixed, moving, method="default")   # affine -> symmetric greedy SVF
 """
 
 from jaxreg.optimize.engine import Level, LevelResult, Registration, Stage, StageResult, register
@@ -26,9 +26,10 @@ from jaxreg.optimize.objective import Objective, Term, field_term, objective, si
 from jaxreg.optimize.presets import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS, PRESETS, preset
 
 __all__ = [
-    "BSpline",
     "DEFAULT_GREEDY_LEVELS",
     "DEFAULT_LINEAR_LEVELS",
+    "PRESETS",
+    "BSpline",
     "Field",
     "Gradient",
     "Greedy",
@@ -37,7 +38,6 @@ __all__ = [
     "Linear",
     "Objective",
     "Optimizer",
-    "PRESETS",
     "Registration",
     "Stage",
     "StageResult",

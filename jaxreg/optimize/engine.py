@@ -27,7 +27,8 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +36,12 @@ import numpy as np
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.optimize.init import INITS, candidate_starts, center_init, moments_init
-from jaxreg.optimize.methods import Gradient, Greedy
+from jaxreg.optimize.methods import Greedy
 from jaxreg.transforms.base import Transform
 from jaxreg.transforms.compose import compose
 from jaxreg.warp.pyramid import level_image
 
-__all__ = ["Level", "Stage", "LevelResult", "StageResult", "Registration", "register"]
+__all__ = ["Level", "LevelResult", "Registration", "Stage", "StageResult", "register"]
 
 
 class Level(NamedTuple):
@@ -192,7 +193,7 @@ class Registration(NamedTuple):
         """Number of registrations of a batch, 0 for a single registration."""
         return int(np.asarray(self.levels[0].loss).shape[0]) if np.ndim(self.levels[0].loss) == 2 else 0
 
-    def pair(self, i: int) -> "Registration":
+    def pair(self, i: int) -> Registration:
         """The ``i``-th registration of a batch as a single :class:`Registration` (times of the batch)."""
         if not 0 <= int(i) < self.pairs:
             raise ValueError(f"i: expected 0 <= i < {self.pairs} (registrations in the batch), got {i}")
@@ -200,13 +201,22 @@ class Registration(NamedTuple):
         stages = []
         for st in self.stages:
             levels = tuple(
-                lv._replace(loss=np.asarray(lv.loss)[i], iterations=int(np.asarray(lv.iterations)[i]),
-                            converged=bool(np.asarray(lv.converged)[i]))
+                lv._replace(
+                    loss=np.asarray(lv.loss)[i],
+                    iterations=int(np.asarray(lv.iterations)[i]),
+                    converged=bool(np.asarray(lv.converged)[i]),
+                )
                 for lv in st.levels
             )
             start = st.start[i] if isinstance(st.start, tuple) else st.start
-            stages.append(st._replace(transform=take(st.transform), outer=None if st.outer is None else take(st.outer),
-                                      levels=levels, start=start))
+            stages.append(
+                st._replace(
+                    transform=take(st.transform),
+                    outer=None if st.outer is None else take(st.outer),
+                    levels=levels,
+                    start=start,
+                )
+            )
         return Registration(take(self.transform), tuple(stages), self.seconds)
 
 
@@ -215,13 +225,15 @@ def _is_linear(t: Transform) -> bool:
 
 
 # -- compiled kernels ---------------------------------------------------------------------------------------------
-_EXECUTABLES: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+_EXECUTABLES: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 _MAX_EXECUTABLES = 64
 
 
 def _signature(args: tuple) -> tuple:
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    return treedef, tuple((tuple(np.shape(x)), jnp.result_type(x), bool(getattr(x, "weak_type", False))) for x in leaves)
+    return treedef, tuple(
+        (tuple(np.shape(x)), jnp.result_type(x), bool(getattr(x, "weak_type", False))) for x in leaves
+    )
 
 
 def _compiled(key: tuple, make: Callable[[], Callable], args: tuple) -> tuple[Any, float]:
@@ -297,12 +309,18 @@ def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level, ba
             elif init == "center":
                 starts.append(center_init(f, m))
             else:
-                starts.append(moments_init(f, m, mode="principal" if init == "moments" else "com", fixed_mask=fm, moving_mask=mm))
+                starts.append(
+                    moments_init(
+                        f, m, mode="principal" if init == "moments" else "com", fixed_mask=fm, moving_mask=mm
+                    )
+                )
         params = [model.start(f.grid, s) for (f, *_), s in zip(pairs, starts)]
         return (_stack(params) if batch else params[0]), ((init,) * len(pairs) if batch else init)
     # "auto": score every candidate with the stage's loss at its coarsest level, in one vmapped call
     if not hasattr(method, "loss_fn"):
-        raise ValueError(f"init: 'auto' needs a method with a loss (Gradient), got {type(method).__name__}; use 'moments' or 'com'")
+        raise ValueError(
+            f"init: 'auto' needs a method with a loss (Gradient), got {type(method).__name__}; use 'moments' or 'com'"
+        )
     cands = [candidate_starts(f, m, fixed_mask=fm, moving_mask=mm) for f, m, fm, mm in pairs]
     names = [[n for n, _ in c] for c in cands]
     params = [_stack([model.start(f.grid, t) for _, t in c]) for (f, *_), c in zip(pairs, cands)]
@@ -363,12 +381,16 @@ def _as_stages(method: Any, levels: Any, init: str | None) -> tuple[Stage, ...]:
 
 def _check_stage(stage: Stage, i: int) -> None:
     if not hasattr(stage.method, "level_kernel"):
-        raise TypeError(f"stages[{i}].method: expected a method (Gradient, Greedy), got {type(stage.method).__name__}")
+        raise TypeError(
+            f"stages[{i}].method: expected a method (Gradient, Greedy), got {type(stage.method).__name__}"
+        )
     if not stage.levels or not all(isinstance(lv, Level) for lv in stage.levels):
         raise ValueError(f"stages[{i}].levels: expected a non-empty tuple of Level, got {stage.levels!r}")
     for lv in stage.levels:
         if int(lv.shrink) < 1 or int(lv.iterations) < 0 or float(lv.smooth_mm) < 0:
-            raise ValueError(f"stages[{i}].levels: expected shrink >= 1, iterations >= 0, smooth_mm >= 0, got {lv}")
+            raise ValueError(
+                f"stages[{i}].levels: expected shrink >= 1, iterations >= 0, smooth_mm >= 0, got {lv}"
+            )
     if stage.init not in INITS:
         raise ValueError(f"stages[{i}].init: expected one of {INITS}, got {stage.init!r}")
 
@@ -376,8 +398,8 @@ def _check_stage(stage: Stage, i: int) -> None:
 def register(
     fixed: Image | Sequence[Image],
     moving: Image | Sequence[Image],
-    method: Any = "default",
     *,
+    method: Any = "default",
     transform: Transform | None = None,
     levels: Sequence[Level] | None = None,
     init: str | None = None,
@@ -424,8 +446,16 @@ def register(
         b = _sweep_size(stages, b if batch_in else None)
     batch = batch_in or sweep
     fixed_l, moving_l = _broadcast(fixed_l, b, "fixed"), _broadcast(moving_l, b, "moving")
-    fm_l = _broadcast(_as_list(fixed_mask, "fixed_mask"), b, "fixed_mask") if fixed_mask is not None else [None] * b
-    mm_l = _broadcast(_as_list(moving_mask, "moving_mask"), b, "moving_mask") if moving_mask is not None else [None] * b
+    fm_l = (
+        _broadcast(_as_list(fixed_mask, "fixed_mask"), b, "fixed_mask")
+        if fixed_mask is not None
+        else [None] * b
+    )
+    mm_l = (
+        _broadcast(_as_list(moving_mask, "moving_mask"), b, "moving_mask")
+        if moving_mask is not None
+        else [None] * b
+    )
     _check_inputs(fixed_l, moving_l, fm_l, mm_l, transform, outer)
     fgrid, mgrid = fixed_l[0].grid, moving_l[0].grid
     f_all, m_all = _stack_data(fixed_l, batch), _stack_data(moving_l, batch)
@@ -456,10 +486,16 @@ def register(
                 if stage.model is None:
                     model = None
             elif model.is_linear and stage_outer is None:
-                params, start = _linear_start(stage, model, method_s, fixed_l, moving_l, fm_l, mm_l, stage.levels[0], batch, sweep)
+                params, start = _linear_start(
+                    stage, model, method_s, fixed_l, moving_l, fm_l, mm_l, stage.levels[0], batch, sweep
+                )
             else:
                 p0 = model.start(fgrid, None)
-                params = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (b, *jnp.shape(x))), p0) if batch else p0
+                params = (
+                    jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (b, *jnp.shape(x))), p0)
+                    if batch
+                    else p0
+                )
                 start = None
         records = []
         uses_mmask = not isinstance(method_s, Greedy)
@@ -471,7 +507,9 @@ def register(
             mmk = _level_arrays(mm_all, mgrid, level, batch)[0] if uses_mmask else None
             params = _on_grid_batched(params, fg, batch)
             args = (method_s, params, f, m, fmk, mmk, stage_outer)
-            (params, losses, its, conv), compile_s = _run_level(method_s, fg, mg, int(level.iterations), batch, sweep, args)
+            (params, losses, its, conv), compile_s = _run_level(
+                method_s, fg, mg, int(level.iterations), batch, sweep, args
+            )
             losses = np.asarray(losses)
             rec = LevelResult(
                 losses,
@@ -483,9 +521,11 @@ def register(
             records.append(rec)
             if log is not None:
                 last = losses[..., :][np.isfinite(losses)]
-                log(f"{name} level {li + 1}/{len(stage.levels)} (shrink {level.shrink}): "
+                log(
+                    f"{name} level {li + 1}/{len(stage.levels)} (shrink {level.shrink}): "
                     f"{np.max(rec.iterations)} iterations, loss {float(last[-1]) if last.size else float('nan'):.5g}, "
-                    f"{rec.seconds:.2f} s (compile {compile_s:.2f} s)")
+                    f"{rec.seconds:.2f} s (compile {compile_s:.2f} s)"
+                )
         params = _on_grid_batched(params, fgrid, batch)
         res = StageResult(name, params, stage_outer, tuple(records), start, time.perf_counter() - ts)
         results.append(res)
@@ -515,11 +555,18 @@ def _has_batch(tree: Any, b: int) -> bool:
 
 
 def _sweep_size(stages: Sequence[Stage], b: int | None) -> int:
-    sizes = {int(jnp.shape(x)[0]) for st in stages for x in jax.tree_util.tree_leaves(st.method) if jnp.ndim(x) >= 1}
+    sizes = {
+        int(jnp.shape(x)[0])
+        for st in stages
+        for x in jax.tree_util.tree_leaves(st.method)
+        if jnp.ndim(x) >= 1
+    }
     if not sizes:
         raise ValueError("sweep: the methods have no numeric weights to sweep over")
     if len(sizes) != 1 or (b is not None and b not in sizes and b != 1):
-        raise ValueError(f"sweep: expected every method weight with one leading batch size{'' if b is None else f' {b}'}, got {sorted(sizes)}")
+        raise ValueError(
+            f"sweep: expected every method weight with one leading batch size{'' if b is None else f' {b}'}, got {sorted(sizes)}"
+        )
     return sizes.pop()
 
 
@@ -530,7 +577,9 @@ def _check_inputs(fixed, moving, fmasks, mmasks, transform, outer) -> None:
                 raise TypeError(f"{name}: expected a jaxreg Image, got {type(im).__name__}")
             if im.grid != ims[0].grid or im.data.shape != ims[0].data.shape:
                 raise ValueError(f"{name}: every image of a batch must share one grid and shape")
-        if not bool(jnp.all(jnp.isfinite(jnp.stack([im.data for im in ims]) if len(ims) > 1 else ims[0].data))):
+        if not bool(
+            jnp.all(jnp.isfinite(jnp.stack([im.data for im in ims]) if len(ims) > 1 else ims[0].data))
+        ):
             raise ValueError(f"{name}: the image contains NaN or Inf")
     f0, m0 = fixed[0], moving[0]
     if f0.grid.ndim != m0.grid.ndim:
@@ -545,6 +594,8 @@ def _check_inputs(fixed, moving, fmasks, mmasks, transform, outer) -> None:
             if mk is None:
                 continue
             if not isinstance(mk, Image) or mk.grid != ref.grid or mk.data.shape != ref.grid.shape:
-                raise ValueError(f"{name}: expected an Image on the {name.split('_')[0]} image's grid without channels")
+                raise ValueError(
+                    f"{name}: expected an Image on the {name.split('_')[0]} image's grid without channels"
+                )
             if not bool(jnp.any(mk.data > 0)):
                 raise ValueError(f"{name}: the mask is empty")

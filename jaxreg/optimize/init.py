@@ -28,7 +28,7 @@ import numpy as np
 from jaxreg.core.grid import Image
 from jaxreg.transforms.linear import Rigid, rotation_vector
 
-__all__ = ["center_of_mass", "image_moments", "center_init", "moments_init", "candidate_starts", "INITS"]
+__all__ = ["INITS", "candidate_starts", "center_init", "center_of_mass", "image_moments", "moments_init"]
 
 INITS = ("auto", "moments", "com", "center", "identity")
 
@@ -78,15 +78,26 @@ def center_of_mass(image: Image, *, mask: Image | None = None) -> np.ndarray:
     w = _weights(image, mask)
     total = w.sum()
     if not total > 0:
-        raise ValueError("image: no positive intensity to compute a centre of mass from (empty image or mask)")
+        raise ValueError(
+            "image: no positive intensity to compute a centre of mass from (empty image or mask)"
+        )
     n = image.grid.ndim
-    idx = np.array([w.sum(axis=tuple(a for a in range(n) if a != ax)) @ np.arange(w.shape[ax]) for ax in range(n)]) / total
+    idx = (
+        np.array(
+            [w.sum(axis=tuple(a for a in range(n) if a != ax)) @ np.arange(w.shape[ax]) for ax in range(n)]
+        )
+        / total
+    )
     aff = np.asarray(image.grid.affine, np.float64)
     return aff[:n, :n] @ idx + aff[:n, n]
 
 
 def _rigid(rotation: np.ndarray, cf: np.ndarray, cm: np.ndarray) -> Rigid:
-    return Rigid(rotation_vector(jnp.asarray(rotation, jnp.float32)), jnp.asarray(cm - cf, jnp.float32), jnp.asarray(cf, jnp.float32))
+    return Rigid(
+        rotation_vector(jnp.asarray(rotation, jnp.float32)),
+        jnp.asarray(cm - cf, jnp.float32),
+        jnp.asarray(cf, jnp.float32),
+    )
 
 
 def center_init(fixed: Image, moving: Image) -> Rigid:

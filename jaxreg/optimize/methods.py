@@ -31,7 +31,8 @@ A new method is one class here with ``level_kernel`` and ``default_model``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,7 @@ from jaxreg.transforms.dense import (
 from jaxreg.warp import sample_points
 from jaxreg.warp.pyramid import smooth_array
 
-__all__ = ["Stopping", "Optimizer", "Gradient", "Greedy"]
+__all__ = ["Gradient", "Greedy", "Optimizer", "Stopping"]
 
 
 class Stopping(NamedTuple):
@@ -68,7 +69,14 @@ class Stopping(NamedTuple):
     min_iterations: int = 10
 
 
-_UNIT = {"offset": "mm", "translation": "mm", "matrix": "lin", "rotation": "lin", "log_scale": "lin", "center": "frozen"}
+_UNIT = {
+    "offset": "mm",
+    "translation": "mm",
+    "matrix": "lin",
+    "rotation": "lin",
+    "log_scale": "lin",
+    "center": "frozen",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +107,17 @@ class Optimizer:
             raise ValueError(f"name: expected an optax optimiser name such as 'adam', got {self.name!r}")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate!r}")
-        if not (self.radius_mm is None or self.radius_mm == "auto" or (isinstance(self.radius_mm, (int, float)) and self.radius_mm > 0)):
-            raise ValueError(f"radius_mm: expected None, 'auto' or a positive number of mm, got {self.radius_mm!r}")
+        if not (
+            self.radius_mm is None
+            or self.radius_mm == "auto"
+            or (isinstance(self.radius_mm, (int, float)) and self.radius_mm > 0)
+        ):
+            raise ValueError(
+                f"radius_mm: expected None, 'auto' or a positive number of mm, got {self.radius_mm!r}"
+            )
         object.__setattr__(self, "options", tuple((str(k), v) for k, v in dict(self.options).items()))
 
-    def resolved(self, grid: Grid) -> "Optimizer":
+    def resolved(self, grid: Grid) -> Optimizer:
         """This specification with ``radius_mm="auto"`` replaced by a quarter of ``grid``'s diagonal (mm)."""
         if self.radius_mm != "auto":
             return self
@@ -137,7 +151,9 @@ class Optimizer:
 def _as_optimizer(opt: Any) -> Any:
     if isinstance(opt, (Optimizer, optax.GradientTransformation)):
         return opt
-    raise TypeError(f"optimizer: expected a jaxreg.optimize.Optimizer (or an optax GradientTransformation), got {type(opt).__name__}")
+    raise TypeError(
+        f"optimizer: expected a jaxreg.optimize.Optimizer (or an optax GradientTransformation), got {type(opt).__name__}"
+    )
 
 
 def _build(opt: Any) -> optax.GradientTransformation:
@@ -197,10 +213,14 @@ class Gradient:
 
     def __post_init__(self) -> None:
         if not isinstance(self.objective, Objective):
-            raise TypeError(f"objective: expected a jaxreg.optimize.Objective, got {type(self.objective).__name__}")
+            raise TypeError(
+                f"objective: expected a jaxreg.optimize.Objective, got {type(self.objective).__name__}"
+            )
         _as_optimizer(self.optimizer)
         if not isinstance(self.stopping, Stopping):
-            raise TypeError(f"stopping: expected a jaxreg.optimize.Stopping, got {type(self.stopping).__name__}")
+            raise TypeError(
+                f"stopping: expected a jaxreg.optimize.Stopping, got {type(self.stopping).__name__}"
+            )
 
     def _key(self) -> tuple:
         w = np.asarray(self.objective.weights)
@@ -212,7 +232,7 @@ class Gradient:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def resolved(self, grid: Grid) -> "Gradient":
+    def resolved(self, grid: Grid) -> Gradient:
         """With grid-dependent settings (``Optimizer(radius_mm="auto")``) resolved on the fixed ``grid``."""
         if isinstance(self.optimizer, Optimizer):
             return dataclasses.replace(self, optimizer=self.optimizer.resolved(grid))
@@ -264,8 +284,14 @@ class Gradient:
                 k = k + 1
                 return p, opt_state, losses, k, conv | (k >= cap) | ~jnp.isfinite(value), conv
 
-            state = (params, opt.init(params), jnp.full((cap,), jnp.nan, fixed.dtype), jnp.zeros((), jnp.int32),
-                     jnp.asarray(cap <= 0), jnp.zeros((), bool))
+            state = (
+                params,
+                opt.init(params),
+                jnp.full((cap,), jnp.nan, fixed.dtype),
+                jnp.zeros((), jnp.int32),
+                jnp.asarray(cap <= 0),
+                jnp.zeros((), bool),
+            )
             p, _, losses, k, _, conv = jax.lax.while_loop(cond, body, state)
             return p, losses, k, conv
 
@@ -324,17 +350,21 @@ class Greedy:
         if self.force not in ("metric", "demons"):
             raise ValueError(f"force: expected 'metric' or 'demons', got {self.force!r}")
         if self.update not in ("svf", "additive", "compositive", "diffeomorphic"):
-            raise ValueError(f"update: expected 'svf', 'additive', 'compositive' or 'diffeomorphic', got {self.update!r}")
+            raise ValueError(
+                f"update: expected 'svf', 'additive', 'compositive' or 'diffeomorphic', got {self.update!r}"
+            )
         if self.symmetric and self.update != "svf":
             raise ValueError("symmetric: the symmetric (mid-space) variant needs update='svf'")
         for name in ("step", "sigma_update", "sigma_field"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= (0 if name != "step" else 1e-12)):
-                raise ValueError(f"{name}: expected a {'positive' if name == 'step' else 'non-negative'} number of voxels, got {v!r}")
+                raise ValueError(
+                    f"{name}: expected a {'positive' if name == 'step' else 'non-negative'} number of voxels, got {v!r}"
+                )
         if not isinstance(self.exp_steps, (int, np.integer)) or self.exp_steps < 0:
             raise ValueError(f"exp_steps: expected a non-negative int, got {self.exp_steps!r}")
 
-    def resolved(self, grid: Grid) -> "Greedy":
+    def resolved(self, grid: Grid) -> Greedy:
         """Nothing to resolve (all settings are in voxels of each level)."""
         return self
 
@@ -379,7 +409,9 @@ class Greedy:
         def kernel(method, params, fixed, moving, fmask, mmask, outer):
             del method
             if mmask is not None:
-                raise ValueError("moving_mask: the greedy method weights the similarity by the fixed mask only")
+                raise ValueError(
+                    "moving_mask: the greedy method weights the similarity by the fixed mask only"
+                )
             dtype = fixed.dtype
             index = fg.index_coords(dtype)
             lin = None if outer is None else outer.linear_part()
@@ -404,7 +436,9 @@ class Greedy:
             def body(v, _):
                 if opts.symmetric:
                     mw = sample_moving(exp_voxel_field(0.5 * v, opts.exp_steps))
-                    fw = map_coordinates(fixed, index + exp_voxel_field(-0.5 * v, opts.exp_steps), order=1, mode="nearest")
+                    fw = map_coordinates(
+                        fixed, index + exp_voxel_field(-0.5 * v, opts.exp_steps), order=1, mode="nearest"
+                    )
                 else:
                     u = exp_voxel_field(v, opts.exp_steps) if opts.update == "svf" else v
                     mw, fw = sample_moving(u), fixed

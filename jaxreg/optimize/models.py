@@ -26,7 +26,7 @@ from jaxreg.transforms.bspline import BSplineTransform, refine_bspline
 from jaxreg.transforms.dense import DisplacementField, VelocityField
 from jaxreg.transforms.linear import Affine, Rigid, Similarity, decompose_affine, rotation_vector
 
-__all__ = ["Linear", "BSpline", "Field", "linear_as"]
+__all__ = ["BSpline", "Field", "Linear", "linear_as"]
 
 _FAMILIES = ("rigid", "similarity", "affine")
 
@@ -50,7 +50,9 @@ def linear_as(transform: Transform, family: str) -> Transform:
     if family == "rigid":
         return Rigid(rot, start.translation, start.center)
     n = start.matrix.shape[0]
-    return Similarity(rot, jnp.log(jnp.abs(jnp.prod(comp.scale)) ** (1.0 / n)), start.translation, start.center)
+    return Similarity(
+        rot, jnp.log(jnp.abs(jnp.prod(comp.scale)) ** (1.0 / n)), start.translation, start.center
+    )
 
 
 class Linear(NamedTuple):
@@ -74,7 +76,7 @@ class Linear(NamedTuple):
             initial = Affine.identity(grid.ndim, center=np.asarray(grid.center, np.float32))
         return linear_as(initial, self.family)
 
-    def continue_from(self, previous: "Any", transform: Transform) -> Transform | None:
+    def continue_from(self, previous: Any, transform: Transform) -> Transform | None:
         """Continue a previous linear stage (converted to this family); ``None`` to stack instead."""
         if isinstance(previous, Linear):
             return linear_as(transform, self.family)

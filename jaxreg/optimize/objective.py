@@ -23,7 +23,8 @@ built twice share compiled kernels.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ import numpy as np
 from jaxreg.core.grid import Grid
 from jaxreg.transforms.base import Transform
 
-__all__ = ["Term", "Objective", "similarity_term", "field_term", "transform_term", "objective"]
+__all__ = ["Objective", "Term", "field_term", "objective", "similarity_term", "transform_term"]
 
 _KINDS = ("similarity", "field", "transform")
 
@@ -113,7 +114,7 @@ class Objective:
         self.terms = tuple(terms)
         self.weights = weights
 
-    def replace(self, *, weights: Any) -> "Objective":
+    def replace(self, *, weights: Any) -> Objective:
         """The same terms with other ``weights`` ``(n_terms,)`` (may be traced or batched)."""
         return Objective(self.terms, weights)
 
@@ -133,7 +134,11 @@ class Objective:
         return obj
 
     def __repr__(self) -> str:
-        return "Objective(" + " + ".join(f"{w} * {t.name}" for t, w in zip(self.terms, np.asarray(self.weights).tolist())) + ")"
+        return (
+            "Objective("
+            + " + ".join(f"{w} * {t.name}" for t, w in zip(self.terms, np.asarray(self.weights).tolist()))
+            + ")"
+        )
 
     def terms_values(
         self,
@@ -170,7 +175,9 @@ class Objective:
 
     def __call__(self, transform, fixed, warped, mask, grid) -> jax.Array:
         """Weighted sum ``sum_k w_k term_k`` (a scalar)."""
-        return jnp.dot(jnp.asarray(self.weights, fixed.dtype), self.terms_values(transform, fixed, warped, mask, grid))
+        return jnp.dot(
+            jnp.asarray(self.weights, fixed.dtype), self.terms_values(transform, fixed, warped, mask, grid)
+        )
 
 
 def objective(*terms: tuple[Term, float]) -> Objective:
@@ -181,7 +188,7 @@ def objective(*terms: tuple[Term, float]) -> Objective:
     """
     for t in terms:
         if not (isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], Term)):
-            raise ValueError("terms: pass (term, weight) pairs made by similarity_term/field_term/transform_term")
+            raise ValueError(
+                "terms: pass (term, weight) pairs made by similarity_term/field_term/transform_term"
+            )
     return Objective(tuple(t for t, _ in terms), jnp.asarray([w for _, w in terms], jnp.float32))
-
-

@@ -19,7 +19,8 @@ name           stages
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from jaxreg.optimize.engine import Level, Stage
 from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
@@ -27,7 +28,7 @@ from jaxreg.optimize.models import BSpline, Field, Linear
 from jaxreg.optimize.objective import field_term, objective, similarity_term, transform_term
 from jaxreg.regularizers import bspline_bending_energy
 
-__all__ = ["PRESETS", "preset", "DEFAULT_LINEAR_LEVELS", "DEFAULT_GREEDY_LEVELS"]
+__all__ = ["DEFAULT_GREEDY_LEVELS", "DEFAULT_LINEAR_LEVELS", "PRESETS", "preset"]
 
 DEFAULT_LINEAR_LEVELS = (Level(4, 0.0, 100), Level(2, 0.0, 50))
 DEFAULT_GREEDY_LEVELS = (Level(4, 0.0, 40), Level(2, 0.0, 20), Level(1, 0.0, 5))
@@ -43,22 +44,47 @@ def _linear(metric: str, family: str = "affine") -> Stage:
 _AFFINE_NCC = _linear("ncc")
 
 PRESETS: dict[str, tuple[Stage, ...]] = {
-    "default": (_AFFINE_NCC, Stage(Greedy("lncc(window=5)", step=0.5), None, DEFAULT_GREEDY_LEVELS, name="deformable")),
-    "multimodal": (_linear("mi(bins=32)"), Stage(Greedy("nmi(bins=32)", step=0.5), None, DEFAULT_GREEDY_LEVELS, name="deformable")),
+    "default": (
+        _AFFINE_NCC,
+        Stage(Greedy("lncc(window=5)", step=0.5), None, DEFAULT_GREEDY_LEVELS, name="deformable"),
+    ),
+    "multimodal": (
+        _linear("mi(bins=32)"),
+        Stage(Greedy("nmi(bins=32)", step=0.5), None, DEFAULT_GREEDY_LEVELS, name="deformable"),
+    ),
     "affine": (_AFFINE_NCC,),
     "rigid": (_linear("ncc", "rigid"),),
-    "bspline": (_AFFINE_NCC,) + tuple(
+    "bspline": (_AFFINE_NCC,)
+    + tuple(
         Stage(
-            Gradient(objective(similarity_term("lncc(window=5)"), transform_term(bspline_bending_energy, 0.01, name="bending")),
-                     Optimizer("adam", 0.5)),
-            BSpline(spacing), (level,), name=f"bspline{spacing:g}",
+            Gradient(
+                objective(
+                    similarity_term("lncc(window=5)"),
+                    transform_term(bspline_bending_energy, 0.01, name="bending"),
+                ),
+                Optimizer("adam", 0.5),
+            ),
+            BSpline(spacing),
+            (level,),
+            name=f"bspline{spacing:g}",
         )
-        for spacing, level in ((40.0, Level(4, 0.0, 60)), (20.0, Level(2, 0.0, 40)), (10.0, Level(1, 0.0, 20)))
+        for spacing, level in (
+            (40.0, Level(4, 0.0, 60)),
+            (20.0, Level(2, 0.0, 40)),
+            (10.0, Level(1, 0.0, 20)),
+        )
     ),
     "dense": (
         _AFFINE_NCC,
-        Stage(Gradient(objective(similarity_term("lncc(window=5)"), field_term("diffusion", 1.0)), Optimizer("adam", 0.2)),
-              Field("displacement"), (Level(4, 0.0, 80), Level(2, 0.0, 40)), name="dense"),
+        Stage(
+            Gradient(
+                objective(similarity_term("lncc(window=5)"), field_term("diffusion", 1.0)),
+                Optimizer("adam", 0.2),
+            ),
+            Field("displacement"),
+            (Level(4, 0.0, 80), Level(2, 0.0, 40)),
+            name="dense",
+        ),
     ),
 }
 
