@@ -1,5 +1,5 @@
 """``jaxreg evaluate`` (jaxreg/cli/evaluate.py): parsed with a parser built here exactly as the main parser
-builds its subcommands, and through ``jaxreg.cli.main.main`` once the subcommand is wired in there."""
+builds its subcommands, and through ``jaxreg.cli.main.main`` (exit status and one-line errors)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 from jaxreg import Affine, DisplacementField, Grid
 from jaxreg.cli import evaluate
-from jaxreg.cli.main import _Parser, build_parser, main
+from jaxreg.cli._args import Parser as _Parser
+from jaxreg.cli.main import build_parser, main
 from jaxreg.core.grid import Image
 from jaxreg.evaluation import dice, hd95_per_label
 from jaxreg.io import save_image, write_transform
@@ -30,14 +31,6 @@ def run(capsys, *argv) -> tuple[int, str]:
     args = parser().parse_args(["evaluate", *map(str, argv)])
     rc = evaluate.run(args)
     return rc, capsys.readouterr().out
-
-
-def _main_has_evaluate() -> bool:
-    p = build_parser()
-    for action in p._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return "evaluate" in action.choices
-    return False
 
 
 GRID = Grid.from_spacing((20, 22, 16), (1.0, 1.5, 2.0), origin=(-10.0, -15.0, -16.0))
@@ -253,57 +246,38 @@ def test_argument_errors(capsys, tmp_path, label_pair):
     assert not list(Path(tmp_path).glob("*.json*"))
 
 
-@pytest.mark.skipif(not _main_has_evaluate(), reason="'evaluate' is not wired into jaxreg.cli.main yet")
+def test_wired_into_main():
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    assert isinstance(sub.choices["evaluate"], _Parser)
+
+
 def test_through_main(capsys, tmp_path, label_pair):
     pa, pb, *_ = label_pair
     out_json = tmp_path / "m.json"
-    rc = main(["evaluate", "--fixed-labels", str(pa), "--warped-labels", str(pb), "--json", str(out_json)])
-    assert rc == 0 and out_json.exists()
+    rc = main(["evaluate", "--fixed-labels", str(pa), "--warped-labels", str(pb), "--labels", "1", "--json", str(out_json)])
+    assert rc == 0
+    assert json.loads(out_json.read_text())["labels"]["labels"][0]["dice"] == pytest.approx(1.0)
+    capsys.readouterr()
     rc = main(["evaluate", "--fixed-labels", str(pa)])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("jaxreg: error: ") and "go together" in err
 
 
-def test_main_dispatch_once_plugged(capsys, monkeypatch, tmp_path, label_pair):
-    """What wiring ``evaluate.add_parser(sub)`` into ``build_parser`` gives, simulated by patching the parser
-    factory: success, and one-line user errors with exit status 2 through ``main``'s error handling."""
-    import jaxreg.cli.main as cli_main
-
-    original = cli_main.build_parser
-
-    def patched():
-        p = original()
-        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        if "evaluate" not in sub.choices:
-            evaluate.add_parser(sub)
-        return p
-
-    monkeypatch.setattr(cli_main, "build_parser", patched)
+def test_main_reports_user_errors_in_one_line(capsys, tmp_path, label_pair):
     pa, pb, *_ = label_pair
-    out_json = tmp_path / "m.json"
-    assert (
-        cli_main.main(
-            [
-                "evaluate",
-                "--fixed-labels",
-                str(pa),
-                "--warped-labels",
-                str(pb),
-                "--labels",
-                "1",
-                "--json",
-                str(out_json),
-            ]
-        )
-        == 0
-    )
-    assert json.loads(out_json.read_text())["labels"]["labels"][0]["dice"] == pytest.approx(1.0)
-    capsys.readouterr()
     other = tmp_path / "other.nii.gz"
     save_image(Image(jnp.zeros((4, 4, 4), jnp.int16), Grid((4, 4, 4))), other)
-    rc = cli_main.main(["evaluate", "--fixed-labels", str(pa), "--warped-labels", str(other)])
+    rc = main(["evaluate", "--fixed-labels", str(pa), "--warped-labels", str(other)])
     err = capsys.readouterr().err.strip().split("\n")
-    assert rc == 2 and len(err) == 1 and err[0].startswith("jaxreg: error: label maps on different grids")
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("jaxreg: error: --warped-labels: label maps on different grids")
     assert str(pa) in err[0] and str(other) in err[0]
-    rc = cli_main.main(["evaluate", "--labels", "1", "--labels-json", "x.json"])
-    assert rc == 2 and "not allowed with" in capsys.readouterr().err
+    rc = main(["evaluate", "--labels", "1", "--labels-json", "x.json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not allowed with" in err and "--labels-json" in err
+    rc = main(["evaluate", "--fixed-labels", str(tmp_path / "missing.nii.gz"), "--warped-labels", str(pb)])
+    err = capsys.readouterr().err.strip().split("\n")
+    assert rc == 2 and len(err) == 1 and err[0].startswith("jaxreg: error: --fixed-labels: ")
+    assert "missing.nii.gz" in err[0]
+    assert not list(tmp_path.glob("*.json*"))

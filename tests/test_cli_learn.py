@@ -130,3 +130,68 @@ def test_config_errors_are_one_line_and_name_the_key(dataset, tmp_path, capsys):
     assert "--config" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path / "none"), str(dataset / "s0_img.nii.gz"), str(dataset / "s1_img.nii.gz"), "-o", str(tmp_path / "o")]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_modes_are_built_from_the_modes_table(monkeypatch):
+    """build_mode dispatches on jaxreg.learn.modes.MODES: a new mode is one factory and one table entry, and each
+    common option reaches only the factories that take it."""
+    from jaxreg.core.grid import Grid
+    from jaxreg.learn import modes as lm
+    from jaxreg.learn.setup import build_mode
+
+    seen = {}
+
+    def custom(grid, *, label_values, regularizer_weight=0.0, strength=1.0, penalty=abs):
+        """A training mode made up for the test."""
+        seen.update(grid=grid, label_values=label_values, regularizer_weight=regularizer_weight, strength=strength)
+        return "custom mode"
+
+    monkeypatch.setitem(lm.MODES, "custom", custom)
+    g = Grid((8, 8))
+    kw = {"similarity": lm.mse, "regularizer_weight": 0.5, "label_values": [1, 2], "bidirectional": True}
+    assert build_mode("custom", g, **kw, options={"strength": 3.0}) == "custom mode"
+    assert seen == {"grid": g, "label_values": [1, 2], "regularizer_weight": 0.5, "strength": 3.0}
+    for options, fragment in (
+        ({"strenght": 3.0}, r"\[mode\] strenght: not an option of the 'custom' mode \(options: strength\)"),
+        ({"strength": "high"}, r"\[mode\] strength: expected a number"),
+        ({"regularizer_weight": 1.0}, r"\[mode\] regularizer_weight: set from \[train\]/\[data\]"),
+        ({"penalty": "l2"}, r"\[mode\] penalty: not an option"),  # function-valued options are not for TOML files
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            build_mode("custom", g, **kw, options=options)
+    with pytest.raises(ValueError, match=r"\[train\] mode: expected one of"):
+        build_mode("nonexistent", g, **kw)
+    # every real mode builds from the same common options
+    for name in lm.MODES:
+        if name != "custom":
+            assert isinstance(build_mode(name, g, **kw), lm.TrainingMode)
+
+
+def test_config_mode_table_is_checked_against_the_mode(dataset, tmp_path):
+    mode_table = "[mode]\ndeformation_mm = 4.0\nsame_subject = 0.5\n"
+    good = dataset / "mode_good.toml"  # next to the data: the globs are relative to the file
+    good.write_text(_config(dataset, "synthesis").read_text() + mode_table)
+    assert read_train_config(good, workdir=str(tmp_path / "w"))["mode"] == {"deformation_mm": 4.0, "same_subject": 0.5}
+    bad = dataset / "mode_bad.toml"
+    bad.write_text(_config(dataset, "unsupervised").read_text() + mode_table)
+    with pytest.raises(ValueError, match=r"\[mode\] deformation_mm: not an option of the 'unsupervised' mode"):
+        read_train_config(bad, workdir=str(tmp_path / "w"))
+
+
+def test_train_and_predict_errors_write_nothing(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAXREG_CACHE_DIR", "")
+    rc = main(["train", "--config", str(_config(dataset, "unsupervised")), "-o", str(dataset / "s0_img.nii.gz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("jaxreg: error: -o ") and "not a folder" in err[0]
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.float32), np.eye(4)), str(flat))
+    model = tmp_path / "model"
+    model.mkdir()
+    out = tmp_path / "pred"
+    rc = main(["predict", "--model", str(model), str(dataset / "s0_img.nii.gz"), str(flat), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("jaxreg: error: MOVING: ") and "constant image" in err[0]
+    rc = main(["predict", "--model", str(model), str(dataset / "s0_img.nii.gz"), str(dataset / "s1_img.nii.gz"), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("jaxreg: error: --model: ") and "model.json" in err[0]
+    assert not out.exists() and not any(model.iterdir())

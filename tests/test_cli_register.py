@@ -273,21 +273,29 @@ def test_real_slices_improve(shared_data, tmp_path, capsys):
 
 
 # -- errors ------------------------------------------------------------------------------------------------------
-def _error_case(tmp_path: Path, case: str) -> tuple[list, tuple[str, ...]]:
+def _tree(folder: Path) -> dict[str, bytes] | None:
+    """Names and contents of the files under ``folder`` (``None`` when it does not exist)."""
+    if not folder.exists():
+        return None
+    return {str(q.relative_to(folder)): q.read_bytes() for q in sorted(folder.rglob("*")) if q.is_file()}
+
+
+def _error_case(tmp_path: Path, case: str, out: Path) -> tuple[list, tuple[str, ...]]:
     p = write_pair(tmp_path)
     args = ["register", p["fixed"], p["moving"], "--quick"]
     if case == "missing":
-        return ["register", tmp_path / "nope.nii.gz", p["moving"]], ("nope.nii.gz", "no such file")
+        return ["register", tmp_path / "nope.nii.gz", p["moving"]], ("FIXED", "nope.nii.gz", "no such file")
     if case == "missing_labels":
         return args + ["--labels", p["fixed_labels"], tmp_path / "gone.nii.gz"], (
+            "--labels",
             "gone.nii.gz",
             "no such file",
         )
     if case == "dims":
         save_image(phantom((12, 10, 8)), tmp_path / "vol.nii.gz")
-        return ["register", p["fixed"], tmp_path / "vol.nii.gz"], ("2-D", "3-D")
+        return ["register", p["fixed"], tmp_path / "vol.nii.gz"], ("MOVING", "2-D", "3-D")
     if case == "labels_grid":
-        return args + ["--labels", p["moving_labels"], p["moving_labels"]], ("different grid", "fixed image")
+        return args + ["--labels", p["moving_labels"], p["moving_labels"]], ("--labels", "different grid", "fixed image")
     if case == "mask_grid":
         return args + ["--fixed-mask", p["moving_labels"]], ("--fixed-mask", "different grid")
     if case == "empty_mask":
@@ -299,19 +307,24 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list, tuple[str, ...]]:
         data = np.asarray(phantom((44, 48)).data).copy()
         data[3, 4] = np.nan
         save_image(Image(jnp.asarray(data), g), tmp_path / "nan.nii.gz")
-        return ["register", p["fixed"], tmp_path / "nan.nii.gz"], ("nan.nii.gz", "NaN")
+        return ["register", p["fixed"], tmp_path / "nan.nii.gz"], ("MOVING", "nan.nii.gz", "NaN")
     if case == "config_key":
         (tmp_path / "bad.toml").write_text("[deformable]\nstepp = 0.3\n")
-        return args + ["--config", tmp_path / "bad.toml"], ("bad.toml", "unknown key 'deformable.stepp'")
-    if case == "output_is_input":
-        return [
-            "register",
-            p["fixed"],
-            p["moving"],
-            "--labels",
-            p["fixed_labels"],
-            tmp_path / "warped.nii.gz",
-        ], ("no such file",)
+        return args + ["--config", tmp_path / "bad.toml"], ("--config", "bad.toml", "unknown key 'deformable.stepp'")
+    if case == "output_is_input":  # the moving label map sits where warped_labels.nii.gz would be written
+        out.mkdir(exist_ok=True)
+        inside = out / "warped_labels.nii.gz"
+        inside.write_bytes(p["moving_labels"].read_bytes())
+        return args + ["--labels", p["fixed_labels"], inside], ("-o", "refusing to overwrite")
+    if case == "constant_moving":
+        g = load_image(p["moving"]).grid
+        save_image(Image(jnp.full(g.shape, 7.0, jnp.float32), g), tmp_path / "flat.nii.gz")
+        return ["register", p["fixed"], tmp_path / "flat.nii.gz", "--quick"], ("MOVING", "constant image")
+    if case == "complex_moving":
+        g = load_image(p["moving"]).grid
+        data = np.asarray(phantom((44, 48)).data).astype(np.complex64) * (1 + 1j)
+        nib.save(nib.Nifti1Image(data, np.asarray(nib.load(p["moving"]).affine)), tmp_path / "cplx.nii.gz")
+        return ["register", p["fixed"], tmp_path / "cplx.nii.gz", "--quick"], ("MOVING", "complex")
     if case == "label_list_alone":
         return args + ["--label-list", "1"], ("--label-list needs --labels",)
     raise AssertionError(case)
@@ -328,20 +341,23 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list, tuple[str, ...]]:
         "empty_mask",
         "nan",
         "config_key",
+        "output_is_input",
         "label_list_alone",
+        "constant_moving",
+        "complex_moving",
     ],
 )
 def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, case):
-    argv, fragments = _error_case(tmp_path, case)
-    out = tmp_path / "out"
-    rc, _, err = run(capsys, *argv, "-o", out)
-    assert_one_line_error(rc, err, *fragments)
-    assert not out.exists()
-    existing = tmp_path / "existing"  # an existing folder stays as it was
+    # a new output folder is not created; an existing one (with a file of its own) stays as it was
+    existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("x")
-    rc, _, err = run(capsys, *argv, "-o", existing)
-    assert rc == 2 and sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+    for out in (tmp_path / "out", existing):
+        argv, fragments = _error_case(tmp_path, case, out)
+        before = _tree(out)
+        rc, _, err = run(capsys, *argv, "-o", out)
+        assert_one_line_error(rc, err, *fragments)
+        assert _tree(out) == before
 
 
 def test_refuses_output_folder_holding_an_input(tmp_path, capsys):
@@ -352,34 +368,33 @@ def test_refuses_output_folder_holding_an_input(tmp_path, capsys):
     moving.write_bytes(p["moving"].read_bytes())
     before = moving.read_bytes()
     rc, _, err = run(capsys, "register", p["fixed"], moving, "-o", out, "--quick")
-    assert_one_line_error(rc, err, "refusing to overwrite")
+    assert_one_line_error(rc, err, "-o", "refusing to overwrite")
     assert moving.read_bytes() == before and sorted(q.name for q in out.iterdir()) == ["warped.nii.gz"]
     f = tmp_path / "file"
     f.write_text("x")
     rc, _, err = run(capsys, "register", p["fixed"], p["moving"], "-o", f, "--quick")
-    assert_one_line_error(rc, err, "not a folder")
+    assert_one_line_error(rc, err, "-o", "not a folder")
 
 
 def test_failed_write_removes_created_files(tmp_path, monkeypatch):
-    import jaxreg.io
+    import jaxreg.io.outputs
+    from jaxreg.io import Outputs, write_outputs
 
     fixed = phantom((16, 12))
-    outs = reg.Outputs(
-        fixed, Affine.identity(2), None, None, {"labels": []}, {"pipeline": "affine"}, b"png", []
-    )
+    outs = Outputs(fixed, Affine.identity(2), None, None, {"labels": []}, {"pipeline": "affine"}, b"png", [])
 
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(jaxreg.io, "write_transform", boom)  # the second file fails
+    monkeypatch.setattr(jaxreg.io.outputs, "write_transform", boom)  # the second file fails
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space"):
-        reg.write_outputs(out, outs)
+        write_outputs(out, outs)
     assert not out.exists()
     out.mkdir()
     (out / "warped.nii.gz").write_bytes(b"old")
     with pytest.raises(OSError):
-        reg.write_outputs(out, outs)
+        write_outputs(out, outs)
     assert sorted(p.name for p in out.iterdir()) == ["warped.nii.gz"]  # replaced whole, not removed
     assert load_image(out / "warped.nii.gz").data.shape == (16, 12)
 
@@ -448,7 +463,7 @@ def test_config_errors_through_the_command_line(tmp_path, capsys):
     rc, _, err = run(
         capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o", "--config", tmp_path / "no.toml"
     )
-    assert_one_line_error(rc, err, "no.toml", "no such file")
+    assert_one_line_error(rc, err, "--config", "no.toml", "no such file")
     rc, _, err = run(capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o", "--pipeline", "syn")
     assert_one_line_error(rc, err, "invalid choice")
 
@@ -513,7 +528,7 @@ def test_report_grid_lines_match_plot_grid():
     u = jax.random.normal(jax.random.PRNGKey(0), (*g.shape, 3)) * 0.8
     field = DisplacementField(u, g)
     fig, (a1, a2) = plt.subplots(1, 2)
-    _draw_grid(a1, field, g, 1, 3, 2)
+    _draw_grid(a1, np.asarray(u), g, 1, 3, 2)  # the field's displacement at the voxels of g
     plot_grid(field, g, ax=a2, axis=1, index=3, every=2)
     assert len(a1.lines) == len(a2.lines) > 0
     for l1, l2 in zip(a1.lines, a2.lines):

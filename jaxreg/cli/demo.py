@@ -20,7 +20,8 @@ Steps (each timed; JAX times include compilation unless the persistent cache alr
    result (before registration: Dice of ``m`` and ``m_moving``); the mean distance ``|T_hat(x) - T(x)|`` (mm)
    over the brain mask; the folding fraction of the deformable part; the time;
 6. write the inputs ``fixed.nii.gz`` (template) and ``moving.nii.gz`` and everything ``jaxreg register`` writes
-   (``warped.nii.gz``, ``affine.mat``, ``warp.nii.gz``, ``report.json`` with a ``demo`` section, ``report.png``).
+   (``warped.nii.gz``, ``affine.mat``, ``warp.nii.gz``, ``report.json`` with a ``demo`` section, ``report.png``;
+   :func:`jaxreg.evaluation.summarize` computes them, :func:`jaxreg.io.write_outputs` writes them all or nothing).
 
 ``jaxreg apply --fixed fixed.nii.gz --moving moving.nii.gz -t warp.nii.gz -t affine.mat -o check.nii.gz``
 recomputes ``warped.nii.gz``.
@@ -197,21 +198,15 @@ def run_demo(
       dict with ``dice`` (``{mask: {"before", "after"}}``), ``error_mm`` (``{"before", "after"}``: mean
       ``|T_hat(x) - T(x)|`` in the brain mask), ``folding_percent``, ``sdlogj``, ``timings`` (s) and ``paths``.
     """
-    from jaxreg.cli.register import (
-        RegisterInputs,
-        check_output_folder,
-        pipeline_options,
-        summarize,
-        write_outputs,
-    )
+    from jaxreg.cli.register import check_output, pipeline_options
     from jaxreg.core.grid import Image
     from jaxreg.data import MNI152_MASKS, load_mni152, load_mni152_masks
-    from jaxreg.evaluation import dice
-    from jaxreg.io import save_image
+    from jaxreg.evaluation import RegistrationInputs, dice, summarize
+    from jaxreg.io import save_image, write_outputs
     from jaxreg.optimize.pipelines import register_pair
 
     out = Path(output)
-    check_output_folder(out, [])
+    check_output(out, [])
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -290,7 +285,7 @@ def run_demo(
         f"mean {err_before.mean():.2f} mm"
     )
 
-    inputs = RegisterInputs(template, moving, None, None, None, None, None, {}, [])
+    inputs = RegistrationInputs(template, moving)
     demo = {
         "seed": int(seed),
         "resolution_mm": int(resolution),

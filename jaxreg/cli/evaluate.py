@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxreg.cli._args import argument
+
 __all__ = ["add_parser", "run", "read_label_list", "evaluate_labels", "evaluate_transform"]
 
 _DESCRIPTION = (
@@ -176,17 +178,20 @@ def evaluate_labels(
     from jaxreg.evaluation import hd95_per_label, overlap
     from jaxreg.io import load_labels
 
-    a_img, b_img = load_labels(fixed_path), load_labels(warped_path)
+    with argument("--fixed-labels"):
+        a_img = load_labels(fixed_path)
+    with argument("--warped-labels"):
+        b_img = load_labels(warped_path)
     ga, gb = a_img.grid, b_img.grid
     if ga.shape != gb.shape:
         raise ValueError(
-            f"label maps on different grids: {os.fspath(fixed_path)} is {'x'.join(map(str, ga.shape))} but "
+            f"--warped-labels: label maps on different grids: {os.fspath(fixed_path)} is {'x'.join(map(str, ga.shape))} but "
             f"{os.fspath(warped_path)} is {'x'.join(map(str, gb.shape))}; resample one onto the other's grid "
             "first (jaxreg apply --labels)"
         )
     if not np.allclose(ga.affine, gb.affine, rtol=0, atol=1e-4):
         raise ValueError(
-            f"label maps on different grids: {os.fspath(fixed_path)} and {os.fspath(warped_path)} have the "
+            f"--warped-labels: label maps on different grids: {os.fspath(fixed_path)} and {os.fspath(warped_path)} have the "
             "same shape but different voxel-to-world affines; resample one onto the other's grid first "
             "(jaxreg apply --labels)"
         )
@@ -195,7 +200,8 @@ def evaluate_labels(
         labels = [int(v) for v in np.union1d(np.unique(a), np.unique(b)) if v != 0]
         if not labels:
             raise ValueError(
-                f"{os.fspath(fixed_path)}, {os.fspath(warped_path)}: no non-zero labels to evaluate"
+                f"--fixed-labels, --warped-labels: {os.fspath(fixed_path)}, {os.fspath(warped_path)}: no non-zero "
+                "labels to evaluate"
             )
     labels = [int(v) for v in labels]
     ov = overlap(a, b, labels=labels)
@@ -236,16 +242,19 @@ def evaluate_transform(
     from jaxreg.evaluation import jacobian_statistics
     from jaxreg.io import load_image, read_transform
 
-    transform = read_transform(transform_path)
-    grid = load_image(grid_path, channels=True).grid
+    with argument("--transform"):
+        transform = read_transform(transform_path)
+    with argument("--grid"):
+        grid = load_image(grid_path, channels=True).grid
     if transform.ndim != grid.ndim:
         raise ValueError(
-            f"{os.fspath(transform_path)} is a {transform.ndim}-D transform but {os.fspath(grid_path)} is a "
+            f"--transform: {os.fspath(transform_path)} is a {transform.ndim}-D transform but {os.fspath(grid_path)} is a "
             f"{grid.ndim}-D image"
         )
     mask = None
     if mask_path is not None:
-        m = load_image(mask_path)
+        with argument("--mask"):
+            m = load_image(mask_path)
         if m.grid.shape != grid.shape:
             raise ValueError(
                 f"--mask {os.fspath(mask_path)} is {'x'.join(map(str, m.grid.shape))} but --grid "
@@ -355,10 +364,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         from jaxreg.io import check_not_input
 
-        check_not_input(args.json, inputs)  # fail before the (possibly long) computation
-        out_dir = Path(args.json).parent if str(Path(args.json).parent) else Path(".")
-        if not out_dir.is_dir():
-            raise FileNotFoundError(2, f"{args.json}: the output directory does not exist", str(out_dir))
+        with argument("--json"):
+            check_not_input(args.json, inputs)  # fail before the (possibly long) computation
+            out_dir = Path(args.json).parent if str(Path(args.json).parent) else Path(".")
+            if not out_dir.is_dir():
+                raise FileNotFoundError(2, f"{args.json}: the output directory does not exist")
 
     result: dict[str, Any] = {}
     names: dict[int, str] = {}
@@ -366,7 +376,8 @@ def run(args: argparse.Namespace) -> int:
     if have_labels:
         labels: list[int] | None = None
         if args.labels_json is not None:
-            labels, names = read_label_list(args.labels_json)
+            with argument("--labels-json"):
+                labels, names = read_label_list(args.labels_json)
         elif args.labels is not None:
             labels = list(args.labels)
             dup = sorted({x for x in labels if labels.count(x) > 1})

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxreg.cli._args import UsageError, argument
+
 __all__ = ["add_parser", "parse_weights", "run"]
 
 _SUFFIXES = (".mat", ".tfm", ".txt")
@@ -100,14 +102,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _check_output(path: str, inputs: list[str]) -> None:
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ValueError(f"-o {path}: expected a .mat, .tfm or .txt transform file name")
+        raise UsageError(f"-o {path}: expected a .mat, .tfm or .txt transform file name")
     for q in inputs:
         a, b = Path(path), Path(q)
         if a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b)):
             raise ValueError(f"-o {path}: refusing to overwrite the input file {q}")
     out_dir = Path(path).parent
     if not out_dir.is_dir():
-        raise FileNotFoundError(2, f"{path}: the output directory does not exist", str(out_dir))
+        raise FileNotFoundError(2, f"-o {path}: the output directory does not exist")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,15 +127,26 @@ def run(args: argparse.Namespace) -> int:
     )
     _check_output(args.output, inputs)
     t0 = time.perf_counter()
-    fixed = read_landmarks(args.fixed, format=args.format)
-    moving = read_landmarks(args.moving, format=args.format)
-    x, y, labels = match_landmarks(fixed, moving, by=args.pair)
+    with argument("--fixed"):
+        fixed = read_landmarks(args.fixed, format=args.format)
+    with argument("--moving"):
+        moving = read_landmarks(args.moving, format=args.format)
+    try:
+        x, y, labels = match_landmarks(fixed, moving, by=args.pair)
+    except ValueError as e:  # "fixed/moving: ...", "fixed: ..." -> the options they concern
+        raise UsageError(f"--{str(e).replace('fixed/moving:', 'fixed/--moving:', 1)}") from e
     n_pts, ndim = x.shape
     w = parse_weights(args.weights, n_pts) if args.weights else None
-    with jax.enable_x64(True):  # files hold doubles: fit in double precision
-        t = fit_transform(
-            jnp.asarray(x), jnp.asarray(y), model=args.model, weights=None if w is None else jnp.asarray(w)
+    if n_pts < min_points(args.model, ndim):
+        raise UsageError(
+            f"--fixed/--moving: a {ndim}-D {args.model} fit needs at least {min_points(args.model, ndim)} landmark "
+            f"pairs, got {n_pts}"
         )
+    with jax.enable_x64(True):  # files hold doubles: fit in double precision
+        with argument("--fixed/--moving"):
+            t = fit_transform(
+                jnp.asarray(x), jnp.asarray(y), model=args.model, weights=None if w is None else jnp.asarray(w)
+            )
         errors = np.asarray(registration_errors(t, x, y))
         loo = None
         if n_pts > min_points(args.model, ndim):

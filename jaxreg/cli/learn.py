@@ -7,6 +7,11 @@
 ``jaxreg predict --model DIR FIXED MOVING -o OUTDIR`` registers a pair with a trained model, optionally refined by
 the iterative engine (``--refine``), and writes the outputs of ``jaxreg register`` (warped image, ITK/ANTs
 ``affine.mat`` and ``warp.nii.gz``, warped labels and Dice with ``--labels``, ``report.json``, ``report.png``).
+
+This module reads and checks the TOML file (:func:`read_train_config`), calls the library and prints: the
+training set-up is :func:`jaxreg.learn.setup.build_training`, the trained model is read by
+:func:`jaxreg.learn.setup.load_trained`, the report and the output files are :func:`jaxreg.evaluation.summarize`
+and :func:`jaxreg.io.write_outputs`. Errors name the argument concerned (``--config: ...``, ``--model: ...``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from jaxreg.cli._args import UsageError, argument, int_at_least
 
-__all__ = ["EXAMPLE_CONFIG", "add_parsers", "build_training", "read_train_config", "run_predict", "run_train"]
+__all__ = ["EXAMPLE_CONFIG", "add_parsers", "load_trained", "read_train_config", "run_predict", "run_train"]
 
 EXAMPLE_CONFIG = """\
 # jaxreg train configuration (TOML). Paths are relative to this file.
@@ -82,7 +87,9 @@ _TRAIN = (
 )
 
 
-def _unknown(table: dict, allowed: Sequence[str], where: str, path: Any) -> None:
+def _unknown(table: Any, allowed: Sequence[str], where: str, path: Any) -> None:
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [{where}]: expected a table, got {table!r}")
     bad = sorted(set(table) - set(allowed))
     if bad:
         raise ValueError(f"{path}: unknown key(s) {', '.join(bad)} in [{where}] (allowed: {', '.join(allowed)})")
@@ -109,24 +116,30 @@ def read_train_config(path: str | os.PathLike, *, workdir: str | None = None, st
     """Read and check a ``jaxreg train`` TOML file (see :data:`EXAMPLE_CONFIG`); globs are expanded.
 
     Returns:
-      ``{"workdir", "data", "model", "train", "mode"}`` with defaults filled in.
+      ``{"workdir", "data", "model", "train", "mode", "config_path"}`` with defaults filled in.
+
+    Raises:
+      FileNotFoundError: no such file, or a data glob that matches nothing.
+      ValueError: not valid TOML, an unknown key, a missing or wrong value (the message names the file and the
+        key).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
+        raise FileNotFoundError(2, f"{path}: no such file")
     try:
         cfg = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"--config {path}: not valid TOML ({e})") from None
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
     base = path.parent
     _unknown(cfg, _TOP, "top level", path)
+    for key, allowed in (("data", _DATA), ("model", _MODEL), ("train", _TRAIN)):
+        _unknown(cfg.get(key, {}), allowed, key, path)
+    if not isinstance(cfg.get("mode", {}), dict):  # its keys are checked against the mode's factory below
+        raise ValueError(f"{path}: [mode]: expected a table, got {cfg['mode']!r}")
     data = dict(cfg.get("data", {}))
     model = dict(cfg.get("model", {}))
     train = dict(cfg.get("train", {}))
     mode = dict(cfg.get("mode", {}))
-    _unknown(data, _DATA, "data", path)
-    _unknown(model, _MODEL, "model", path)
-    _unknown(train, _TRAIN, "train", path)
     wd = workdir if workdir is not None else cfg.get("workdir")
     if not wd:
         raise ValueError(f"{path}: 'workdir' is required (or pass -o WORKDIR)")
@@ -163,10 +176,12 @@ def read_train_config(path: str | os.PathLike, *, workdir: str | None = None, st
     t.update(train)
     if steps is not None:
         t["steps"] = int(steps)
-    from jaxreg.learn.modes import MODES
+    from jaxreg.learn.setup import check_mode_options
 
-    if t["mode"] not in MODES:
-        raise ValueError(f"{path}: [train] mode: expected one of {', '.join(MODES)}, got {t['mode']!r}")
+    try:
+        check_mode_options(t["mode"], mode)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     if t["mode"] in ("synthesis", "weakly_supervised") and not d["labels"]:
         raise ValueError(f"{path}: [train] mode {t['mode']!r} needs label maps ([data] labels)")
     if t["mode"] in ("synthesis", "weakly_supervised") and not d["label_values"]:
@@ -176,260 +191,66 @@ def read_train_config(path: str | os.PathLike, *, workdir: str | None = None, st
     return {"workdir": wd, "data": d, "model": model, "train": t, "mode": mode, "config_path": str(path)}
 
 
-def _similarity(name: str, window: int) -> Callable:
-    from jaxreg.similarity import lncc, mse, ncc
-
-    if name == "mse":
-        return mse
-    if name == "ncc":
-        return ncc
-    if name == "lncc":
-        return lncc(int(window))
-    raise ValueError(f"[train] similarity: expected mse, ncc or lncc, got {name!r}")
-
-
-def network_grid_from(shape: Sequence[int], spacing: Any, reference: Any) -> Any:
-    """The training grid: ``shape`` voxels of ``spacing`` mm, axis-aligned, centred on ``reference``'s centre."""
-    from jaxreg.core.grid import Grid
-    from jaxreg.learn.inference import place_grid
-
-    n = len(shape)
-    sp = np.broadcast_to(np.asarray(spacing, np.float64), (n,))
-    return place_grid(Grid.from_spacing(tuple(shape), tuple(sp)), reference)
-
-
-def _weight_image(image_path: str | None, label_path: str | None, centroid_labels: Sequence[int] | None) -> Any:
-    """The image whose centre of mass (and, for ``align="affine"``, whose shape) places an item."""
-    from jaxreg.core.grid import Image
-    from jaxreg.io import load_image, load_labels
-    from jaxreg.learn.inference import normalize_image
-
-    if label_path is not None:
-        src = load_labels(label_path)
-        lab = np.asarray(src.data)
-        sel = np.isin(lab, np.asarray(centroid_labels)) if centroid_labels else lab != 0
-        if not sel.any():
-            raise ValueError(f"{label_path}: none of the labels {list(centroid_labels or [])} is present")
-        return Image(sel.astype(np.float32), src.grid)
-    return normalize_image(load_image(image_path))
-
-
-def load_aligned(
-    images: Sequence[str],
-    labels: Sequence[str],
-    grid: Any,
-    *,
-    align: str,
-    centroid_labels: Sequence[int] | None = None,
-    reference: Any = None,
-) -> tuple[np.ndarray | None, np.ndarray | None, Any]:
-    """Volumes (and their label maps) resampled onto ``grid``'s shape and spacing, pre-aligned.
-
-    The *weight image* of an item is its label map's ``centroid_labels`` voxels (or non-zero voxels) when label
-    maps are given, else its normalised intensities.
-
-    * ``align="none"``: every item is sampled on ``grid`` as it is.
-    * ``align="com"``: each item gets its own copy of the grid centred on its weight image's centre of mass (a
-      translation-only pre-alignment: what :func:`jaxreg.learn.inference.predict` does to a new pair with
-      ``init="com"``).
-    * ``align="affine"``: each item is registered affinely (NCC of the weight images, coarse levels) to the
-      reference (``reference``, or the first item), and sampled through that affine on the grid centred on the
-      reference's centre of mass (pairs then differ by non-linear deformations only, as when ``predict`` runs
-      with ``init="affine"``).
-
-    Returns:
-      ``(images (N, *shape) or None, labels (N, *shape) int32 or None, reference weight image or None)``.
-    """
-    from jaxreg.io import load_image, load_labels
-    from jaxreg.learn import data as ld
-    from jaxreg.learn.inference import center_of_mass, normalize_image, place_grid
-    from jaxreg.optimize.engine import Level
-    from jaxreg.optimize.pipelines import register_linear
-    from jaxreg.warp import warp, warp_labels
-
-    if align == "none":
-        img = ld.load_volumes(images, grid, labels=False) if images else None
-        lab = ld.load_volumes(labels, grid, labels=True) if labels else None
-        return img, lab, None
-    n = max(len(images), len(labels))
-    out_i, out_l = [], []
-    for k in range(n):
-        weight = _weight_image(images[k] if images else None, labels[k] if labels else None, centroid_labels)
-        if align == "com":
-            g = place_grid(grid, center_of_mass(weight))
-            if images:
-                out_i.append(ld.load_volumes([images[k]], g, labels=False)[0])
-            if labels:
-                out_l.append(ld.load_volumes([labels[k]], g, labels=True)[0])
-            continue
-        if reference is None:
-            reference = weight
-        g = place_grid(grid, center_of_mass(reference))
-        a = register_linear(
-            reference, weight, model="affine", metric="ncc", init="com", levels=(Level(8, 0.0, 60), Level(4, 0.0, 40))
-        ).transform
-        if images:
-            out_i.append(np.asarray(warp(normalize_image(load_image(images[k])), a, g).data, np.float32))
-        if labels:
-            out_l.append(np.asarray(warp_labels(load_labels(labels[k]), a, g).data, np.int32))
-    return (np.stack(out_i) if out_i else None), (np.stack(out_l) if out_l else None), reference
-
-
-def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load the data and build the model, mode, optimiser and data factories of a training run."""
-    from flax import nnx
-
-    from jaxreg.io import load_image
-    from jaxreg.learn import data as ld
-    from jaxreg.learn import modes as lm
-    from jaxreg.learn.networks import RegistrationNet
-    from jaxreg.learn.train import make_optimizer
-
-    d, t = cfg["data"], cfg["train"]
-    first = (d["images"] or d["labels"])[0]
-    ref = load_image(first).grid
-    if len(d["shape"]) != ref.ndim:
-        raise ValueError(f"[data] shape: {len(d['shape'])} axes for {ref.ndim}-D images")
-    grid = network_grid_from(d["shape"], d["spacing"], ref)
-    t0 = time.perf_counter()
-    images, labels, ref_w = load_aligned(d["images"], d["labels"], grid, align=d["align"], centroid_labels=d["label_values"])
-    v_images, v_labels = (None, None)
-    if d["validation_images"] or d["validation_labels"]:
-        v_images, v_labels, _ = load_aligned(
-            d["validation_images"], d["validation_labels"], grid, align=d["align"], centroid_labels=d["label_values"],
-            reference=ref_w,
-        )
-    n = (images if images is not None else labels).shape[0]
-    log(f"data:       {n} training volumes on a {tuple(grid.shape)} grid of {tuple(float(s) for s in grid.spacing)} mm ({time.perf_counter() - t0:.1f} s)")
-    if v_images is None and v_labels is None:
-        if n < 4:
-            raise ValueError(f"[data]: {n} volumes are too few to hold out validation pairs; give validation_* files")
-        v_images = None if images is None else images[-2:]
-        v_labels = None if labels is None else labels[-2:]
-        images = None if images is None else images[:-2]
-        labels = None if labels is None else labels[:-2]
-        log("validation: the last 2 volumes are held out")
-    lv = d["label_values"]
-    sim = _similarity(t["similarity"], t["window"])
-    name = t["mode"]
-    extra = dict(cfg["mode"])
-    if name == "unsupervised":
-        mode = lm.unsupervised(grid, similarity=sim, regularizer_weight=t["regularizer_weight"], label_values=lv, bidirectional=t["bidirectional"], **extra)
-    elif name == "supervised":
-        mode = lm.supervised(grid, regularizer_weight=t["regularizer_weight"], label_values=lv, **extra)
-    elif name == "weakly_supervised":
-        mode = lm.weakly_supervised(grid, label_values=lv, similarity=sim, regularizer_weight=t["regularizer_weight"], bidirectional=t["bidirectional"], **extra)
-    else:
-        mode = lm.synthesis(
-            grid, label_values=lv, synthesis_labels=d["synthesis_labels"], regularizer_weight=t["regularizer_weight"],
-            bidirectional=t["bidirectional"], similarity=sim, **extra,
-        )
-    mcfg = {"transform": "velocity", **cfg["model"]}
-    model = RegistrationNet(grid.ndim, rngs=nnx.Rngs(int(t["seed"])), **mcfg)
-    opt = make_optimizer(
-        float(t["learning_rate"]), schedule=t["schedule"], total_steps=int(t["steps"]), warmup_steps=int(t["warmup_steps"]),
-        clip_norm=None if t["clip_norm"] is None else float(t["clip_norm"]),
-    )
-    need = set(mode.inputs)
-    use_images = images if need & {"fixed", "moving"} else None
-    use_labels = labels if (need & {"fixed_labels", "moving_labels"} or (lv and labels is not None)) else None
-
-    def train_data(start: int):
-        return ld.PairLoader(
-            use_images, use_labels, batch_size=int(t["batch_size"]), seed=int(t["seed"]), mode=d["pairs"], atlas=d["atlas"],
-            start_step=start,
-        )
-
-    n_val = int(t["validation_pairs"])
-    v_img = v_images if use_images is not None else None
-    v_lab = v_labels if (use_labels is not None or name == "synthesis") else None
-
-    def eval_data():
-        loader = ld.PairLoader(v_img, v_lab, batch_size=1, seed=int(t["seed"]) + 1, mode="random", start_step=0, prefetch=0)
-        try:
-            out = []
-            for i, b in enumerate(loader):
-                if i >= n_val:
-                    break
-                out.append(b)
-            return out
-        finally:
-            loader.close()
-
-    meta = {
-        "grid": {"shape": list(grid.shape), "spacing": [float(s) for s in grid.spacing], "affine": np.asarray(grid.affine).tolist()},
-        "label_values": lv,
-        "mode": name,
-        "config": cfg.get("config_path"),
-        "normalize": True,
-        "align": d["align"],
-    }
-    return {"grid": grid, "model": model, "mode": mode, "optimizer": opt, "train_data": train_data, "eval_data": eval_data, "metadata": meta}
-
-
 def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """``jaxreg train``: train (or resume) a registration network from a TOML configuration."""
     import jax
 
+    from jaxreg.learn.setup import build_training
     from jaxreg.learn.train import fit, initialize_distributed
 
-    cfg = read_train_config(args.config, workdir=args.output, steps=args.steps)
+    with argument("--config"):
+        cfg = read_train_config(args.config, workdir=args.output, steps=args.steps)
+    wd = Path(cfg["workdir"])
+    if wd.exists() and not wd.is_dir():
+        raise ValueError(f"{'-o' if args.output is not None else '--config: workdir'} {wd}: exists and is not a folder")
     if initialize_distributed():  # multi-host: only when the launcher's environment says so
         log(f"distributed: process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices")
-    parts = build_training(cfg, log=log)
+    with argument("--config"):
+        parts = build_training(cfg, log=log)
     t = cfg["train"]
     log(f"training:   mode {t['mode']}, {t['steps']} steps of batch {t['batch_size']}, workdir {cfg['workdir']}")
-    mode = parts["mode"]
+    mode = parts.mode
+    labelled = bool(parts.metadata["label_values"])
     fit(
-        parts["model"], mode.loss, parts["optimizer"], parts["train_data"],
+        parts.model, mode.loss, parts.optimizer, parts.train_data,
         steps=int(t["steps"]), key=jax.random.key(int(t["seed"])), workdir=cfg["workdir"], augment=mode.augment,
-        eval_fn=mode.metrics, eval_data=parts["eval_data"], eval_every=int(t["eval_every"]), save_every=int(t["save_every"]),
-        max_to_keep=int(t["max_to_keep"]), best_metric="dice" if parts["metadata"]["label_values"] else "loss",
-        best_mode="max" if parts["metadata"]["label_values"] else "min", resume=not args.restart, progress=not args.quiet,
-        metadata=parts["metadata"],
-    )
+        eval_fn=mode.metrics, eval_data=parts.eval_data, eval_every=int(t["eval_every"]), save_every=int(t["save_every"]),
+        max_to_keep=int(t["max_to_keep"]), best_metric="dice" if labelled else "loss",
+        best_mode="max" if labelled else "min", resume=not args.restart, progress=not args.quiet,
+        metadata=parts.metadata,
+    )  # fmt: skip
     log(f"done:       {cfg['workdir']} (metrics.csv, metrics.png, model.json, checkpoints/)")
     return 0
 
 
 def load_trained(model_dir: str | os.PathLike, *, which: str = "best") -> tuple[Any, Any, dict]:
-    """(model, network grid, metadata) of a ``jaxreg train`` work folder."""
-    from flax import nnx
+    """:func:`jaxreg.learn.setup.load_trained` (imported when called: the parser does not import Flax)."""
+    from jaxreg.learn.setup import load_trained as load
 
-    from jaxreg.core.grid import Grid
-    from jaxreg.learn.networks import RegistrationNet
-    from jaxreg.learn.train import load_model
-
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(f"--model {model_dir}: no such folder")
-    build = lambda c: RegistrationNet.from_config(c, rngs=nnx.Rngs(0))
-    try:
-        model, meta = load_model(model_dir, build, which=which)
-    except FileNotFoundError:
-        if which != "best":
-            raise
-        model, meta = load_model(model_dir, build, which="latest")  # trained without validation: no best/
-    g = meta.get("grid") if isinstance(meta, dict) else None
-    if not g:
-        raise ValueError(f"--model {model_dir}: model.json has no training grid (not a 'jaxreg train' folder?)")
-    return model, Grid(tuple(g["shape"]), np.asarray(g["affine"])), meta
+    return load(model_dir, which=which)
 
 
 def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """``jaxreg predict``: register a pair with a trained network (and optional instance optimisation)."""
-    from jaxreg.cli import register as reg
+    from jaxreg.cli.register import check_output, load_inputs
+    from jaxreg.evaluation import summarize
+    from jaxreg.io import write_outputs
     from jaxreg.learn.inference import predict
     from jaxreg.optimize.engine import Level, RegistrationResult
     from jaxreg.optimize.greedy import GreedyOptions
     from jaxreg.optimize.pipelines import PipelineResult
 
     t_all = time.perf_counter()
-    inp = reg.load_inputs(args.fixed, args.moving, labels=args.labels, label_list=args.label_list, labels_json=args.labels_json)
-    all_inputs = inp.paths
-    reg.check_output_folder(args.output, all_inputs)
-    model, grid, meta = load_trained(args.model, which=args.which)
-    if grid.ndim != inp.fixed.grid.ndim:
-        raise ValueError(f"--model {args.model}: trained on {grid.ndim}-D images, FIXED is {inp.fixed.grid.ndim}-D")
+    with argument("--model"):
+        if not Path(args.model).is_dir():  # before the images are read
+            raise FileNotFoundError(2, f"{args.model}: no such folder")
+    inp = load_inputs(args.fixed, args.moving, labels=args.labels, label_list=args.label_list, labels_json=args.labels_json)
+    all_inputs = list(inp.paths)
+    check_output(args.output, all_inputs)
+    with argument("--model"):
+        model, grid, meta = load_trained(args.model, which=args.which)
+        if grid.ndim != inp.fixed.grid.ndim:
+            raise ValueError(f"{args.model}: trained on {grid.ndim}-D images, FIXED is {inp.fixed.grid.ndim}-D")
     levels = tuple(Level(*lv) for lv in ([(2, 0.0, args.refine), (1, 0.0, max(1, args.refine // 4))] if args.refine else []))
     greedy = GreedyOptions(step=0.5, symmetric=True)
     align = meta.get("align", "com")
@@ -456,11 +277,11 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
         "init": args.init,
         "refine_iterations": int(args.refine),
     }
-    outs = reg.summarize(inp, result, opts, title=f"jaxreg predict: {Path(args.moving).name} -> {Path(args.fixed).name}", extra=extra)
+    outs = summarize(inp, result, opts, title=f"jaxreg predict: {Path(args.moving).name} -> {Path(args.fixed).name}", extra=extra)
     for line in outs.text:
         log(line)
     outs.report["timings"]["total"] = round(time.perf_counter() - t_all, 3)
-    written = reg.write_outputs(args.output, outs, inputs=all_inputs)
+    written = write_outputs(args.output, outs, inputs=all_inputs)
     log(f"wrote:      {', '.join(p.name for p in written)} in {args.output}")
     log(f"total:      {time.perf_counter() - t_all:.1f} s")
     return 0
@@ -468,8 +289,6 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
 
 def add_parsers(subparsers: Any) -> None:
     """Add ``train`` and ``predict`` to ``subparsers``."""
-    from jaxreg.cli.main import int_at_least
-
     _nonneg_int = int_at_least(0)
     pt = subparsers.add_parser(
         "train",
@@ -519,5 +338,5 @@ def _train_entry(args: argparse.Namespace) -> int:
         print(EXAMPLE_CONFIG, end="")
         return 0
     if not args.config:
-        raise ValueError("--config: required (a TOML file; 'jaxreg train --example-config' prints one)")
+        raise UsageError("--config: required (a TOML file; 'jaxreg train --example-config' prints one)")
     return run_train(args)

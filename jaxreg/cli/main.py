@@ -9,7 +9,10 @@ Subcommands:
 * ``jaxreg evaluate`` -- Dice/HD95 of label maps, Jacobian statistics of a transform (:mod:`jaxreg.cli.evaluate`);
 * ``jaxreg landmarks`` -- fit a rigid/similarity/affine transform to landmark files (:mod:`jaxreg.cli.landmarks`);
 * ``jaxreg register FIXED MOVING -o OUTDIR`` -- register two images, write the warped image, the transforms and a
-  report (:mod:`jaxreg.cli.register`).
+  report (:mod:`jaxreg.cli.register`);
+* ``jaxreg train --config cfg.toml`` -- train a registration network (:mod:`jaxreg.cli.learn`);
+* ``jaxreg predict --model DIR FIXED MOVING -o OUTDIR`` -- register two images with a trained network
+  (:mod:`jaxreg.cli.learn`).
 
 Compilation cache: every command runs with JAX's persistent compilation cache on (:func:`compilation_cache`),
 in ``$JAXREG_CACHE_DIR`` or ``~/.cache/jaxreg/jax`` (``$XDG_CACHE_HOME/jaxreg/jax`` when that is set), so a
@@ -17,8 +20,10 @@ second run skips most of XLA's compilation; ``--no-cache`` or ``JAXREG_CACHE_DIR
 itself never turns the cache on.
 
 User errors (missing or unreadable files, bad arguments, anything jaxreg raises as ``ValueError`` or
-``OSError``) print one line ``jaxreg: error: ...`` on stderr and exit with status 2; ``--debug`` shows the
-traceback instead.
+``OSError``) print one line ``jaxreg: error: ...`` on stderr, naming the argument concerned, and exit with
+status 2 before anything is written; ``--debug`` shows the traceback instead. Argument types and the error
+helpers shared by the subcommands are in :mod:`jaxreg.cli._args` (the subcommand modules never import this
+one, which imports them).
 """
 
 from __future__ import annotations
@@ -31,39 +36,17 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from jaxreg.cli._args import Parser as _Parser
+from jaxreg.cli._args import UsageError, argument, int_at_least, one_line, positive_float
 
 __all__ = ["main", "build_parser", "cache_dir", "compilation_cache"]
 
 PROG = "jaxreg"
 _INTERP_ORDER = {"linear": 1, "nearest": 0, "cubic": 3}
-
-
-class UsageError(ValueError):
-    """A bad command line (reported like any other user error: one line, exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with errors raised (so :func:`main` reports them in one line and returns 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _one_line(exc: BaseException) -> str:
-    """A one-line description of an exception for the ``jaxreg: error:`` message."""
-    if isinstance(exc, OSError) and exc.strerror:
-        msg = exc.strerror
-        name = exc.filename
-        if name is not None and os.fspath(name) not in msg:
-            msg = f"{os.fspath(name)}: {msg}"
-    else:
-        msg = str(exc) or type(exc).__name__
-    if isinstance(exc, ImportError) and "install" not in msg:
-        msg = f"{msg} (optional packages: pip install 'jaxreg[demo]')"
-    return " ".join(msg.split())
 
 
 # -- info -------------------------------------------------------------------------------------------------------
@@ -87,7 +70,8 @@ def image_info(path: str | os.PathLike) -> dict[str, Any]:
     Returns:
       dict with ``path``, ``shape`` (spatial), ``ndim``, ``components`` (or None), ``spacing`` (mm),
       ``axcodes``, ``origin`` (mm, world position of voxel 0), ``affine`` (the file's 4x4), ``dtype`` (stored),
-      ``min``, ``max``, ``n_labels`` (distinct values of an integer image, else None), ``n_nonfinite``,
+      ``loaded_dtype``, ``real_valued`` (False for complex or RGB voxels, which jaxreg does not load; their
+      ``min``/``max`` are NaN), ``min``, ``max``, ``n_labels`` (distinct values of an integer image, else None), ``n_nonfinite``,
       ``sform_code``, ``qform_code``.
     """
     from jaxreg.io.nifti import load_nifti, nifti_grid
@@ -96,9 +80,11 @@ def image_info(path: str | os.PathLike) -> dict[str, Any]:
     spatial, comps = _file_layout(tuple(data.shape))
     affine = np.asarray(img.header.get_best_affine(), dtype=np.float64)
     grid = nifti_grid(affine, spatial)
-    finite = np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
+    real = np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
+    real = real or data.dtype == np.bool_
+    finite = np.isfinite(data) if np.issubdtype(data.dtype, np.inexact) else None
     n_bad = 0 if finite is None else int(data.size - np.count_nonzero(finite))
-    if data.size == 0 or n_bad == data.size:
+    if not real or data.size == 0 or n_bad == data.size:  # complex/RGB voxels: no range
         lo = hi = float("nan")
     elif n_bad:
         lo, hi = (
@@ -120,6 +106,7 @@ def image_info(path: str | os.PathLike) -> dict[str, Any]:
         "affine": affine.tolist(),
         "dtype": str(hdr.get_data_dtype()),
         "loaded_dtype": str(data.dtype),
+        "real_valued": bool(real),
         "min": lo,
         "max": hi,
         "n_labels": n_labels,
@@ -154,7 +141,10 @@ def format_info(info: dict[str, Any]) -> str:
     if info["loaded_dtype"] != dtype:
         dtype += f" (scaled to {info['loaded_dtype']})"
     lines.append(f"dtype:       {dtype}")
-    lines.append(f"range:       [{_fmt(info['min'])}, {_fmt(info['max'])}]")
+    if not info["real_valued"]:
+        lines.append(f"range:       - ({info['loaded_dtype']} voxels: jaxreg.io.load_image refuses them)")
+    else:
+        lines.append(f"range:       [{_fmt(info['min'])}, {_fmt(info['max'])}]")
     if info["n_nonfinite"]:
         lines.append(f"non-finite:  {info['n_nonfinite']} NaN/Inf values (jaxreg.io.load_image refuses them)")
     if info["n_labels"] is not None:
@@ -163,7 +153,8 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = image_info(args.image)
+    with argument("IMAGE"):
+        info = image_info(args.image)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -232,20 +223,34 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise ValueError(f"-o {args.output}: expected a .nii or .nii.gz file name")
     out_dir = Path(args.output).parent
     if not out_dir.is_dir():
-        raise FileNotFoundError(2, f"{args.output}: the output directory does not exist", str(out_dir))
+        raise FileNotFoundError(2, f"-o {args.output}: the output directory does not exist")
     if args.labels and args.interp not in (None, "nearest"):
         raise UsageError(f"--labels warps with nearest-neighbour interpolation; drop --interp {args.interp}")
+    if not np.isfinite(args.default_value) or (args.labels and args.default_value != int(args.default_value)):
+        what = "an integer label" if args.labels else "a finite number"
+        raise UsageError(f"--default-value: expected {what}, got {args.default_value!r}")
 
     t0 = time.perf_counter()
-    fixed_grid = load_image(args.fixed, channels=True).grid
-    transform = load_transforms(args.transform)
+    with argument("--fixed"):
+        fixed_grid = load_image(args.fixed, channels=True).grid
+    with argument("-t"):
+        transform = load_transforms(args.transform)
+        if transform.ndim != fixed_grid.ndim:
+            raise ValueError(
+                f"a {transform.ndim}-D transform for the {fixed_grid.ndim}-D --fixed image {args.fixed}"
+            )
     interp = args.interp or ("nearest" if args.labels else "linear")
-    if args.labels:
-        moving = load_labels(args.moving)
-    else:
-        moving = load_image(args.moving, channels=True)
-        if moving.data.shape[-1] == 1:
-            moving = Image(moving.data[..., 0], moving.grid)
+    with argument("--moving"):
+        if args.labels:
+            moving = load_labels(args.moving)
+        else:
+            moving = load_image(args.moving, channels=True)
+            if moving.data.shape[-1] == 1:
+                moving = Image(moving.data[..., 0], moving.grid)
+        if moving.grid.ndim != fixed_grid.ndim:
+            raise ValueError(
+                f"{args.moving} is {moving.grid.ndim}-D but --fixed {args.fixed} is {fixed_grid.ndim}-D"
+            )
     is_int = np.issubdtype(np.dtype(moving.data.dtype), np.integer)
     if args.labels or (interp == "nearest" and is_int):
         out = warp_labels(moving, transform, fixed_grid, background=int(args.default_value))
@@ -345,33 +350,7 @@ def compilation_cache(path: str | None) -> Iterator[str | None]:
 
 
 # -- parser -----------------------------------------------------------------------------------------------------
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type`` accepting integers ``>= minimum`` (1: "positive", 0: "non-negative")."""
-    what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return v
-
-    return parse
-
-
 _positive_int = int_at_least(1)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or not np.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -472,14 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pd.add_argument(
         "--max-displacement",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         metavar="MM",
         help="largest velocity vector of the known deformation in mm (default 5)",
     )
     pd.add_argument(
         "--smoothness",
-        type=_positive_float,
+        type=positive_float,
         default=12.0,
         metavar="MM",
         help="standard deviation of the Gaussian smoothing the random field, mm (default 12)",
@@ -530,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as e:
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

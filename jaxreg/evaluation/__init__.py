@@ -9,6 +9,11 @@
 * Landmarks (:mod:`~jaxreg.evaluation.landmarks`): :func:`target_registration_error`.
 * Deformation plausibility (:mod:`~jaxreg.evaluation.jacobian`): :func:`jacobian_statistics` (folding count
   and fraction, min/max/mean of ``det J``, SDlogJ).
+* The report of a registration run (:mod:`~jaxreg.evaluation.report`): :func:`summarize` computes, from a
+  run's :class:`RegistrationInputs` and result, the warped image and labels, NCC/NMI before and after, the Dice
+  table (:func:`format_dice_table`), the Jacobian statistics and the figure, as the
+  :class:`jaxreg.io.outputs.Outputs` that :func:`jaxreg.io.write_outputs` writes. It imports the warp, plot
+  and io layers only when it runs.
 
 Conventions (missing labels, surfaces, percentiles, SDlogJ clipping) are stated in each module's docstring.
 """
@@ -26,6 +31,7 @@ from jaxreg.evaluation.distance import (
 from jaxreg.evaluation.jacobian import JacobianStatistics, jacobian_statistics
 from jaxreg.evaluation.landmarks import TargetRegistrationError, target_registration_error
 from jaxreg.evaluation.overlap import Overlap, dice, jaccard, mean_dice, overlap, soft_dice
+from jaxreg.evaluation.report import RegistrationInputs, format_dice_table, options_json, summarize
 
 __all__ = [
     "Overlap",
@@ -46,4 +52,8 @@ __all__ = [
     "target_registration_error",
     "JacobianStatistics",
     "jacobian_statistics",
+    "RegistrationInputs",
+    "summarize",
+    "format_dice_table",
+    "options_json",
 ]

@@ -7,7 +7,10 @@ Nothing in the JAX core imports this package, so nibabel and scipy.io stay optio
   transforms, with the LPS <-> RAS conversion and ANTs' ``-t`` order convention (:func:`compose_files`).
 * :mod:`jaxreg.io.landmarks`: landmark files in world mm: plain CSV (RAS), 3D Slicer ``.fcsv`` (RAS/LPS) and
   ANTs CSV (LPS).
+* :mod:`jaxreg.io.outputs`: the files of a registration run (warped image, ``affine.mat``, ``warp.nii.gz``,
+  labels, ``dice.json``, ``report.json``/``.png``) written all or nothing (:func:`write_outputs`).
 * :func:`atomic_write`: every writer writes a temporary file next to the destination and renames it.
+* :func:`check_registrable`: the checks of an image before it is registered (finite, not constant).
 """
 
 from jaxreg.io._atomic import atomic_write, check_not_input
@@ -23,7 +26,8 @@ from jaxreg.io.itk import (
     write_transform,
 )
 from jaxreg.io.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
-from jaxreg.io.nifti import load_image, load_labels, save_image
+from jaxreg.io.nifti import check_registrable, load_image, load_labels, save_image
+from jaxreg.io.outputs import OUTPUT_NAMES, Outputs, check_output_folder, output_paths, write_outputs
 
 __all__ = [
     "Landmarks",
@@ -32,10 +36,15 @@ __all__ = [
     "write_landmarks",
     "atomic_write",
     "check_not_input",
+    "check_output_folder",
+    "check_registrable",
     "compose_files",
     "itk_to_transform",
     "load_image",
     "load_labels",
+    "OUTPUT_NAMES",
+    "Outputs",
+    "output_paths",
     "read_displacement_field",
     "read_itk_transforms",
     "read_transform",
@@ -43,5 +52,6 @@ __all__ = [
     "save_image",
     "transform_to_itk",
     "write_displacement_field",
+    "write_outputs",
     "write_transform",
 ]

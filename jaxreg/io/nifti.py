@@ -47,7 +47,15 @@ import numpy as np
 from jaxreg.core.grid import Grid, Image
 from jaxreg.io._atomic import PathLike, atomic_write, split_suffix
 
-__all__ = ["grid_to_nifti_affine", "load_image", "load_labels", "load_nifti", "nifti_grid", "save_image"]
+__all__ = [
+    "check_registrable",
+    "grid_to_nifti_affine",
+    "load_image",
+    "load_labels",
+    "load_nifti",
+    "nifti_grid",
+    "save_image",
+]
 
 NIFTI_INTENT_VECTOR = 1007
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -160,6 +168,19 @@ def _split_layout(
     return shp, comps
 
 
+def _check_real(data: np.ndarray, path: PathLike) -> None:
+    """Refuse data jaxreg cannot register: complex values (e.g. raw MR phase/k-space data) and RGB or other
+    structured voxel types."""
+    d = data.dtype
+    if np.issubdtype(d, np.complexfloating):
+        raise ValueError(
+            f"{path}: complex-valued data ({d}); jaxreg works on real images: save the magnitude (or the real "
+            "part) as a real-valued NIfTI first"
+        )
+    if not (np.issubdtype(d, np.integer) or np.issubdtype(d, np.floating) or d == np.bool_):
+        raise ValueError(f"{path}: unsupported voxel type {d} (expected integer or real floating-point data)")
+
+
 def _jax_dtype(dtype: Any) -> np.dtype:
     d = np.dtype(dtype)
     if d == np.bool_:
@@ -203,15 +224,17 @@ def load_image(
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: not a readable NIfTI file, wrong number of dimensions, NaN/Inf values, a singular or
-        non-finite affine, or values that do not fit ``dtype``. Messages start with the path.
+      ValueError: not a readable NIfTI file, complex or structured (RGB) voxels, wrong number of dimensions,
+        NaN/Inf values, a singular or non-finite affine, or values that do not fit ``dtype``. Messages start
+        with the path.
     """
     img, data = load_nifti(path)
+    _check_real(data, path)
     spatial, comps = _split_layout(data.shape, path, ndim=ndim, channels=channels)
     data = data.reshape(spatial + ((comps,) if comps is not None else ()))
     if channels and comps is None:
         data = data[..., None]
-    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
+    if np.issubdtype(data.dtype, np.floating):
         bad = ~np.isfinite(data)
         if bad.any():
             raise ValueError(
@@ -242,6 +265,7 @@ def load_labels(path: PathLike, *, ndim: int | None = None, dtype: Any = jnp.int
     if not np.issubdtype(np.dtype(dtype), np.integer):
         raise ValueError(f"dtype: expected an integer dtype for labels, got {np.dtype(dtype)}")
     img, data = load_nifti(path)
+    _check_real(data, path)
     spatial, _ = _split_layout(data.shape, path, ndim=ndim, channels=False)
     data = data.reshape(spatial)
     if not np.issubdtype(data.dtype, np.integer):
@@ -258,6 +282,40 @@ def load_labels(path: PathLike, *, ndim: int | None = None, dtype: Any = jnp.int
                 )
     grid = nifti_grid(_affine_or_error(img, path), spatial)
     return Image(_to_jax(data, dtype, path), grid)
+
+
+def check_registrable(image: Image, *, name: str = "image") -> None:
+    """Check that an image can drive a registration; raise a clear error when it cannot.
+
+    A registration compares intensities: an image whose voxels all hold one value has no gradient, zero
+    variance (NCC and LNCC are undefined) and a one-bin histogram (MI is 0), so every method would return
+    the initial transform and report success. This check refuses it, together with what :func:`load_image`
+    refuses for data built in memory: complex values and NaN/Inf.
+
+    Args:
+      image: the fixed or moving image, ``data`` of shape ``(*grid.shape)`` or ``(*grid.shape, C)``.
+      name: how the error message names it (a file name, ``"moving image"``...).
+
+    Raises:
+      ValueError: ``"{name}: ..."``: complex or non-numeric data, no voxels, NaN/Inf values, or constant
+        (every voxel, in every channel, holds the same value).
+    """
+    data = np.asarray(image.data)
+    if jnp.issubdtype(data.dtype, jnp.complexfloating):
+        raise ValueError(f"{name}: complex-valued data ({data.dtype}); register the magnitude or the real part")
+    if not (jnp.issubdtype(data.dtype, jnp.number) or data.dtype == np.bool_):
+        raise ValueError(f"{name}: unsupported voxel type {data.dtype}")
+    if data.size == 0:
+        raise ValueError(f"{name}: the image has no voxels (shape {data.shape})")
+    if jnp.issubdtype(data.dtype, jnp.floating):
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if n_bad:
+            raise ValueError(f"{name}: contains {n_bad} NaN/Inf values; replace them before registering")
+    lo, hi = data.min(), data.max()
+    if lo == hi:
+        raise ValueError(
+            f"{name}: constant image (all {data.size} voxels are {lo.item():g}): there is nothing to register"
+        )
 
 
 # -- writing -------------------------------------------------------------------------------------------------
