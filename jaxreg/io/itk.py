@@ -366,7 +366,7 @@ def transform_to_itk(transform: LinearTransform) -> tuple[str, np.ndarray, np.nd
     linear = transform.linear_part() if isinstance(transform, Transform) else None
     if linear is None:
         raise TypeError(f"transform: expected a jaxreg LinearTransform, got {type(transform).__name__}")
-    a = linear if isinstance(linear, Affine) else Affine.from_transform(linear)
+    a = Affine.from_transform(linear)
     n = a.ndim
     f = _flip(n)
     m = f @ np.asarray(a.matrix, dtype=np.float64) @ f
