@@ -54,7 +54,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def slice_planes(grid: Grid, index: Sequence[int] | None = None) -> list[tuple[int, int]]:
+def slice_planes(grid: Grid, *, index: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """The ``(axis, index)`` of the slices :func:`show_slices` draws: one per axis in 3D, ``[]`` in 2D.
 
     Args:
@@ -124,7 +124,7 @@ def show_slices(
     if not imgs:
         raise ValueError("images: expected at least one image")
     g0 = imgs[0].grid
-    planes: list[tuple[int | None, int | None]] = list(slice_planes(g0, index)) or [(None, None)]
+    planes: list[tuple[int | None, int | None]] = list(slice_planes(g0, index=index)) or [(None, None)]
     n_rows, n_cols = len(imgs), len(planes)
 
     def per_image(value: Any, name: str) -> list[Any]:

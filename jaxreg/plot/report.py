@@ -133,7 +133,7 @@ def registration_report(
 
     # sampled once for all planes: a displacement field on the fixed grid is read at its voxels
     u = None if deformation is None else np.asarray(deformation.sample_displacement(g), np.float64)
-    planes: list[tuple[int | None, int | None]] = list(slice_planes(g, index)) or [(None, None)]
+    planes: list[tuple[int | None, int | None]] = list(slice_planes(g, index=index)) or [(None, None)]
     stages = [(k, v) for k, v in (losses or {}).items() if v is not None and len(v)]
     n_rows, n_cols = len(planes), len(columns)
     loss_rows = 1 if stages else 0
