@@ -252,6 +252,7 @@ def test_default_pipeline_recovers_affine_plus_deformation(fixed):
     assert after < lin < before and after < 0.15 * before
     assert float(jacobian_determinant(res.deformable, fixed.grid).min()) > 0
     assert [s.name for s in res.stages] == ["affine", "deformable"]
+    assert res.deformable is res.stages[1].transform and not res.stages[1].continues
     assert res.stages[1].outer is not None and res.stages[0].start is not None
 
 
@@ -295,7 +296,12 @@ def test_bspline_and_dense_stages_reduce_the_error(fixed, deformed, kind):
     res = register(fixed, moving, method=stages)
     if kind == "bspline":
         assert res.optimized.control_grid.spacing[0] == pytest.approx(16.0)
-        assert res.stages[1].start == "continued bspline" and res.stages[1].outer is None
+        assert (
+            res.stages[1].start == "continued bspline"
+            and res.stages[1].outer is None
+            and res.stages[1].continues
+        )
+        assert res.deformable is res.optimized and res.linear is None
     assert _err(moving, fixed, res.transform) < 0.15 * _err(moving, fixed, Translation.identity(2))
     if kind != "dense":
         assert float(jacobian_determinant(res.transform, fixed.grid).min()) > 0

@@ -111,6 +111,8 @@ class StageResult(NamedTuple):
       start: which candidate start won (``"com"``, ``"principal(+x+y+z)"``, ...; a tuple for a batch), the
         continued stage, or ``None``.
       seconds: wall time of the stage (s).
+      continues: whether the stage continued the previous stage's transform (replacing it) rather than being
+        stacked on it.
     """
 
     name: str
@@ -119,6 +121,7 @@ class StageResult(NamedTuple):
     levels: tuple
     start: Any
     seconds: float
+    continues: bool = False
 
     @property
     def full(self) -> Transform:
@@ -156,11 +159,19 @@ class Registration(NamedTuple):
 
     @property
     def deformable(self) -> Transform | None:
-        """The non-linear part after :attr:`linear`: ``transform = compose(linear, deformable)``; or ``None``."""
-        lin = self.linear
-        if lin is None:
-            return self.transform if not _is_linear(self.transform) else None
-        parts = [st.transform for st in self.stages if not _is_linear(st.transform) and st.outer is not None]
+        """The non-linear part after :attr:`linear`: ``transform = compose(linear, deformable)``; or ``None``.
+
+        Stages that continue the previous one (B-spline refinements) replace it; stacked stages compose.
+        """
+        groups: list = []
+        for st in self.stages:
+            if st.continues and groups:
+                groups[-1] = st
+            else:
+                groups.append(st)
+        parts = [st.transform for st in groups if not _is_linear(st.transform)]
+        if self.linear is None and _is_linear(self.transform):
+            return None
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else compose(*parts)
@@ -527,7 +538,9 @@ def register(
                     f"{rec.seconds:.2f} s (compile {compile_s:.2f} s)"
                 )
         params = _on_grid_batched(params, fgrid, batch)
-        res = StageResult(name, params, stage_outer, tuple(records), start, time.perf_counter() - ts)
+        res = StageResult(
+            name, params, stage_outer, tuple(records), start, time.perf_counter() - ts, cont is not None
+        )
         results.append(res)
         prev_model, prev_params, prev_outer, prev_full = model, params, stage_outer, res.full
     return Registration(prev_full, tuple(results), time.perf_counter() - t_start)
