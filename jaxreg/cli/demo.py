@@ -203,10 +203,10 @@ def run_demo(
     from jaxreg.data import MNI152_MASKS, load_mni152, load_mni152_masks
     from jaxreg.evaluation import RegistrationInputs, dice, summarize
     from jaxreg.io import save_image, write_outputs
-    from jaxreg.optimize.pipelines import register_pair
 
     out = Path(output)
     check_output(out, [])
+    from jaxreg.optimize.pipelines import register_pair  # after the checks: a bad -o fails without the engine
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 

@@ -193,16 +193,16 @@ def read_train_config(path: str | os.PathLike, *, workdir: str | None = None, st
 
 def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """``jaxreg train``: train (or resume) a registration network from a TOML configuration."""
-    import jax
-
-    from jaxreg.learn.setup import build_training
-    from jaxreg.learn.train import fit, initialize_distributed
-
     with argument("--config"):
         cfg = read_train_config(args.config, workdir=args.output, steps=args.steps)
     wd = Path(cfg["workdir"])
     if wd.exists() and not wd.is_dir():
         raise ValueError(f"{'-o' if args.output is not None else '--config: workdir'} {wd}: exists and is not a folder")
+    import jax
+
+    from jaxreg.learn.setup import build_training
+    from jaxreg.learn.train import fit, initialize_distributed
+
     if initialize_distributed():  # multi-host: only when the launcher's environment says so
         log(f"distributed: process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices")
     with argument("--config"):
@@ -235,10 +235,6 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
     from jaxreg.cli.register import check_output, load_inputs
     from jaxreg.evaluation import summarize
     from jaxreg.io import write_outputs
-    from jaxreg.learn.inference import predict
-    from jaxreg.optimize.engine import Level, RegistrationResult
-    from jaxreg.optimize.greedy import GreedyOptions
-    from jaxreg.optimize.pipelines import PipelineResult
 
     t_all = time.perf_counter()
     with argument("--model"):
@@ -251,6 +247,12 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
         model, grid, meta = load_trained(args.model, which=args.which)
         if grid.ndim != inp.fixed.grid.ndim:
             raise ValueError(f"{args.model}: trained on {grid.ndim}-D images, FIXED is {inp.fixed.grid.ndim}-D")
+    # every input is checked: only now are inference and the registration engine imported
+    from jaxreg.learn.inference import predict
+    from jaxreg.optimize.engine import Level, RegistrationResult
+    from jaxreg.optimize.greedy import GreedyOptions
+    from jaxreg.optimize.pipelines import PipelineResult
+
     levels = tuple(Level(*lv) for lv in ([(2, 0.0, args.refine), (1, 0.0, max(1, args.refine // 4))] if args.refine else []))
     greedy = GreedyOptions(step=0.5, symmetric=True)
     align = meta.get("align", "com")

@@ -471,11 +471,11 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """
     from jaxreg.evaluation import summarize
     from jaxreg.io import write_outputs
-    from jaxreg.optimize.pipelines import register_pair
 
     t_all = time.perf_counter()
-    with argument("--config"):
-        opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
+    if args.config is not None:
+        with argument("--config"):
+            read_config(args.config)  # checked before the images are read
     t0 = time.perf_counter()
     inp = load_inputs(
         args.fixed,
@@ -489,6 +489,11 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     all_inputs = list(inp.paths) + ([args.config] if args.config else [])
     check_output(args.output, all_inputs)
     t_load = time.perf_counter() - t0
+    # every input is checked: only now is the registration engine imported
+    from jaxreg.optimize.pipelines import register_pair
+
+    with argument("--config"):
+        opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
     log(f"fixed:      {args.fixed}  ({_grid_text(inp.fixed.grid)})")
     log(f"moving:     {args.moving}  ({_grid_text(inp.moving.grid)})")
     log(
