@@ -36,7 +36,6 @@ import numpy as np
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.optimize.init import INITS, candidate_starts, center_init, moments_init
-from jaxreg.optimize.methods import Greedy
 from jaxreg.transforms.base import Transform
 from jaxreg.transforms.compose import compose
 from jaxreg.warp.pyramid import level_image
@@ -509,7 +508,7 @@ def register(
                 )
                 start = None
         records = []
-        uses_mmask = not isinstance(method_s, Greedy)
+        uses_mmask = getattr(method_s, "uses_moving_mask", True)
         for li, level in enumerate(stage.levels):
             t0 = time.perf_counter()
             f, fg = _level_arrays(f_all, fgrid, level, batch)

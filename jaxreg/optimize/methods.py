@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -335,6 +335,8 @@ class Greedy:
       force: ``"metric"`` or ``"demons"``.
       update: ``"svf"``, ``"additive"``, ``"compositive"`` or ``"diffeomorphic"``.
     """
+
+    uses_moving_mask: ClassVar[bool] = False  # the force is weighted by the fixed mask only
 
     similarity: Any = "lncc(window=5)"
     step: float = 0.5
