@@ -4,8 +4,10 @@ The demo data of ``jaxreg demo`` without its deformable part: the MNI152 T1 temp
 no download) is the fixed image; the moving image is the template pulled through the inverse of a known seeded
 affine ``A`` (a few degrees, a few mm, about 5 % scaling; :func:`jaxreg.cli.demo.known_transform` with a zero
 velocity field) with a smooth bias field and noise (:func:`jaxreg.cli.demo.make_moving`).
-:func:`jaxreg.optimize.pipelines.register_linear` then fits each model (moments initialisation, NCC, its
-default resolution levels without those coarser than 8 mm, :func:`jaxreg.cli.demo.cap_levels`). For each the
+:func:`jaxreg.optimize.register` then fits each model with the linear stage of the ``"affine"`` pipeline
+(NCC, its resolution levels without those coarser than 8 mm, :func:`jaxreg.cli.demo.cap_levels`), started
+from the principal axes of the image moments (``init="moments"``) and with the stage's model replaced by
+:class:`jaxreg.optimize.Linear` ``(model)``. For each the
 script prints the NCC after registration, the mean and largest distance ``|T_hat(x) - A(x)|`` (mm) over the
 brain mask, the iterations and the time; the affine model should recover ``A`` to a fraction of a voxel, the
 rigid and similarity ones cannot represent its anisotropic scaling. The
@@ -28,7 +30,7 @@ import numpy as np
 
 import jaxreg
 from jaxreg.cli.demo import cap_levels, known_transform, make_moving
-from jaxreg.optimize.pipelines import DEFAULT_LINEAR_LEVELS, register_linear
+from jaxreg.optimize import DEFAULT_LINEAR_LEVELS, Linear, preset, register
 from jaxreg.plot import registration_report, save_figure
 
 
@@ -74,10 +76,12 @@ def main() -> int:
     err0 = np.linalg.norm(np.asarray(x)[brain] - true_pts, axis=-1)
     print(f"{'(none)':<11} {ncc0:7.4f} {err0.mean():12.3f} {err0.max():11.3f} {'':>11} {'':>7}")
     levels = cap_levels(DEFAULT_LINEAR_LEVELS, args.resolution)  # no level coarser than 8 mm, as in the demo
+    # the linear stage of the pipelines (NCC, unit-scaled Adam), from the moments start
+    (stage,) = preset("affine", linear_levels=levels, init="moments")
     results = {}
     for model in args.models:
         t0 = time.perf_counter()
-        res = register_linear(fixed, moving, model=model, levels=levels)
+        res = register(fixed, moving, method=stage._replace(model=Linear(model), name=model))
         warped = jaxreg.warp(moving, res.transform, g)
         dt = time.perf_counter() - t0
         err = np.linalg.norm(np.asarray(res.transform(x))[brain] - true_pts, axis=-1)
@@ -95,7 +99,7 @@ def main() -> int:
         before,
         warped,
         losses={model: [lv.loss for lv in res.levels]},
-        title=f"register_linear ({model}, NCC) on MNI152 and a known affine copy",
+        title=f"register ({model}, NCC) on MNI152 and a known affine copy",
     )
     print(f"figure:  {save_figure(fig, out / 'affine_3d.png', dpi=80)}")
     return 0

@@ -1,8 +1,7 @@
 """Register a head slice across two MR contrasts with the multi-modal pipeline; Dice of the head masks.
 
 Uses ``../shared/data/head2d_multimodal`` (``fixed``, ``moving`` and their masks; the script skips with a
-message when the folder is absent). :func:`jaxreg.optimize.pipelines.register_pair` with
-``pipeline="multimodal"`` runs an affine stage with Mattes mutual information, then the greedy diffeomorphic
+message when the folder is absent). :func:`jaxreg.optimize.register` with ``method="multimodal"`` runs an affine stage with Mattes mutual information, then the greedy diffeomorphic
 stage with normalised mutual information, which does not depend on the contrast. The script prints the
 Dice of ``fixed_mask`` with ``moving_mask`` carried onto the fixed grid (nearest neighbour) before
 registration, after the affine stage and after the deformable one, with the normalised mutual information of
@@ -25,7 +24,7 @@ import numpy as np
 import jaxreg
 from jaxreg.evaluation import dice, jacobian_statistics
 from jaxreg.io import load_image, load_labels
-from jaxreg.optimize.pipelines import register_pair
+from jaxreg.optimize import register
 from jaxreg.plot import registration_report, save_figure
 from jaxreg.transforms import to_displacement
 
@@ -63,17 +62,18 @@ def main() -> int:
     print(f"fixed:  {g.shape[0]}x{g.shape[1]} voxels of {g.spacing[0]:g} mm; moving: the other contrast")
 
     t0 = time.perf_counter()
-    result = register_pair(fixed, moving, pipeline="multimodal")
+    result = register(fixed, moving, method="multimodal")
     field = to_displacement(result.deformable, g)
-    full = jaxreg.compose(result.affine, field)
+    full = jaxreg.compose(result.linear, field)
     identity = jaxreg.Affine.identity(2)
     dt = time.perf_counter() - t0
-    for name, stage in result.stages.items():
+    for stage in result.stages:
         its = " + ".join(str(lv.iterations) for lv in stage.levels)
-        print(f"{name + ':':<12}{its} iterations, {stage.seconds:.1f} s (including compilation)")
+        start = f", start {stage.start}" if stage.start else ""
+        print(f"{stage.name + ':':<12}{its} iterations, {stage.seconds:.1f} s (including compilation){start}")
     f_mask = np.asarray(fixed_mask.data)
     print(f"{'':<12}{'Dice':>7}  {'NMI':>7}")
-    for label, t in (("before", identity), ("affine", result.affine), ("after", full)):
+    for label, t in (("before", identity), ("affine", result.linear), ("after", full)):
         m = np.asarray(jaxreg.warp_labels(moving_mask, t, g).data)
         d = float(dice(f_mask, m, labels=[1])[0])
         print(f"{label:<12}{d:7.4f}  {nmi(fixed, jaxreg.warp(moving, t, g)):7.4f}")
@@ -84,7 +84,7 @@ def main() -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     det = np.asarray(jaxreg.jacobian_determinant(field, g))
-    losses = {k: [lv.loss for lv in s.levels] for k, s in result.stages.items()}
+    losses = {s.name: [lv.loss for lv in s.levels] for s in result.stages}
     fig = registration_report(
         fixed,
         jaxreg.warp(moving, identity, g),
@@ -92,7 +92,7 @@ def main() -> int:
         deformation=field,
         jacobian=det,
         losses=losses,
-        title="register_pair (multimodal): MI affine, NMI deformable",
+        title="register (multimodal): MI affine, NMI deformable",
     )
     print(f"figure:     {save_figure(fig, out / 'multimodal_2d.png', dpi=80)}")
     return 0

@@ -1,9 +1,9 @@
 """Register two 2D brain slices of different people with the default pipeline and show the result.
 
 Fixed ``brain2d/r16``, moving ``brain2d/r64`` from ``../shared/data`` (relative to the repository; the script
-skips with a message when the folder is absent). :func:`jaxreg.optimize.pipelines.register_pair` runs the
-default pipeline: moments initialisation -> affine (NCC) -> symmetric diffeomorphic greedy registration (SVF,
-local NCC). The script prints the NCC of the pair before registration (moving resampled on the fixed grid
+skips with a message when the folder is absent). :func:`jaxreg.optimize.register` runs the default
+pipeline (``method="default"``): affine (NCC, from the best of the scored candidate starts) -> symmetric
+diffeomorphic greedy registration (SVF, local NCC). The script prints the NCC of the pair before registration (moving resampled on the fixed grid
 through world coordinates), after the affine stage and after the deformable one, the iterations and times of
 the stages and the Jacobian statistics of the deformation, and writes the report figure
 (:func:`jaxreg.plot.registration_report`).
@@ -25,7 +25,7 @@ import numpy as np
 import jaxreg
 from jaxreg.evaluation import jacobian_statistics
 from jaxreg.io import load_image
-from jaxreg.optimize.pipelines import register_pair
+from jaxreg.optimize import register
 from jaxreg.plot import registration_report, save_figure
 from jaxreg.transforms import to_displacement
 
@@ -54,15 +54,16 @@ def main() -> int:
     print(f"fixed:  r16, {g.shape[0]}x{g.shape[1]} voxels of {g.spacing[0]:g} mm; moving: r64")
 
     t0 = time.perf_counter()
-    result = register_pair(fixed, moving, pipeline="default")
+    result = register(fixed, moving, method="default")
     field = to_displacement(result.deformable, g)
-    warped = jaxreg.warp(moving, jaxreg.compose(result.affine, field), g)
-    affine_only = jaxreg.warp(moving, result.affine, g)
+    warped = jaxreg.warp(moving, jaxreg.compose(result.linear, field), g)
+    affine_only = jaxreg.warp(moving, result.linear, g)
     before = jaxreg.warp(moving, jaxreg.Affine.identity(2), g)
     dt = time.perf_counter() - t0
-    for name, stage in result.stages.items():
+    for stage in result.stages:
         its = " + ".join(str(lv.iterations) for lv in stage.levels)
-        print(f"{name + ':':<12}{its} iterations, {stage.seconds:.1f} s (including compilation)")
+        start = f", start {stage.start}" if stage.start else ""
+        print(f"{stage.name + ':':<12}{its} iterations, {stage.seconds:.1f} s (including compilation){start}")
     print(
         f"NCC:        before {ncc(fixed, before):.4f}, affine {ncc(fixed, affine_only):.4f}, "
         f"after {ncc(fixed, warped):.4f}"
@@ -77,7 +78,7 @@ def main() -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    losses = {k: [lv.loss for lv in s.levels] for k, s in result.stages.items()}
+    losses = {s.name: [lv.loss for lv in s.levels] for s in result.stages}
     fig = registration_report(
         fixed,
         before,
@@ -85,7 +86,7 @@ def main() -> int:
         deformation=field,
         jacobian=det,
         losses=losses,
-        title="register_pair (default): r64 -> r16",
+        title="register (default): r64 -> r16",
     )
     print(f"figure:     {save_figure(fig, out / 'register_2d.png', dpi=80)}")
     return 0
