@@ -2,9 +2,9 @@
 
 Fixed ``brain2d/r16``, moving ``brain2d/r64`` from ``../shared/data`` (the script skips with a message when the
 folder is absent), intensities scaled to [0, 1] by their 99th percentile. An affine stage
-(:func:`jaxreg.optimize.pipelines.register_linear`, NCC) aligns the slices, then
-:func:`jaxreg.optimize.greedy.greedy_register` estimates a stationary velocity field with the affine as its
-fixed ``outer`` transform, once with ``force="demons"`` (Thirion's SSD-like force, symmetric) and once with
+(:func:`jaxreg.optimize.register` with ``method="affine"``, NCC) aligns the slices, then
+:func:`jaxreg.optimize.register` with a :class:`jaxreg.optimize.Greedy` method estimates a stationary velocity
+field with the affine as its fixed ``outer`` transform, once with ``force="demons"`` (Thirion's SSD-like force, symmetric) and once with
 the gradient of local NCC. The script prints, for the affine alone and for each force, the MSE and NCC of the
 pair, the folding and SDlogJ of ``exp(v)`` and the time, and writes the demons result's figure.
 
@@ -26,9 +26,7 @@ import numpy as np
 import jaxreg
 from jaxreg.evaluation import jacobian_statistics
 from jaxreg.io import load_image
-from jaxreg.optimize.engine import Level
-from jaxreg.optimize.greedy import GreedyOptions, greedy_register
-from jaxreg.optimize.pipelines import register_linear
+from jaxreg.optimize import Greedy, Level, register
 from jaxreg.plot import registration_report, save_figure
 from jaxreg.similarity import lncc, ssd
 from jaxreg.transforms import to_displacement
@@ -69,7 +67,7 @@ def main() -> int:
         )
 
     t0 = time.perf_counter()
-    lin = register_linear(fixed, moving, model="affine")
+    lin = register(fixed, moving, method="affine")
     t_lin = time.perf_counter() - t0
     print(
         f"fixed:  r16, moving: r64, {g.shape[0]}x{g.shape[1]} voxels; levels {[tuple(lv) for lv in LEVELS]}"
@@ -80,8 +78,8 @@ def main() -> int:
     results = {}
     for name, force, sim in (("+ demons", "demons", ssd), ("+ LNCC force", "metric", lncc(5))):
         t0 = time.perf_counter()
-        opts = GreedyOptions(step=0.5, symmetric=True, force=force)
-        res = greedy_register(fixed, moving, similarity=sim, levels=LEVELS, options=opts, outer=lin.transform)
+        method = Greedy(sim, step=0.5, symmetric=True, force=force)
+        res = register(fixed, moving, method=method, levels=LEVELS, outer=lin.transform)
         field = to_displacement(res.optimized, g)
         warped = jaxreg.warp(moving, jaxreg.compose(lin.transform, field), g)
         row(name, warped, field, time.perf_counter() - t0)
