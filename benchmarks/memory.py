@@ -25,9 +25,7 @@ def run_one(shape: tuple[int, int, int], iterations: int) -> None:
 
     import jaxreg as jr
     from jaxreg.data import random_velocity_field
-    from jaxreg.optimize import Level
-    from jaxreg.optimize.greedy import GreedyOptions, greedy_register
-    from jaxreg.similarity import lncc
+    from jaxreg.optimize import Greedy, Level, register
     from jaxreg.warp.pyramid import smooth_array
 
     grid = jr.Grid.centered(shape, 1.0)
@@ -37,7 +35,8 @@ def run_one(shape: tuple[int, int, int], iterations: int) -> None:
     v = random_velocity_field(jax.random.PRNGKey(1), grid, smoothness_mm=20.0, max_displacement_mm=4.0)
     moving = jax.jit(lambda f, vv: jr.warp(f, vv, grid))(fixed, v)
     t0 = time.perf_counter()
-    res = greedy_register(fixed, moving, similarity=lncc(5), levels=[Level(1, 0.0, iterations)], options=GreedyOptions(step=0.25, symmetric=True))
+    method = Greedy("lncc(window=5)", step=0.25, symmetric=True)
+    res = register(fixed, moving, method=method, levels=[Level(1, 0.0, iterations)])
     jax.block_until_ready(res.optimized.velocity)
     el = time.perf_counter() - t0
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
