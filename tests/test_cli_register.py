@@ -417,14 +417,18 @@ def test_read_config(tmp_path):
     opts = reg.pipeline_options(config=f, pipeline="multimodal", quick=True)
     assert opts["pipeline"] == "multimodal"  # the command line wins
     assert opts["deformable_levels"] == (Level(2, 0.0, 12),)  # the config file beats --quick
-    assert opts["greedy"].step == 0.3 and opts["greedy"].sigma_field == 1.0 and opts["greedy"].exp_steps == 5
-    assert (
-        opts["greedy"].sigma_update == reg._defaults()["greedy"].sigma_update
-    )  # untouched keys keep defaults
+    assert opts["greedy"] == cfg["greedy"]
+    # the stages they describe: the greedy stage takes the file's settings, untouched keys keep the preset's
+    from jaxreg.optimize import PRESETS, Greedy
+
+    greedy = [st.method for st in reg.stages_from_options(opts) if isinstance(st.method, Greedy)][0]
+    assert greedy.step == 0.3 and greedy.sigma_field == 1.0 and greedy.exp_steps == 5 and greedy.force == "demons"
+    assert greedy.sigma_update == PRESETS["multimodal"][1].method.sigma_update
+    assert reg.stages_from_options(opts)[1].levels == (Level(2, 0.0, 12),)
     quick = reg.pipeline_options(quick=True)
     assert quick["linear_levels"] == tuple(Level(*lv) for lv in reg.QUICK_LINEAR_LEVELS)
     default = reg.pipeline_options()
-    from jaxreg.optimize.pipelines import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS
+    from jaxreg.optimize import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS
 
     assert default["linear_levels"] == tuple(DEFAULT_LINEAR_LEVELS)
     assert default["deformable_levels"] == tuple(DEFAULT_GREEDY_LEVELS)

@@ -12,7 +12,7 @@ Steps (each timed; JAX times include compilation unless the persistent cache alr
 3. make the *moving* image: the template pulled through ``T^-1 = exp(-v) o A^-1`` (so that
    ``moving(T(x)) = template(x)``), times a smooth multiplicative bias field (up to +-20 %), plus Gaussian noise
    (2 % of the intensity range);
-4. register with :func:`jaxreg.optimize.pipelines.register_pair` (the default pipeline: moments -> affine (NCC)
+4. register with :func:`jaxreg.optimize.register` (the default pipeline: best candidate start -> affine (NCC)
    -> symmetric diffeomorphic greedy registration with local NCC) with its default levels, except that no level
    is coarser than 8 mm (:func:`cap_levels`; this only changes quick runs at ``--resolution`` 3 or more);
 5. evaluate against the known truth: Dice of each mask ``m`` with ``warp_labels(m_moving, T_hat)`` where
@@ -198,7 +198,7 @@ def run_demo(
       dict with ``dice`` (``{mask: {"before", "after"}}``), ``error_mm`` (``{"before", "after"}``: mean
       ``|T_hat(x) - T(x)|`` in the brain mask), ``folding_percent``, ``sdlogj``, ``timings`` (s) and ``paths``.
     """
-    from jaxreg.cli.register import check_output, pipeline_options
+    from jaxreg.cli.register import check_output, pipeline_options, stages_from_options
     from jaxreg.core.grid import Image
     from jaxreg.data import MNI152_MASKS, load_mni152, load_mni152_masks
     from jaxreg.evaluation import RegistrationInputs, dice, summarize
@@ -206,7 +206,7 @@ def run_demo(
 
     out = Path(output)
     check_output(out, [])
-    from jaxreg.optimize.pipelines import register_pair  # after the checks: a bad -o fails without the engine
+    from jaxreg.optimize import register  # after the checks: a bad -o fails without the engine
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -247,18 +247,11 @@ def run_demo(
     opts["linear_levels"] = cap_levels(opts["linear_levels"], resolution)
     opts["deformable_levels"] = cap_levels(opts["deformable_levels"], resolution)
     t0 = time.perf_counter()
-    result = register_pair(
-        template,
-        moving,
-        pipeline=opts["pipeline"],
-        linear_levels=opts["linear_levels"],
-        deformable_levels=opts["deformable_levels"],
-        greedy=opts["greedy"],
-        window=opts["window"],
-    )
+    result = register(template, moving, method=stages_from_options(opts))
     timings["registration"] = time.perf_counter() - t0
     log(
-        f"register:   register_pair (default pipeline)  [{timings['registration']:.1f} s, including compilation]"
+        f"register:   default pipeline (start: {result.stages[0].start})  [{timings['registration']:.1f} s, "
+        "including compilation]"
     )
 
     t0 = time.perf_counter()

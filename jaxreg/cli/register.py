@@ -1,11 +1,12 @@
 """``jaxreg register``: register two images with a ready pipeline and write the result, its files and a report.
 
-``jaxreg register FIXED MOVING -o OUTDIR [--pipeline default|multimodal|affine|rigid] [--fixed-mask M]
+``jaxreg register FIXED MOVING -o OUTDIR [--pipeline default|multimodal|affine|rigid|bspline|dense] [--fixed-mask M]
 [--moving-mask M] [--labels FIXED_LABELS MOVING_LABELS [--label-list L ... | --labels-json F]]
 [--config file.toml] [--quick]``
 
-runs :func:`jaxreg.optimize.pipelines.register_pair` (moments -> affine -> symmetric diffeomorphic greedy
-registration, or its multi-modal or linear variants) and writes into ``OUTDIR``:
+runs a named pipeline of :data:`jaxreg.optimize.PRESETS` through :func:`jaxreg.optimize.register` (affine from
+the best candidate start -> symmetric diffeomorphic greedy registration, or its multi-modal, linear, B-spline
+or dense variants) and writes into ``OUTDIR``:
 
 * ``warped.nii.gz``: the moving image on the fixed grid (linear interpolation);
 * ``affine.mat``: the linear stage as an ITK/ANTs ``AffineTransform`` (MATLAB format, as ``antsRegistration``
@@ -31,7 +32,7 @@ concerned (``MOVING: ...``, ``--config: ...``), for :mod:`jaxreg.cli.main` to re
 
 ``--config file.toml`` sets pipeline options; every key is optional::
 
-    pipeline = "default"            # default | multimodal | affine | rigid (--pipeline overrides it)
+    pipeline = "default"            # a name of jaxreg.optimize.PRESETS (--pipeline overrides it)
     window = 5                      # local NCC window of the deformable stage, voxels
 
     [linear]
@@ -45,15 +46,15 @@ concerned (``MOVING: ...``, ``--config: ...``), for :mod:`jaxreg.cli.main` to re
     symmetric = true                # SyN-like mid-space force
     exp_steps = 6                   # scaling-and-squaring steps
     force = "metric"                # metric | demons
+    similarity = "lncc(window=5)"   # a registry name of jaxreg.terms (default: lncc(window) or, multimodal, nmi)
 
-Options are taken from, in increasing priority: :func:`register_pair`'s defaults, ``--quick`` (one coarse
+Options are taken from, in increasing priority: the default pipeline's settings, ``--quick`` (one coarse
 level per stage, for tests and previews), the config file, and ``--pipeline``.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import time
@@ -70,13 +71,14 @@ __all__ = [
     "run",
     "read_config",
     "pipeline_options",
+    "stages_from_options",
     "load_inputs",
     "check_output",
     "QUICK_LINEAR_LEVELS",
     "QUICK_DEFORMABLE_LEVELS",
 ]
 
-PIPELINES = ("default", "multimodal", "affine", "rigid")
+PIPELINES = ("default", "multimodal", "affine", "rigid", "bspline", "dense")  # keys of jaxreg.optimize.PRESETS
 
 QUICK_LINEAR_LEVELS = ((2, 0.0, 40),)
 """``--quick`` levels of the linear stage ``(shrink, smooth_mm, iterations)``."""
@@ -84,10 +86,12 @@ QUICK_DEFORMABLE_LEVELS = ((2, 0.0, 15),)
 """``--quick`` levels of the deformable stage."""
 
 _DESCRIPTION = (
-    "Register MOVING to FIXED with a ready pipeline (default: moments -> affine (NCC) -> symmetric "
-    "diffeomorphic greedy registration with local NCC; multimodal: moments -> affine (Mattes mutual "
-    "information) -> symmetric diffeomorphic greedy registration with normalised mutual information; affine or "
-    "rigid: the linear stage only) and write into OUTDIR: warped.nii.gz (moving on the fixed grid), affine.mat "
+    "Register MOVING to FIXED with a ready pipeline (default: affine (NCC) from the best of several candidate "
+    "starts (centres of mass, principal axes in every order and sign) -> symmetric diffeomorphic greedy "
+    "registration with local NCC; multimodal: affine (Mattes mutual information) -> symmetric diffeomorphic "
+    "greedy registration with normalised mutual information; affine or rigid: the linear stage only; bspline: "
+    "affine -> cubic B-spline FFD at 40, 20, 10 mm; dense: affine -> variational displacement field) and write "
+    "into OUTDIR: warped.nii.gz (moving on the fixed grid), affine.mat "
     "(ITK/ANTs), warp.nii.gz (ITK displacement field of the deformable part, on the fixed grid), report.json "
     "and report.png; with --labels also warped_labels.nii.gz and dice.json. 'jaxreg apply --fixed FIXED "
     "--moving MOVING -t OUTDIR/warp.nii.gz -t OUTDIR/affine.mat' (antsApplyTransforms order) reproduces "
@@ -115,7 +119,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--pipeline",
         choices=PIPELINES,
         default=None,
-        help="default (mono-modal, the default), multimodal, affine or rigid; overrides the config file",
+        help="default (mono-modal, the default), multimodal, affine, rigid, bspline or dense; overrides the config file",
     )
     p.add_argument("--fixed-mask", metavar="M", help="mask on the fixed grid (non-zero: voxels that count)")
     p.add_argument("--moving-mask", metavar="M", help="mask on the moving grid (linear stage)")
@@ -152,23 +156,38 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 # -- options ---------------------------------------------------------------------------------------------------
 def _defaults() -> dict[str, Any]:
-    """register_pair's own defaults, read from its signature (so they stay in step with the library)."""
-    from jaxreg.optimize.pipelines import register_pair
+    """The default pipeline's settings, read from :data:`jaxreg.optimize.PRESETS` (in step with the library)."""
+    from jaxreg.optimize import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS
 
-    params = inspect.signature(register_pair).parameters
     return {
-        "pipeline": params["pipeline"].default,
-        "linear_levels": tuple(params["linear_levels"].default),
-        "deformable_levels": tuple(params["deformable_levels"].default),
-        "greedy": params["greedy"].default,
-        "window": int(params["window"].default),
+        "pipeline": "default",
+        "linear_levels": tuple(DEFAULT_LINEAR_LEVELS),
+        "deformable_levels": tuple(DEFAULT_GREEDY_LEVELS),
+        "greedy": {},
+        "window": 5,
     }
+
+
+def stages_from_options(opts: dict[str, Any]) -> tuple:
+    """The pipeline (:func:`jaxreg.optimize.preset`) that :func:`pipeline_options`' settings describe."""
+    from jaxreg.optimize import preset
+
+    similarity = opts.get("similarity")
+    if similarity is None and opts["pipeline"] == "default":
+        similarity = f"lncc(window={int(opts['window'])})"
+    return preset(
+        opts["pipeline"],
+        linear_levels=opts["linear_levels"],
+        deformable_levels=opts["deformable_levels"],
+        greedy=dict(opts["greedy"]),
+        similarity=similarity,
+    )
 
 
 _TOP_KEYS = ("pipeline", "window", "linear", "deformable")
 _LINEAR_KEYS = ("levels",)
 _GREEDY_KEYS = ("step", "sigma_update", "sigma_field", "symmetric", "exp_steps", "force")
-_DEFORMABLE_KEYS = ("levels",) + _GREEDY_KEYS
+_DEFORMABLE_KEYS = ("levels", "similarity") + _GREEDY_KEYS
 
 
 def _unknown(table: dict, allowed: Sequence[str], where: str, path: str) -> None:
@@ -287,6 +306,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path}: deformable.force: expected 'metric' or 'demons', got {table['force']!r}"
             )
         greedy["force"] = table["force"]
+    if "similarity" in table:
+        from jaxreg.terms import parse
+
+        try:
+            parse(table["similarity"], "similarity", argument="deformable.similarity")
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+        out["similarity"] = table["similarity"]
     if greedy:
         out["greedy"] = greedy
     return out
@@ -295,13 +322,15 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 def pipeline_options(
     *, config: str | os.PathLike | None = None, pipeline: str | None = None, quick: bool = False
 ) -> dict[str, Any]:
-    """The keyword arguments of :func:`register_pair` for a command line.
+    """The pipeline settings for a command line (:func:`stages_from_options` turns them into stages).
 
-    Priority, low to high: ``register_pair``'s defaults, ``quick`` (:data:`QUICK_LINEAR_LEVELS`,
+    Priority, low to high: the default pipeline's settings (:data:`jaxreg.optimize.PRESETS`), ``quick`` (:data:`QUICK_LINEAR_LEVELS`,
     :data:`QUICK_DEFORMABLE_LEVELS`), the ``config`` file (:func:`read_config`), ``pipeline``.
 
     Returns:
-      ``{"pipeline", "linear_levels", "deformable_levels", "greedy" (GreedyOptions), "window"}``.
+      ``{"pipeline", "linear_levels", "deformable_levels", "greedy" (settings of the greedy stage that differ
+      from the preset's, :class:`~jaxreg.optimize.Greedy` field names), "window"}`` and ``"similarity"`` when the
+      file sets one (a registry spec of the deformable stage's similarity, e.g. ``"lncc(window=7)"``).
     """
     from jaxreg.optimize.engine import Level
 
@@ -313,7 +342,7 @@ def pipeline_options(
         cfg = read_config(config)
         greedy = cfg.pop("greedy", {})
         opts.update(cfg)
-        opts["greedy"] = opts["greedy"]._replace(**greedy)
+        opts["greedy"] = {**opts["greedy"], **greedy}
     if pipeline is not None:
         if pipeline not in PIPELINES:
             raise ValueError(f"--pipeline: expected one of {', '.join(PIPELINES)}, got {pipeline!r}")
@@ -490,31 +519,25 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     check_output(args.output, all_inputs)
     t_load = time.perf_counter() - t0
     # every input is checked: only now is the registration engine imported
-    from jaxreg.optimize.pipelines import register_pair
+    from jaxreg.optimize import register
 
     with argument("--config"):
         opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
+        stages = stages_from_options(opts)
     log(f"fixed:      {args.fixed}  ({_grid_text(inp.fixed.grid)})")
     log(f"moving:     {args.moving}  ({_grid_text(inp.moving.grid)})")
-    log(
-        f"pipeline:   {opts['pipeline']}; linear levels {[list(lv) for lv in opts['linear_levels']]}"
-        + (
-            ""
-            if opts["pipeline"] in ("affine", "rigid")
-            else f", deformable levels {[list(lv) for lv in opts['deformable_levels']]}"
-        )
-    )
-    result = register_pair(
+    log(f"pipeline:   {opts['pipeline']}: " + "; ".join(
+        f"{st.name} levels {[list(lv) for lv in st.levels]}" for st in stages
+    ))
+    result = register(
         inp.fixed,
         inp.moving,
-        pipeline=opts["pipeline"],
-        linear_levels=opts["linear_levels"],
-        deformable_levels=opts["deformable_levels"],
-        greedy=opts["greedy"],
-        window=opts["window"],
+        method=stages,
         fixed_mask=inp.fixed_mask,
         moving_mask=inp.moving_mask,
     )
+    if result.stages[0].start is not None:
+        log(f"start:      {result.stages[0].start} (best of the candidate starts)")
     extra = {
         "command": "jaxreg register",
         "inputs": {

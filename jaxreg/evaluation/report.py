@@ -105,9 +105,10 @@ def _similarity(fixed: np.ndarray, images: dict[str, np.ndarray], mask: np.ndarr
     return out
 
 
-def _stage_json(name: str, stage: Any, levels: Sequence[Any]) -> dict[str, Any]:
+def _stage_json(name: str, stage: Any) -> dict[str, Any]:
     recs = []
-    for lv, rec in zip(levels, stage.levels):
+    for rec in stage.levels:
+        lv = rec.level
         loss = np.asarray(rec.loss, np.float64)
         loss = loss[np.isfinite(loss)]
         recs.append(
@@ -126,6 +127,7 @@ def _stage_json(name: str, stage: Any, levels: Sequence[Any]) -> dict[str, Any]:
         )
     return {
         "stage": name,
+        "start": stage.start,
         "iterations": int(sum(r["iterations"] for r in recs)),
         "seconds": round(float(stage.seconds), 3),
         "levels": recs,
@@ -226,7 +228,8 @@ def options_json(options: dict[str, Any]) -> dict[str, Any]:
 
     Args:
       options: ``{"pipeline": str, "linear_levels": [(shrink, smooth_mm, iterations), ...],
-        "deformable_levels": [...], "greedy": a NamedTuple of greedy options, "window": int}``.
+        "deformable_levels": [...], "greedy": {greedy setting: value} overrides, "window": int}`` and an
+        optional ``"similarity"`` registry spec.
     """
     return {
         "pipeline": options["pipeline"],
@@ -234,9 +237,10 @@ def options_json(options: dict[str, Any]) -> dict[str, Any]:
         "deformable_levels": [[int(a), float(b), int(c)] for a, b, c in options["deformable_levels"]],
         "greedy": {
             k: (v if isinstance(v, (bool, str)) else float(v) if isinstance(v, float) else int(v))
-            for k, v in options["greedy"]._asdict().items()
+            for k, v in dict(options["greedy"]).items()
         },
         "window": int(options["window"]),
+        **({"similarity": str(options["similarity"])} if options.get("similarity") is not None else {}),
     }
 
 
@@ -281,10 +285,8 @@ def summarize(
 
     Args:
       inputs: the run's inputs.
-      result: the registration result: ``affine`` (linear part), ``deformable`` (a transform or ``None``),
-        ``stages`` (``{"linear": ..., "deformable": ...}``, each with ``levels`` records holding ``loss``,
-        ``iterations``, ``converged``, ``seconds``, ``compile_seconds``, and the stage's ``seconds``) and
-        ``seconds`` (e.g. a :class:`~jaxreg.optimize.pipelines.PipelineResult`).
+      result: a :class:`~jaxreg.optimize.Registration` (its ``linear`` and ``deformable`` parts, ``stages`` with
+        their level records, ``seconds``).
       options: the options it ran with (see :func:`options_json`).
       title: figure title.
       extra: more ``report.json`` entries.
@@ -302,12 +304,13 @@ def summarize(
     t0 = time.perf_counter()
     fixed, moving = inputs.fixed, inputs.moving
     g = fixed.grid
+    linear = result.linear if result.linear is not None else Affine.identity(g.ndim)
     field = None if result.deformable is None else to_displacement(result.deformable, g)
-    full = result.affine if field is None else compose(result.affine, field)
+    full = linear if field is None else compose(linear, field)
     warped = warp(moving, full, g, order=1)
     identity = Affine.identity(g.ndim)
     before = warp(moving, identity, g, order=1)
-    affine_only = warp(moving, result.affine, g, order=1) if field is not None else warped
+    affine_only = warp(moving, linear, g, order=1) if field is not None else warped
     f = np.asarray(fixed.data)
     fmask = None if inputs.fixed_mask is None else np.asarray(inputs.fixed_mask.data)
     stages_img = {
@@ -318,7 +321,7 @@ def summarize(
     metrics = _similarity(f, stages_img, fmask)
 
     of = "deformable" if field is not None else "affine"
-    jt = field if field is not None else result.affine
+    jt = field if field is not None else linear
     st = jacobian_statistics(jt, g)
     jac = np.asarray(jacobian_determinant(jt, g)) if field is not None else None
     jacobian = {
@@ -337,7 +340,7 @@ def summarize(
         warped_labels = warp_labels(inputs.moving_labels, full, g)
         lab_stages = {"before": np.asarray(warp_labels(inputs.moving_labels, identity, g).data)}
         if field is not None:
-            lab_stages["affine"] = np.asarray(warp_labels(inputs.moving_labels, result.affine, g).data)
+            lab_stages["affine"] = np.asarray(warp_labels(inputs.moving_labels, linear, g).data)
         lab_stages["after"] = np.asarray(warped_labels.data)
         dice = _dice_summary(
             np.asarray(inputs.fixed_labels.data), lab_stages, list(inputs.labels), inputs.names, g.spacing
@@ -348,13 +351,11 @@ def summarize(
         metrics["mean_dice"] = dice["mean_dice"]
         metrics["mean_hd95_mm"] = dice["mean_hd95_mm"]
 
-    stages = {"linear": _stage_json("linear", result.stages["linear"], options["linear_levels"])}
-    if "deformable" in result.stages:
-        stages["deformable"] = _stage_json(
-            "deformable", result.stages["deformable"], options["deformable_levels"]
-        )
+    # report keys: "linear" for the linear stage(s), the stage's name for the others ("deformable", ...)
+    keyed = {("linear" if st_.transform.linear_part() is not None else st_.name): st_ for st_ in result.stages}
+    stages = {key: _stage_json(key, st_) for key, st_ in keyed.items()}
     t_eval = time.perf_counter() - t0
-    losses = {name: [np.asarray(lv.loss) for lv in st_.levels] for name, st_ in result.stages.items()}
+    losses = {key: [np.asarray(lv.loss) for lv in st_.levels] for key, st_ in keyed.items()}
     t1 = time.perf_counter()
     png = _figure_png(fixed, before, warped, field, jac, losses, title)
     t_fig = time.perf_counter() - t1
@@ -391,4 +392,4 @@ def summarize(
         text.append(format_dice_table(dice))
     if png is None:
         text.append("report.png: skipped (matplotlib is not installed: pip install 'jaxreg[plot]')")
-    return Outputs(warped, result.affine, field, warped_labels, dice, report, png, text)
+    return Outputs(warped, linear, field, warped_labels, dice, report, png, text)

@@ -89,6 +89,7 @@ class LevelResult(NamedTuple):
       converged: whether the stopping rule held before the cap (``(B,)`` for a batch).
       seconds: wall time of the level (s), compilation included.
       compile_seconds: ahead-of-time compilation of the level's kernel (0 when it was cached).
+      level: the :class:`Level` it ran (shrink, smoothing, iteration cap).
     """
 
     loss: np.ndarray
@@ -96,6 +97,7 @@ class LevelResult(NamedTuple):
     converged: Any
     seconds: float
     compile_seconds: float
+    level: Level | None = None
 
 
 class StageResult(NamedTuple):
@@ -527,6 +529,7 @@ def register(
                 np.asarray(conv) if batch else bool(conv),
                 time.perf_counter() - t0,
                 compile_s,
+                level,
             )
             records.append(rec)
             if log is not None:
