@@ -10,14 +10,17 @@ as the iterative engine train it. The layers, from data to deployment:
   synthesis, intensity augmentation (pure, key-first, on the device).
 * :mod:`~jaxreg.learn.data`: NIfTI folders resampled onto a common grid, deterministic per-step pair sampling,
   a prefetching pair loader.
-* :mod:`~jaxreg.learn.losses` and :mod:`~jaxreg.learn.modes`: the training losses and the four training modes
-  (``modes.unsupervised``, ``modes.supervised`` on synthetic deformations, ``modes.weakly_supervised`` by
+* :mod:`~jaxreg.learn.losses` and :mod:`~jaxreg.learn.modes`: the training losses (an
+  :class:`~jaxreg.optimize.Objective` of the engine's terms plus label and supervised terms, weights traced)
+  and the four training modes (``modes.unsupervised``, ``modes.supervised`` on synthetic deformations, ``modes.weakly_supervised`` by
   labels, ``modes.synthesis`` from label maps; the submodule names ``synthesis`` and ``data`` are modules, so
   the mode factories are reached through ``jaxreg.learn.modes``).
 * :mod:`~jaxreg.learn.train`: pure jitted train/eval steps, data parallelism with ``jax.sharding``, ``fit``
   with orbax checkpoints, resumption, best-by-validation, CSV/PNG logs.
-* :mod:`~jaxreg.learn.inference`: ``predict`` on pairs of any grids, with test-time instance optimisation by
-  the iterative greedy engine.
+* :mod:`~jaxreg.learn.method`: :class:`Network`, a trained network as a method (a stage) of
+  :func:`jaxreg.optimize.register`.
+* :mod:`~jaxreg.learn.inference`: ``predict`` on pairs of any grids, the pipeline "linear start -> network
+  stage -> greedy stage" of :func:`jaxreg.optimize.register` (test-time instance optimisation).
 """
 
 from jaxreg.learn import modes as modes
@@ -31,8 +34,9 @@ from jaxreg.learn.data import (
     random_pairs,
     sample_pairs,
 )
-from jaxreg.learn.inference import PredictResult, center_of_mass, normalize_image, place_grid, predict
-from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
+from jaxreg.learn.inference import network_stages, normalize_image, place_grid, predict
+from jaxreg.learn.losses import RegistrationLoss, displacement_on_grid, registration_loss, registration_metrics
+from jaxreg.learn.method import Network
 from jaxreg.learn.modes import MODES, TrainingMode
 from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, UNet
 from jaxreg.learn.synthesis import (
@@ -61,14 +65,14 @@ __all__ = [
     "TRANSFORM_KINDS",
     "FitResult",
     "PairLoader",
-    "PredictResult",
+    "Network",
     "Prediction",
+    "RegistrationLoss",
     "RegistrationNet",
     "TrainingMode",
     "UNet",
     "atlas_pairs",
     "augment_intensity",
-    "center_of_mass",
     "common_grid",
     "displacement_on_grid",
     "fit",
@@ -80,6 +84,7 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "make_train_step",
+    "network_stages",
     "match_labels",
     "normalize_image",
     "normalize_intensity",

@@ -1,69 +1,75 @@
 """Inference with a trained registration network, and test-time instance optimisation.
 
 A network registers pairs sampled on the grid it was trained on (its *network grid*: a shape and a spacing).
-For a new pair on arbitrary grids, :func:`predict`
+:func:`predict` registers a new pair on arbitrary grids with the one registration entry point,
+:func:`jaxreg.optimize.register`, and a pipeline of stages:
 
-1. normalises both intensities to [0, 1] (robust min-max, as in training);
-2. aligns them linearly: centres of mass and principal axes (``init="moments"``), an intensity-based affine
-   registration (``init="affine"``, :func:`jaxreg.optimize.pipelines.register_linear`), none, or a given
-   linear transform ``A``;
-3. places the network grid on the fixed image (same shape and spacing, axis-aligned RAS+, centred on the fixed
-   image's centre of mass, as the training volumes were: see ``jaxreg train``'s ``align = "com"``), resamples
-   the fixed image there and the moving image through ``A``;
-4. runs the network once: ``T_net`` (a velocity/displacement field on the network grid, possibly after an
-   affine of its own), so that the pull transform of the pair is ``T = A o T_net``;
-5. optionally refines ``T_net`` with the iterative greedy engine (:func:`jaxreg.optimize.greedy_register`,
-   initialised with the network's field) for the given levels: test-time instance optimisation.
+1. both intensities are normalised to [0, 1] (robust min-max, as in training);
+2. a linear stage aligns them: centres of mass (``init="com"``), principal axes (``"moments"``), an
+   intensity-based affine registration (``"affine"``, the affine stage of the ``"affine"`` preset), a given
+   linear transform ``A``, or nothing (``"none"``);
+3. a :class:`~jaxreg.learn.method.Network` stage (two for models that predict an affine too) evaluates the
+   network once on its grid (same shape and spacing, axis-aligned RAS+, centred on the fixed image's centre of
+   mass as the training volumes were: see ``jaxreg train``'s ``align = "com"``) with the moving image pulled
+   through ``A``: ``T = A o T_net``;
+4. optionally a :class:`~jaxreg.optimize.Greedy` stage continues the network's field on the fixed image's
+   grid for the given levels: test-time instance optimisation.
 
-Everything is world mm (the transforms returned map fixed world points to moving world points), so the result
-is written in ITK/ANTs form like any ``jaxreg register`` output.
+The result is the one :class:`~jaxreg.optimize.Registration`: ``transform`` maps fixed world points to moving
+world points (mm), ``linear``/``deformable`` are its parts and ``stages`` the per-stage records, so it is
+written and reported like any ``jaxreg register`` output.
 """
 
 from __future__ import annotations
 
-import functools
-import time
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxreg.core.grid import Grid, Image
-from jaxreg.optimize.engine import Level, RegistrationResult
-from jaxreg.optimize.greedy import GreedyOptions, greedy_register
-from jaxreg.optimize.init import moments_init
-from jaxreg.transforms.base import LinearTransform
-from jaxreg.transforms.compose import Composite, compose, to_affine
-from jaxreg.transforms.dense import DisplacementField, VelocityField
-from jaxreg.transforms.linear import Affine, Translation
-from jaxreg.warp import resample, warp
+from jaxreg.learn.method import Network
+from jaxreg.optimize import PRESETS, Greedy, Level, Linear, Registration, Stage, center_of_mass, register
+from jaxreg.transforms.base import Transform
 
-__all__ = ["PredictResult", "center_of_mass", "normalize_image", "place_grid", "predict"]
+__all__ = ["network_stages", "normalize_image", "place_grid", "predict"]
+
+INITS = ("com", "moments", "affine", "none")
+"""The named linear starts of :func:`predict` (or a linear transform)."""
+
+class _Start:
+    """A method that keeps its start: the linear stage of :func:`predict` that only records where it starts
+    (centres of mass, principal axes or a given map; the engine's ``Stage.init``). Stateless, so all instances
+    are equal; no traced leaves."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Start
+
+    def __hash__(self) -> int:
+        return hash(_Start)
+
+    def resolved(self, grid: Grid) -> _Start:
+        return self
+
+    @property
+    def default_model(self) -> Linear:
+        return Linear("affine")
+
+    def level_kernel(self, fixed_grid: Grid, moving_grid: Grid, iterations: int) -> Callable:
+        cap = int(iterations)
+
+        def kernel(method, params, fixed, moving, fmask, mmask, outer):
+            dtype = fixed.dtype if jnp.issubdtype(fixed.dtype, jnp.floating) else jnp.float32
+            return params, jnp.full((cap,), jnp.nan, dtype), jnp.zeros((), jnp.int32), jnp.ones((), bool)
+
+        return kernel
 
 
-class PredictResult(NamedTuple):
-    """Outcome of :func:`predict`.
-
-    Attributes:
-      transform: the full pull transform fixed -> moving (world mm): ``compose(affine, field)``.
-      affine: the linear part, applied last (initialisation, composed with the network's affine if any).
-      field: the deformable part (a :class:`VelocityField` or :class:`DisplacementField`, refined when
-        instance optimisation ran), or ``None`` for affine-only networks.
-      network_field: the network's own deformable part before refinement (or ``None``).
-      grid: the network grid used for this pair.
-      seconds: wall times ``{"init", "network", "refine", "total"}`` in s.
-      refine: the :class:`~jaxreg.optimize.RegistrationResult` of the refinement, or ``None``.
-    """
-
-    transform: Any
-    affine: Any
-    field: Any
-    network_field: Any
-    grid: Grid
-    seconds: dict
-    refine: RegistrationResult | None
+jax.tree_util.register_pytree_node(_Start, lambda s: ((), None), lambda aux, children: _Start())
+_START = _Start()
 
 
 def place_grid(network_grid: Grid, where: Grid | Any) -> Grid:
@@ -118,73 +124,49 @@ def normalize_image(image: Image, *, percentiles: tuple[float, float] = (0.5, 99
     return Image(jnp.asarray(np.clip((x - lo) * scale, 0.0, 1.0), jnp.float32), image.grid)
 
 
-def center_of_mass(image: Image) -> np.ndarray:
-    """Intensity-weighted centre (world mm, ``(ndim,)``) of a scalar image (weights clipped at 0).
+def network_stages(
+    model: Any,
+    *,
+    network_grid: Grid | None = None,
+    center: Any = None,
+    similarity: Any = None,
+) -> tuple[Stage, ...]:
+    """The stages that evaluate ``model`` once: an affine :class:`Network` stage (models with an affine part)
+    continuing the previous linear stage, then a field stage (models with a field).
 
-    Separable: the weight's marginal along each axis gives the mean index, mapped to world mm by the grid's
-    affine (exact, since the index-to-world map is affine). Same value as
-    :func:`jaxreg.optimize.init.image_moments`'s centre, without its second moments.
+    Args:
+      model: a :class:`~jaxreg.learn.networks.RegistrationNet`.
+      network_grid: its grid (shape, spacing), placed at ``center``; ``None`` for the fixed image's grid.
+      center: world centre of the network grid (mm), e.g. the fixed image's centre of mass.
+      similarity: optional similarity reported as each stage's loss.
+
+    Returns:
+      A tuple of one or two :class:`~jaxreg.optimize.Stage` s named ``"network affine"`` and ``"network"``.
     """
-    w = np.maximum(np.asarray(image.data, np.float64), 0.0)
-    total = w.sum()
-    if not total > 0:
-        raise ValueError("image: no positive intensity to compute a centre of mass from")
-    n = image.grid.ndim
-    idx = [float(np.dot(w.sum(axis=tuple(a for a in range(n) if a != ax)), np.arange(w.shape[ax]))) / total for ax in range(n)]
-    aff = np.asarray(image.grid.affine, np.float64)
-    return aff[:n, :n] @ np.asarray(idx) + aff[:n, n]
+    one = (Level(1, 0.0, 1),)
+    out = []
+    if model.has_affine:
+        net = Network(model, grid=network_grid, center=center, output="affine", similarity=similarity)
+        out.append(Stage(net, Linear("affine"), one, "identity", "network affine"))
+    if model.has_field:
+        net = Network(model, grid=network_grid, center=center, output="field", similarity=similarity)
+        out.append(Stage(net, None, one, "identity", "network"))
+    return tuple(out)
 
 
-def _initial(init: Any, fixed: Image, moving: Image) -> LinearTransform:
-    if isinstance(init, LinearTransform):
-        return init
-    if init == "moments":
-        return moments_init(fixed, moving)
-    if init == "com":
-        return Translation(jnp.asarray(center_of_mass(moving) - center_of_mass(fixed), jnp.float32))
-    if init == "affine":
-        from jaxreg.optimize.pipelines import register_linear
-
-        return register_linear(fixed, moving, model="affine", metric="ncc").transform
+def _start_stage(init: Any) -> tuple[Stage | None, Transform | None]:
+    """The linear start stage of :func:`predict` and the transform it starts from (a given linear map)."""
+    if isinstance(init, Transform):
+        if not init.is_linear:
+            raise ValueError(f"init: expected a linear transform, got a non-linear {type(init).__name__}")
+        return Stage(_START, Linear("affine"), (Level(1, 0.0, 1),), "identity", "linear"), init
     if init in (None, "none"):
-        return Affine.identity(fixed.grid.ndim)
-    raise ValueError(f"init: expected 'moments', 'com', 'affine', 'none' or a linear transform, got {init!r}")
-
-
-def _split(transform: Any) -> tuple[LinearTransform | None, Any]:
-    """(linear part applied last, deformable part) of a network transform."""
-    if isinstance(transform, LinearTransform):
-        return transform, None
-    if isinstance(transform, (VelocityField, DisplacementField)):
-        return None, transform
-    if isinstance(transform, Composite):
-        lin = [t for t in transform.transforms if isinstance(t, LinearTransform)]
-        dense = [t for t in transform.transforms if not isinstance(t, LinearTransform)]
-        if len(dense) <= 1 and all(isinstance(t, LinearTransform) for t in transform.transforms[: len(lin)]):
-            return to_affine(Composite(tuple(lin))) if lin else None, (dense[0] if dense else None)
-    raise ValueError(f"model: expected the network's transform to be 'linear o field', got {type(transform).__name__}")
-
-
-@functools.lru_cache(maxsize=16)
-def _forward(graphdef: Any) -> Callable:
-    """One jitted forward pass per architecture (graph definitions are hashable): no recompilation per call."""
-    from flax import nnx
-
-    @jax.jit
-    def run(state, f, m):
-        net = nnx.merge(graphdef, state)
-        pred = net(f[None, ..., None], m[None, ..., None])
-        return jax.tree_util.tree_map(lambda a: a[0], pred)
-
-    return run
-
-
-def _network_call(model: Any) -> Callable:
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-    run = _forward(graphdef)
-    return lambda f, m: run(state, f, m)
+        return None, None
+    if init in ("com", "moments"):
+        return Stage(_START, Linear("affine"), (Level(1, 0.0, 1),), init, "linear"), None
+    if init == "affine":
+        return PRESETS["affine"][0]._replace(name="linear"), None
+    raise ValueError(f"init: expected one of {INITS} or a linear transform, got {init!r}")
 
 
 def predict(
@@ -193,35 +175,41 @@ def predict(
     moving: Image,
     *,
     network_grid: Grid,
-    init: str | LinearTransform = "com",
+    init: str | Transform = "com",
     center: str = "com",
     refine_levels: Sequence[Level] = (),
-    refine_similarity: Callable | None = None,
-    refine_options: GreedyOptions = GreedyOptions(step=0.5, symmetric=True),
+    refine_similarity: Any = None,
+    refine_method: Greedy | None = None,
     normalize: bool = True,
-) -> PredictResult:
-    """Register ``moving`` to ``fixed`` with a trained network, optionally refined by the iterative engine.
+    log: Callable[[str], None] | None = None,
+) -> Registration:
+    """Register ``moving`` to ``fixed`` with a trained network, optionally refined by the greedy method.
+
+    The pipeline is ``(linear start?, network stage(s), greedy stage?)`` run by :func:`jaxreg.optimize.register`
+    (see the module docstring).
 
     Args:
-      model: a :class:`~jaxreg.learn.networks.RegistrationNet` (any NNX module with ``__call__(fixed, moving)``
-        on ``(B, *shape, 1)`` arrays and ``to_transform(prediction, grid)``).
+      model: a :class:`~jaxreg.learn.networks.RegistrationNet`.
       fixed: fixed scalar image (any grid).
       moving: moving scalar image (any grid, same dimension).
       network_grid: the grid the network was trained on (shape and spacing; see :func:`place_grid`).
-      init: linear initialisation: ``"com"`` (translation of the centres of mass, the default), ``"moments"``
-        (plus principal axes), ``"affine"`` (intensity-based NCC affine registration), ``"none"`` or a linear
+      init: linear start: ``"com"`` (translation of the centres of mass, the default), ``"moments"`` (plus
+        principal axes), ``"affine"`` (intensity-based NCC affine registration), ``"none"`` or a linear
         transform.
       center: where the network grid is centred: ``"com"`` (the fixed image's centre of mass) or ``"grid"``
         (its grid's centre).
-      refine_levels: levels of test-time instance optimisation (greedy SVF/compositive updates initialised with
-        the network's field, on the fixed image's grid); empty for none.
-      refine_similarity: its similarity (default local NCC, window 5).
-      refine_options: its :class:`GreedyOptions` (``update="svf"`` for velocity networks; displacement
-        networks are refined with compositive updates).
+      refine_levels: levels of test-time instance optimisation (the greedy method continuing the network's
+        field on the fixed image's grid); empty for none. Affine-only networks are not refined.
+      refine_similarity: its similarity (function or registry spec; default that of ``refine_method``, local
+        NCC with window 5).
+      refine_method: the :class:`~jaxreg.optimize.Greedy` method (default ``Greedy(step=0.5,
+        symmetric=True)``; displacement networks are refined with compositive updates).
       normalize: normalise intensities to [0, 1] first (as the training data were).
+      log: progress lines of :func:`~jaxreg.optimize.register`.
 
     Returns:
-      :class:`PredictResult`.
+      :class:`~jaxreg.optimize.Registration` with stages named ``"linear"`` (unless ``init="none"``),
+      ``"network affine"`` (affine models), ``"network"`` (deformable models) and ``"refine"``.
     """
     if not isinstance(fixed, Image) or not isinstance(moving, Image):
         raise TypeError("fixed/moving: expected jaxreg Images")
@@ -231,32 +219,22 @@ def predict(
         raise ValueError(f"center: expected 'com' or 'grid', got {center!r}")
     if fixed.data.ndim != fixed.grid.ndim or moving.data.ndim != moving.grid.ndim:
         raise ValueError("fixed/moving: expected scalar images (no channel axis)")
-    t0 = time.perf_counter()
+    if not isinstance(network_grid, Grid) or network_grid.ndim != fixed.grid.ndim:
+        raise ValueError(f"network_grid: expected a {fixed.grid.ndim}-D jaxreg Grid, got {network_grid!r}")
+    if refine_method is not None and not isinstance(refine_method, Greedy):
+        raise TypeError(f"refine_method: expected a jaxreg.optimize.Greedy, got {type(refine_method).__name__}")
+    start, given = _start_stage(init)
     if normalize:
         fixed, moving = normalize_image(fixed), normalize_image(moving)
-    a0 = _initial(init, fixed, moving)
-    grid = place_grid(network_grid, center_of_mass(fixed) if center == "com" else fixed.grid)
-    f_net = resample(fixed, grid).data
-    m_net = warp(moving, a0, grid).data
-    jax.block_until_ready(m_net)
-    t1 = time.perf_counter()
-    pred = _network_call(model)(f_net, m_net)
-    t_net = model.to_transform(pred, grid)
-    jax.block_until_ready(jax.tree_util.tree_leaves(t_net))
-    t2 = time.perf_counter()
-    lin, field = _split(t_net)
-    affine = a0 if lin is None else to_affine(compose(a0, lin))
-    refined, rec = field, None
-    if refine_levels and field is not None:
-        from jaxreg.similarity import lncc
-
-        sim = refine_similarity if refine_similarity is not None else lncc(5)
-        opts = refine_options
-        if isinstance(field, DisplacementField) and opts.update == "svf":
-            opts = opts._replace(update="compositive", symmetric=False)
-        rec = greedy_register(fixed, moving, similarity=sim, levels=tuple(refine_levels), options=opts, outer=affine, initial=field)
-        refined = rec.optimized
-    t3 = time.perf_counter()
-    full = affine if refined is None else compose(affine, refined)
-    seconds = {"init": t1 - t0, "network": t2 - t1, "refine": t3 - t2, "total": t3 - t0}
-    return PredictResult(full, affine, refined, field, grid, seconds, rec)
+    where = center_of_mass(fixed) if center == "com" else np.asarray(fixed.grid.center, np.float64)
+    stages = ([start] if start is not None else []) + list(
+        network_stages(model, network_grid=network_grid, center=where)
+    )
+    if refine_levels and model.has_field:
+        greedy = refine_method if refine_method is not None else Greedy(step=0.5, symmetric=True)
+        if refine_similarity is not None:
+            greedy = dataclasses.replace(greedy, similarity=refine_similarity)
+        if model.field_kind == "displacement" and greedy.update == "svf":
+            greedy = dataclasses.replace(greedy, update="compositive", symmetric=False)
+        stages.append(Stage(greedy, None, tuple(refine_levels), name="refine"))
+    return register(fixed, moving, method=tuple(stages), transform=given, log=log)

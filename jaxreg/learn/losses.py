@@ -1,8 +1,9 @@
-"""Training objectives of learned registration: the iterative engine's terms, applied to a network's output.
+"""Training objectives of learned registration: the iterative engine's objective, applied to a network's output.
 
 A registration network maps a batch of pairs ``(fixed, moving)`` on one common grid to a batch of transforms
-(:class:`~jaxreg.learn.networks.RegistrationNet`). The loss of one pair is the same weighted sum that the
-iterative engine minimises, written with the same functions::
+(:class:`~jaxreg.learn.networks.RegistrationNet`). The loss of one pair is the engine's
+:class:`~jaxreg.optimize.Objective` (``objective(similarity_term(sim, w_img), field_term(R, w_reg))``, the
+same terms by the same registry names) plus two terms that read training data::
 
     L = w_img * sim(F, M o T)                                (unsupervised; VoxelMorph, Balakrishnan et al. 2019)
       + w_reg * R(v or u)                                    (regulariser of the predicted field, mm)
@@ -14,11 +15,15 @@ the fixed grid). With ``bidirectional=True`` the image and label terms are symme
 transform: ``1/2 [sim(F, M o T) + sim(M, F o T^-1)]`` (exact and cheap for velocity fields, ``T^-1 = exp(-v)``;
 Dalca et al., MICCAI 2018).
 
-Factories return ``loss_fn(model, batch, key) -> (loss, metrics)`` and ``eval_fn(model, batch) -> metrics``,
-the interface of :func:`jaxreg.learn.train.fit`. ``batch`` is a dict of arrays with a leading batch axis:
-``fixed``/``moving`` ``(B, *grid.shape, C)``, optionally ``fixed_labels``/``moving_labels``
-``(B, *grid.shape)`` integers and ``displacement`` ``(B, *grid.shape, ndim)`` (mm, the true ``T*(x) - x``).
-Each pair's loss is computed by a per-pair function vmapped over the batch.
+:func:`registration_loss` returns a :class:`RegistrationLoss`: a pytree whose only leaf is the weight vector
+(traced, like the engine's objective weights: a loss can be vmapped over a batch of weights or differentiated
+with respect to them), called as ``loss(model, batch, key) -> (loss, metrics)``, the interface of
+:func:`jaxreg.learn.train.fit`. Which terms are present is static (a term with weight 0 at construction is
+left out, except the image similarity, which every objective has: at weight 0 it is only reported). ``batch``
+is a dict of arrays with a leading batch axis: ``fixed``/``moving`` ``(B, *grid.shape, C)``, optionally
+``fixed_labels``/``moving_labels`` ``(B, *grid.shape)`` integers and ``displacement`` ``(B, *grid.shape,
+ndim)`` (mm, the true ``T*(x) - x``). Each pair's terms are computed by a per-pair function vmapped over the
+batch.
 """
 
 from __future__ import annotations
@@ -28,20 +33,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.evaluation.jacobian import jacobian_statistics
 from jaxreg.evaluation.overlap import dice, soft_dice
-from jaxreg.optimize.objective import regularized_field
-from jaxreg.regularizers import diffusion
-from jaxreg.similarity import mse
+from jaxreg.optimize.objective import Objective, as_similarity, field_term, similarity_term
 from jaxreg.transforms.compose import invert
 from jaxreg.warp import warp, warp_labels, warp_onehot
 from jaxreg.warp.pyramid import smooth_array
 
-__all__ = ["displacement_on_grid", "registration_loss", "registration_metrics"]
+__all__ = ["RegistrationLoss", "displacement_on_grid", "registration_loss", "registration_metrics"]
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+TERMS = ("similarity", "regularizer", "label", "supervised")
+"""Names of the terms of a learned loss, in order (also their keys in the metrics)."""
 
 
 def displacement_on_grid(transform: Any, grid: Grid) -> jax.Array:
@@ -84,74 +91,90 @@ def _multiscale_dice(p: jax.Array, q: jax.Array, scales: tuple[float, ...]) -> j
     return sum(out) / len(out)
 
 
-def registration_loss(
-    grid: Grid,
-    *,
-    similarity: Callable = mse,
-    image_weight: float = 1.0,
-    regularizer: Callable = diffusion,
-    regularizer_weight: float = 0.01,
-    label_values: Sequence[int] | None = None,
-    label_weight: float = 0.0,
-    supervised_weight: float = 0.0,
-    bidirectional: bool = False,
-    label_scales: Sequence[float] = (0.0,),
-) -> LossFn:
-    """The training loss of a registration network (see the module docstring for the equation).
+@jax.tree_util.register_pytree_node_class
+class RegistrationLoss:
+    """A learned registration loss ``loss(model, batch, key) -> (loss, metrics)`` (see the module docstring).
 
-    Args:
-      grid: the common grid of the training pairs (static): the network's field lives on it (or on a coarser
-        grid with the same extent) and world units (mm) come from its affine.
-      similarity: ``sim(fixed, warped, mask=None) -> scalar`` (lower is better), e.g. ``mse``, ``ncc``,
-        ``lncc(9)``, ``nmi()``.
-      image_weight: weight of the image term (0 to train on labels or a known field only).
-      regularizer: ``R(u, *, spacing) -> scalar`` of the predicted velocity (velocity networks) or displacement
-        (displacement networks) in mm, e.g. :func:`jaxreg.regularizers.diffusion`.
-      regularizer_weight: its weight.
-      label_values: label values compared by the label term and reported by ``dice``.
-      label_weight: weight of ``1 - mean soft Dice`` of the warped one-hot moving labels (needs
-        ``fixed_labels``/``moving_labels`` in the batch).
-      supervised_weight: weight of the mean squared displacement error against ``batch["displacement"]``
-        (mm^2).
-      bidirectional: symmetrise the image and label terms with the inverse transform.
-      label_scales: Gaussian sigmas (voxels of ``grid``, static) at which the one-hot maps are compared; the
-        label term is the mean of ``1 - soft Dice`` over the scales (the multi-scale Dice of Hu et al., MedIA
-        2018): sigmas above 0 widen the capture range of the label gradient beyond the one-voxel band of the
-        label boundaries.
+    A pytree whose only leaf is :attr:`weights` ``(len(names),)``; everything else (terms, grid, label values
+    and scales, symmetrisation) is static. Build it with :func:`registration_loss`.
 
-    Returns:
-      ``loss_fn(model, batch, key) -> (loss, metrics)``; ``metrics`` holds ``loss`` and each unweighted term
-      (``similarity``, ``regularizer``, ``label``, ``supervised`` when used), batch means.
+    Attributes:
+      names: the present terms, a sub-sequence of :data:`TERMS`.
+      weights: their weights (traced).
+      objective: the engine :class:`~jaxreg.optimize.Objective` of the image similarity and the regulariser,
+        with the first weights.
     """
-    values = _check_common(grid, label_values, label_weight)
-    scales = tuple(float(x) for x in label_scales)
-    if not scales or any(not (x >= 0) for x in scales):
-        raise ValueError(f"label_scales: expected one or more non-negative sigmas (voxels), got {label_scales!r}")
-    for name, w in (("image_weight", image_weight), ("regularizer_weight", regularizer_weight), ("label_weight", label_weight), ("supervised_weight", supervised_weight)):
-        if not (isinstance(w, (int, float)) and w >= 0):
-            raise ValueError(f"{name}: expected a non-negative number, got {w!r}")
-    if not (image_weight or label_weight or supervised_weight):
-        raise ValueError("image_weight/label_weight/supervised_weight: at least one data term must have a positive weight")
 
-    def pair_terms(model, pred, item):
+    def __init__(
+        self,
+        grid: Grid,
+        terms: tuple,
+        names: tuple[str, ...],
+        weights: Any,
+        label_values: tuple[int, ...] | None,
+        label_scales: tuple[float, ...],
+        bidirectional: bool,
+    ):
+        self._static = (grid, tuple(terms), tuple(names), label_values, tuple(label_scales), bool(bidirectional))
+        self.weights = weights
+
+    def tree_flatten(self):
+        return (self.weights,), self._static
+
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        obj = object.__new__(cls)
+        obj._static = static
+        obj.weights = children[0]
+        return obj
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The present terms in order."""
+        return self._static[2]
+
+    @property
+    def objective(self) -> Objective:
+        """The image similarity and regulariser terms as the engine's :class:`~jaxreg.optimize.Objective`."""
+        terms = self._static[1]
+        return Objective(terms, jnp.asarray(self.weights)[: len(terms)])
+
+    def replace(self, *, weights: Any) -> RegistrationLoss:
+        """The same loss with other ``weights`` ``(len(names),)`` (may be traced or batched)."""
+        obj = object.__new__(RegistrationLoss)
+        obj._static = self._static
+        obj.weights = weights
+        return obj
+
+    def __repr__(self) -> str:
+        try:
+            w: Any = dict(zip(self.names, np.asarray(self.weights).tolist()))
+        except Exception:  # traced weights
+            w = "traced weights"
+        return f"RegistrationLoss({w})"
+
+    def _pair_terms(self, model: Any, pred: Any, item: dict) -> jax.Array:
+        """Unweighted values of the present terms for one pair, ``(len(names),)``."""
+        grid, _, names, values, scales, bidirectional = self._static
+        objective = self.objective
         t = model.to_transform(pred, grid)
         inv = invert(t) if bidirectional else None
-        terms = {}
-        dtype = item["fixed"].dtype
-        if image_weight:
-            warped = warp(Image(item["moving"], grid), t, grid).data
-            s = similarity(item["fixed"], warped)
-            if bidirectional:
-                back = warp(Image(item["fixed"], grid), inv, grid).data
-                s = 0.5 * (s + similarity(item["moving"], back))
-            terms["similarity"] = s
-        if regularizer_weight:
-            field, fgrid = regularized_field(t, grid)
-            if field is None:
-                terms["regularizer"] = jnp.zeros((), dtype)
-            else:
-                terms["regularizer"] = regularizer(field, spacing=tuple(float(s) for s in fgrid.spacing))
-        if label_weight:
+        fixed, moving = item["fixed"], item["moving"]
+        dtype = fixed.dtype
+        warped = warp(Image(moving, grid), t, grid).data
+        vals = objective.terms_values(t, fixed, warped, None, grid)
+        if bidirectional:
+            back = warp(Image(fixed, grid), inv, grid).data
+            sims = jnp.asarray([term.kind == "similarity" for term in objective.terms])
+            back_vals = jnp.stack(
+                [
+                    jnp.asarray(term.fn(moving, back, None), dtype) if term.kind == "similarity" else jnp.zeros((), dtype)
+                    for term in objective.terms
+                ]
+            )
+            vals = jnp.where(sims, 0.5 * (vals + back_vals), vals)
+        extra = []
+        if "label" in names:
             fl = _onehot(item["fixed_labels"], values, dtype)
             wl = warp_onehot(Image(item["moving_labels"], grid), t, grid, label_values=values, dtype=dtype).data
             d = _multiscale_dice(fl, wl, scales)
@@ -159,31 +182,102 @@ def registration_loss(
                 ml = _onehot(item["moving_labels"], values, dtype)
                 bl = warp_onehot(Image(item["fixed_labels"], grid), inv, grid, label_values=values, dtype=dtype).data
                 d = 0.5 * (d + _multiscale_dice(ml, bl, scales))
-            terms["label"] = 1.0 - d
-        if supervised_weight:
+            extra.append(1.0 - d)
+        if "supervised" in names:
             err = displacement_on_grid(t, grid) - item["displacement"].astype(dtype)
-            terms["supervised"] = jnp.mean(jnp.sum(err * err, axis=-1))
-        return terms
+            extra.append(jnp.mean(jnp.sum(err * err, axis=-1)))
+        if extra:
+            vals = jnp.concatenate([vals, jnp.stack([jnp.asarray(e, dtype) for e in extra])])
+        return vals
 
-    weights = {"similarity": image_weight, "regularizer": regularizer_weight, "label": label_weight, "supervised": supervised_weight}
-
-    def loss_fn(model, batch, key):
-        del key  # the loss itself is deterministic; randomness lives in the augmentation
-        if label_weight:
+    def terms(self, model: Any, batch: dict) -> jax.Array:
+        """Batch means of the unweighted terms, ``(len(names),)`` (the gradient of the loss w.r.t. the weights)."""
+        names = self.names
+        if "label" in names:
             for k in ("fixed_labels", "moving_labels"):
                 if k not in batch:
                     raise KeyError(f"batch: the label term needs {k!r}; got keys {sorted(batch)}")
-        if supervised_weight and "displacement" not in batch:
-            raise KeyError(f"batch: the supervised term needs 'displacement' (B, *spatial, ndim) mm; got keys {sorted(batch)}")
+        if "supervised" in names and "displacement" not in batch:
+            raise KeyError(
+                f"batch: the supervised term needs 'displacement' (B, *spatial, ndim) mm; got keys {sorted(batch)}"
+            )
         pred = _predict(model, batch)
         keys = ["fixed", "moving"] + [k for k in ("fixed_labels", "moving_labels", "displacement") if k in batch]
         items = {k: batch[k] for k in keys}
-        terms = jax.vmap(lambda p, it: pair_terms(model, p, it))(pred, items)
-        terms = {k: jnp.mean(v) for k, v in terms.items()}
-        total = sum(weights[k] * v for k, v in terms.items())
-        return total, {"loss": total, **terms}
+        vals = jax.vmap(lambda p, it: self._pair_terms(model, p, it))(pred, items)
+        return jnp.mean(vals, axis=0)
 
-    return loss_fn
+    def __call__(self, model: Any, batch: dict, key: Any = None) -> tuple[jax.Array, dict]:
+        """``(sum_k w_k term_k, metrics)``: ``metrics`` holds ``loss`` and every unweighted term (batch means)."""
+        del key  # the loss itself is deterministic; randomness lives in the augmentation
+        vals = self.terms(model, batch)
+        total = jnp.dot(jnp.asarray(self.weights, vals.dtype), vals)
+        return total, {"loss": total, **{n: vals[i] for i, n in enumerate(self.names)}}
+
+
+def registration_loss(
+    grid: Grid,
+    *,
+    similarity: Any = "mse",
+    image_weight: float = 1.0,
+    regularizer: Any = "diffusion",
+    regularizer_weight: float = 0.01,
+    label_values: Sequence[int] | None = None,
+    label_weight: float = 0.0,
+    supervised_weight: float = 0.0,
+    bidirectional: bool = False,
+    label_scales: Sequence[float] = (0.0,),
+) -> RegistrationLoss:
+    """The training loss of a registration network (see the module docstring for the equation).
+
+    Args:
+      grid: the common grid of the training pairs (static): the network's field lives on it (or on a coarser
+        grid with the same extent) and world units (mm) come from its affine.
+      similarity: ``sim(fixed, warped, mask=None) -> scalar`` (lower is better) or a registry spec
+        (:mod:`jaxreg.terms`: ``"mse"``, ``"ncc"``, ``"lncc"``, ``"lncc(window=9)"``, ``"nmi"``, ...).
+      image_weight: weight of the image term (0 to train on labels or a known field only; the term is then
+        only reported).
+      regularizer: ``R(u, *, spacing) -> scalar`` of the predicted velocity (velocity networks) or displacement
+        (displacement networks) in mm, or a registry spec (``"diffusion"``, ``"bending"``, ...).
+      regularizer_weight: its weight (0 leaves the term out).
+      label_values: label values compared by the label term.
+      label_weight: weight of ``1 - mean soft Dice`` of the warped one-hot moving labels (needs
+        ``fixed_labels``/``moving_labels`` in the batch; 0 leaves the term out).
+      supervised_weight: weight of the mean squared displacement error against ``batch["displacement"]``
+        (mm^2; 0 leaves the term out).
+      bidirectional: symmetrise the image and label terms with the inverse transform.
+      label_scales: Gaussian sigmas (voxels of ``grid``, static) at which the one-hot maps are compared; the
+        label term is the mean of ``1 - soft Dice`` over the scales (the multi-scale Dice of Hu et al., MedIA
+        2018): sigmas above 0 widen the capture range of the label gradient beyond the one-voxel band of the
+        label boundaries.
+
+    Returns:
+      :class:`RegistrationLoss`, ``loss(model, batch, key) -> (loss, metrics)``; ``metrics`` holds ``loss``
+      and each unweighted term (``similarity``, ``regularizer``, ``label``, ``supervised`` when present), batch
+      means.
+    """
+    values = _check_common(grid, label_values, label_weight)
+    scales = tuple(float(x) for x in label_scales)
+    if not scales or any(not (x >= 0) for x in scales):
+        raise ValueError(f"label_scales: expected one or more non-negative sigmas (voxels), got {label_scales!r}")
+    weights = {
+        "similarity": image_weight,
+        "regularizer": regularizer_weight,
+        "label": label_weight,
+        "supervised": supervised_weight,
+    }
+    for name, w in weights.items():
+        arg = "image_weight" if name == "similarity" else f"{name}_weight"
+        if isinstance(w, bool) or not (isinstance(w, (int, float)) and np.isfinite(w) and w >= 0):
+            raise ValueError(f"{arg}: expected a non-negative number, got {w!r}")
+    if not (image_weight or label_weight or supervised_weight):
+        raise ValueError("image_weight/label_weight/supervised_weight: at least one data term must have a positive weight")
+    terms = [similarity_term(similarity, image_weight, name="similarity")[0]]
+    if regularizer_weight:
+        terms.append(field_term(regularizer, regularizer_weight, name="regularizer")[0])
+    names = tuple(t.name for t in terms) + tuple(n for n in ("label", "supervised") if weights[n])
+    w = jnp.asarray([float(weights[n]) for n in names], jnp.float32)
+    return RegistrationLoss(grid, tuple(terms), names, w, values, scales, bidirectional)
 
 
 def registration_metrics(
@@ -198,13 +292,15 @@ def registration_metrics(
       grid: the common grid of the pairs (static).
       label_values: labels whose Dice is averaged (nearest-neighbour warped labels, labels absent from both
         maps ignored); needs ``fixed_labels``/``moving_labels`` in the batch.
-      similarity: optional ``sim(fixed, warped)`` reported as ``similarity``.
+      similarity: optional ``sim(fixed, warped)`` (or registry spec) reported as ``similarity``.
 
     Returns:
       ``eval_fn(model, batch) -> metrics`` with batch means of ``dice`` (in [0, 1], when ``label_values``),
       ``dice_before`` (identity), ``folding`` (% of voxels with ``det J <= 0``) and ``similarity``.
     """
     values = _check_common(grid, label_values, 0.0)
+    if similarity is not None:
+        similarity = as_similarity(similarity, "similarity")
 
     def one(model, pred, item):
         t = model.to_transform(pred, grid)

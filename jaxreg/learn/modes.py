@@ -5,7 +5,9 @@ Each factory returns a :class:`TrainingMode`, a triple of pure functions for :fu
 
 * ``augment(key, batch) -> batch`` runs on the device inside the jitted step (each pair gets its own key
   ``split(key, B)[i]``);
-* ``loss(model, batch, key) -> (loss, metrics)`` (:func:`jaxreg.learn.losses.registration_loss`);
+* ``loss(model, batch, key) -> (loss, metrics)``, a :class:`~jaxreg.learn.losses.RegistrationLoss` (the
+  engine's objective of similarity and regulariser terms plus label/supervised terms; weights traced, so
+  ``mode.loss.replace(weights=w)`` sweeps or differentiates them);
 * ``metrics(model, batch) -> metrics`` for validation pairs (:func:`jaxreg.learn.losses.registration_metrics`).
 
 Modes:
@@ -33,8 +35,6 @@ import jax.numpy as jnp
 import jaxreg.learn.synthesis as syn
 from jaxreg.core.grid import Grid, Image
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
-from jaxreg.regularizers import diffusion
-from jaxreg.similarity import mse
 from jaxreg.warp import warp, warp_labels
 
 __all__ = ["MODES", "TrainingMode", "supervised", "synthesis", "unsupervised", "weakly_supervised"]
@@ -80,8 +80,8 @@ def _intensity(key, image, strength: float, grid: Grid):
 def unsupervised(
     grid: Grid,
     *,
-    similarity: Callable = mse,
-    regularizer: Callable = diffusion,
+    similarity: Any = "mse",
+    regularizer: Any = "diffusion",
     regularizer_weight: float = 0.01,
     label_values: Sequence[int] | None = None,
     bidirectional: bool = False,
@@ -91,8 +91,9 @@ def unsupervised(
 
     Args:
       grid: common grid of the training pairs (static).
-      similarity: image similarity (lower is better), e.g. ``mse``, ``ncc``, ``lncc(9)``.
-      regularizer: field regulariser ``R(u, *, spacing)``.
+      similarity: image similarity (lower is better): a function such as ``jaxreg.similarity.lncc(9)`` or a
+        registry spec (``"mse"``, ``"ncc"``, ``"lncc(window=9)"``, ``"nmi"``; :mod:`jaxreg.terms`).
+      regularizer: field regulariser ``R(u, *, spacing)`` or registry spec (``"diffusion"``, ``"bending"``).
       regularizer_weight: its weight ``w``.
       label_values: labels for the validation Dice (optional).
       bidirectional: symmetrise the image term with the inverse transform.
@@ -124,7 +125,7 @@ def supervised(
     smoothness_mm: float = 12.0,
     kind: str = "velocity",
     image_weight: float = 0.0,
-    similarity: Callable = mse,
+    similarity: Any = "mse",
     regularizer_weight: float = 0.0,
     label_values: Sequence[int] | None = None,
     intensity_augmentation: float = 0.0,
@@ -173,8 +174,8 @@ def weakly_supervised(
     *,
     label_values: Sequence[int],
     image_weight: float = 0.0,
-    similarity: Callable = mse,
-    regularizer: Callable = diffusion,
+    similarity: Any = "mse",
+    regularizer: Any = "diffusion",
     regularizer_weight: float = 0.01,
     bidirectional: bool = False,
 ) -> TrainingMode:
@@ -204,13 +205,13 @@ def synthesis(
     *,
     label_values: Sequence[int],
     synthesis_labels: Sequence[int] | None = None,
-    regularizer: Callable = diffusion,
+    regularizer: Any = "diffusion",
     regularizer_weight: float = 1.0,
     deformation_mm: float = 0.0,
     same_subject: float = 0.0,
     same_contrast: bool = False,
     image_weight: float = 0.0,
-    similarity: Callable = mse,
+    similarity: Any = "mse",
     label_scales: Sequence[float] = (0.0,),
     bidirectional: bool = False,
     synth_options: dict[str, Any] | None = None,

@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxreg.core.grid import Grid
-from jaxreg.core.sampling import map_coordinates
+from jaxreg.core.grid import Grid, Image
 from jaxreg.transforms import (
     Affine,
     DisplacementField,
@@ -50,6 +49,7 @@ from jaxreg.transforms import (
     compose,
     from_voxel_displacement,
 )
+from jaxreg.warp import sample_points
 
 __all__ = ["TRANSFORM_KINDS", "Prediction", "RegistrationNet", "UNet"]
 
@@ -132,25 +132,26 @@ def _normalized_coords(shape: Sequence[int], dtype: Any) -> jax.Array:
 def _affine_warp(moving: jax.Array, affine: jax.Array) -> jax.Array:
     """Pull ``moving`` through a normalised-coordinate affine, differentiably (linear, zero outside).
 
+    The normalised matrix is re-expressed as an index-to-index map ``S A S^-1`` (``S``: normalised -> index) and
+    the image is sampled by the one pull sampler, :func:`jaxreg.warp.sample_points`, on the index grid of the
+    array (identity voxel-to-world matrix, so world points are voxel indices).
+
     Args:
       moving: ``(*spatial, C)`` one image.
       affine: ``(ndim + 1, ndim + 1)`` normalised-coordinate matrix, fixed -> moving.
 
     Returns:
-      ``(*spatial, C)``: ``moving`` sampled at ``S A S^-1 i`` for every voxel index ``i`` (``S``: normalised ->
-      index); the same as :func:`jaxreg.warp` through the :meth:`RegistrationNet.to_transform` affine.
+      ``(*spatial, C)``: ``moving`` sampled at ``S A S^-1 i`` for every voxel index ``i``; the same as
+      :func:`jaxreg.warp` through the :meth:`RegistrationNet.to_transform` affine.
     """
     shape = moving.shape[:-1]
     n = len(shape)
     dt = moving.dtype
+    index_grid = Grid(shape)  # identity voxel-to-world matrix: world mm == voxel index
     s = _normalized_to_index_matrix(shape)
     m = jnp.asarray(s, dt) @ affine.astype(dt) @ jnp.asarray(np.linalg.inv(s), dt)
-    idx = jnp.stack(jnp.meshgrid(*[jnp.arange(k, dtype=dt) for k in shape], indexing="ij"), axis=-1)
-    pts = idx @ m[:n, :n].T + m[:n, n]
-    # snap float rounding at voxel centres (straight-through), as jaxreg.warp does, so the identity is exact
-    r = jnp.round(pts)
-    pts = pts + jax.lax.stop_gradient(jnp.where(jnp.abs(r - pts) < 1e-4, r - pts, 0.0))
-    return map_coordinates(moving, pts, order=1, mode="constant", cval=0.0)
+    pts = index_grid.index_coords(dt) @ m[:n, :n].T + m[:n, n]
+    return sample_points(Image(moving, index_grid), pts, order=1, mode="constant", cval=0.0)
 
 
 # -- modules --------------------------------------------------------------------------------------------------
@@ -487,17 +488,7 @@ class RegistrationNet(nnx.Module):
         return cls(ndim, rngs=rngs, **kw)
 
     # -- forward --------------------------------------------------------------------------------------------
-    def __call__(self, fixed: jax.Array, moving: jax.Array) -> Prediction:
-        """Predict the transforms registering a batch of pairs.
-
-        Args:
-          fixed: ``(B, *spatial, in_channels)``.
-          moving: ``(B, *spatial, in_channels)``, on the same grid as ``fixed`` (same shape).
-
-        Returns:
-          :class:`Prediction` with ``affine`` ``(B, ndim+1, ndim+1)`` and/or ``field``
-          ``(B, *(spatial / field_factor), ndim)`` (network units, see the module docstring).
-        """
+    def _inputs(self, fixed: jax.Array, moving: jax.Array) -> tuple[jax.Array, jax.Array]:
         fixed = _check_batch(fixed, "fixed", self.ndim, self.in_channels)
         moving = _check_batch(moving, "moving", self.ndim, self.in_channels)
         if fixed.shape != moving.shape:
@@ -512,7 +503,20 @@ class RegistrationNet(nnx.Module):
             spatial, self.multiple, "fixed/moving", f"2^len(encoder) for {len(self.encoder)} poolings"
         )
         dt = jnp.result_type(fixed.dtype, moving.dtype)
-        fixed, moving = fixed.astype(dt), moving.astype(dt)
+        return fixed.astype(dt), moving.astype(dt)
+
+    def __call__(self, fixed: jax.Array, moving: jax.Array) -> Prediction:
+        """Predict the transforms registering a batch of pairs.
+
+        Args:
+          fixed: ``(B, *spatial, in_channels)``.
+          moving: ``(B, *spatial, in_channels)``, on the same grid as ``fixed`` (same shape).
+
+        Returns:
+          :class:`Prediction` with ``affine`` ``(B, ndim+1, ndim+1)`` and/or ``field``
+          ``(B, *(spatial / field_factor), ndim)`` (network units, see the module docstring).
+        """
+        fixed, moving = self._inputs(fixed, moving)
         affine = None
         if self.affine_net is not None:
             affine = self.affine_net(jnp.concatenate([moving, fixed], axis=-1))
@@ -523,6 +527,32 @@ class RegistrationNet(nnx.Module):
             field = self.flow(self.unet(jnp.concatenate([moving, fixed], axis=-1)))
         return Prediction(affine=affine, field=field)
 
+    def predict_affine(self, fixed: jax.Array, moving: jax.Array) -> jax.Array:
+        """The affine part alone, ``(B, ndim + 1, ndim + 1)`` (normalised coordinates; affine models only).
+
+        Args:
+          fixed, moving: as for :meth:`__call__`.
+        """
+        if self.affine_net is None:
+            raise ValueError(f"transform: the {self.transform!r} model predicts no affine")
+        fixed, moving = self._inputs(fixed, moving)
+        return self.affine_net(jnp.concatenate([moving, fixed], axis=-1))
+
+    def predict_field(self, fixed: jax.Array, moving: jax.Array) -> jax.Array:
+        """The deformable part alone on a pair already aligned by the affine part (the U-Net and flow head;
+        for an ``"affine+..."`` model the affine network is skipped and ``moving`` is taken as warped by it).
+
+        Args:
+          fixed, moving: as for :meth:`__call__`.
+
+        Returns:
+          ``(B, *(spatial / field_factor), ndim)`` field (voxels of the field grid).
+        """
+        if self.unet is None:
+            raise ValueError(f"transform: the {self.transform!r} model predicts no field")
+        fixed, moving = self._inputs(fixed, moving)
+        return self.flow(self.unet(jnp.concatenate([moving, fixed], axis=-1)))
+
     # -- world coordinates ----------------------------------------------------------------------------------
     def field_grid(self, grid: Grid) -> Grid:
         """The grid of the predicted field for inputs on ``grid``: ``grid.downsample(field_factor)``."""
@@ -532,6 +562,43 @@ class RegistrationNet(nnx.Module):
             raise ValueError(f"grid: expected a {self.ndim}-D grid, got {grid.ndim}-D")
         _check_divisible(grid.shape, self.field_factor, "grid", f"field_factor = {self.field_factor}")
         return grid.downsample(self.field_factor)
+
+    @property
+    def field_kind(self) -> str | None:
+        """``"velocity"``, ``"displacement"`` or ``None`` (the purely affine model)."""
+        if not self.has_field:
+            return None
+        return "velocity" if self.transform.endswith("velocity") else "displacement"
+
+    def affine_transform(self, affine: jax.Array, grid: Grid) -> Affine:
+        """One unbatched normalised affine ``(ndim + 1, ndim + 1)`` as a world-mm :class:`Affine` about the grid's
+        centre: ``G S A S^-1 G^-1`` (``G``: the grid's voxel-to-world matrix, ``S``: normalised -> index)."""
+        n = self.ndim
+        if affine is None or jnp.shape(affine) != (n + 1, n + 1):
+            raise ValueError(
+                f"prediction: expected an unbatched affine of shape {(n + 1, n + 1)} (use jax.vmap over the "
+                f"batch), got {None if affine is None else tuple(jnp.shape(affine))}"
+            )
+        a = jnp.asarray(affine)
+        dt = a.dtype if jnp.issubdtype(a.dtype, jnp.floating) else jnp.float32
+        g = grid.affine @ _normalized_to_index_matrix(grid.shape)  # normalised -> world, float64
+        world = jnp.asarray(g, dt) @ a.astype(dt) @ jnp.asarray(np.linalg.inv(g), dt)
+        return Affine.from_homogeneous(world, center=jnp.asarray(grid.center, dt))
+
+    def field_transform(self, field: jax.Array, grid: Grid) -> Transform:
+        """One unbatched field (voxels of ``field_grid(grid)``) as a world-mm
+        :class:`~jaxreg.transforms.VelocityField` (``steps``) or :class:`~jaxreg.transforms.DisplacementField`."""
+        fgrid = self.field_grid(grid)
+        want = (*fgrid.shape, self.ndim)
+        if field is None or tuple(jnp.shape(field)) != want:
+            raise ValueError(
+                f"prediction: expected an unbatched field of shape {want} on {fgrid} for grid {grid} (use "
+                f"jax.vmap over the batch), got {None if field is None else tuple(jnp.shape(field))}"
+            )
+        u_mm = from_voxel_displacement(jnp.asarray(field), fgrid)
+        if self.field_kind == "velocity":
+            return VelocityField(u_mm, fgrid, self.steps)
+        return DisplacementField(u_mm, fgrid)
 
     def to_transform(self, prediction: Prediction, grid: Grid) -> Transform:
         """One unbatched prediction as a jaxreg transform in world mm (fixed -> moving, pull).
@@ -560,32 +627,9 @@ class RegistrationNet(nnx.Module):
             raise TypeError(f"grid: expected a jaxreg Grid, got {type(grid).__name__}")
         if grid.ndim != self.ndim:
             raise ValueError(f"grid: expected a {self.ndim}-D grid, got {grid.ndim}-D")
-        n = self.ndim
         parts: list[Transform] = []
         if self.has_affine:
-            a = prediction.affine
-            if a is None or jnp.shape(a) != (n + 1, n + 1):
-                raise ValueError(
-                    f"prediction: expected an unbatched affine of shape {(n + 1, n + 1)} (use jax.vmap over the "
-                    f"batch), got {None if a is None else tuple(jnp.shape(a))}"
-                )
-            a = jnp.asarray(a)
-            dt = a.dtype if jnp.issubdtype(a.dtype, jnp.floating) else jnp.float32
-            g = grid.affine @ _normalized_to_index_matrix(grid.shape)  # normalised -> world, float64
-            world = jnp.asarray(g, dt) @ a.astype(dt) @ jnp.asarray(np.linalg.inv(g), dt)
-            parts.append(Affine.from_homogeneous(world, center=jnp.asarray(grid.center, dt)))
+            parts.append(self.affine_transform(prediction.affine, grid))
         if self.has_field:
-            fgrid = self.field_grid(grid)
-            u = prediction.field
-            want = (*fgrid.shape, n)
-            if u is None or tuple(jnp.shape(u)) != want:
-                raise ValueError(
-                    f"prediction: expected an unbatched field of shape {want} on {fgrid} for grid {grid} (use "
-                    f"jax.vmap over the batch), got {None if u is None else tuple(jnp.shape(u))}"
-                )
-            u_mm = from_voxel_displacement(jnp.asarray(u), fgrid)
-            if self.transform.endswith("velocity"):
-                parts.append(VelocityField(u_mm, fgrid, self.steps))
-            else:
-                parts.append(DisplacementField(u_mm, fgrid))
+            parts.append(self.field_transform(prediction.field, grid))
         return parts[0] if len(parts) == 1 else compose(*parts)
