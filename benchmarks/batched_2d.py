@@ -1,39 +1,39 @@
 """Benchmark: all 30 ordered pairs of the six 2D brain slices registered in one vmapped call, against ANTs.
 
 The six slices of ``../shared/data/brain2d`` share one 256x256 grid, so every ordered pair (fixed ``i``, moving
-``j != i``) can be registered at once with a leading batch axis. The batched jaxreg run has the stages (and
-the settings) of ``register_pair``'s default pipeline:
+``j != i``) can be registered at once with a leading batch axis: :func:`jaxreg.optimize.register` with lists
+of images and ``method="default"`` runs the default pipeline (the stages and settings of
+:data:`jaxreg.optimize.PRESETS` ``["default"]``) as ``jax.vmap`` of the same per-level kernels, one compiled call
+per level for the whole batch:
 
-1. moments initialisation of each pair (host side, as :func:`register_linear` does);
-2. affine with global NCC: :func:`jaxreg.optimize.register_many` (one compiled, vmapped loop per level) on each
-   of ``register_pair``'s linear levels, with the per-unit Adam of :func:`linear_optimizer` and
-   ``register_linear``'s stopping rule (each pair stops on its own, masked, while the batch runs on);
-3. symmetric greedy registration of a stationary velocity field with local NCC on ``register_pair``'s
-   deformable levels and with its :class:`GreedyOptions`: :func:`jaxreg.optimize.greedy_register_many` (one
-   compiled call per level, ``jax.vmap``-ed over the pairs), with the affines of step 2 as the outer transforms.
+1. the start of each pair's linear stage: the best of the scored candidate starts (grid centres, centres of
+   mass, principal axes), scored in one vmapped call;
+2. affine with global NCC on the preset's linear levels (per-unit Adam, relative-change stopping rule: each
+   pair stops on its own, masked, while the batch runs on);
+3. symmetric greedy registration of a stationary velocity field with local NCC on the preset's deformable
+   levels, stacked on the affines of step 2.
 
-All these settings are read from the signatures of ``register_pair`` and ``register_linear``, so the batched run
-follows the library's defaults.
-
-Baselines measured in the same run: ``register_pair`` called pair by pair (same stages, not batched), and
-ANTs ``SyN`` (antspyx defaults; see ``benchmarks/peers.py``) pair by pair in the peers' venv, on all 30 pairs
-or, with ``--ants-pairs N``, on the first N with the total time extrapolated (labelled as such). Times are
-wall seconds: "cold" after clearing every JAX cache (compilation included), "warm" a second run; ANTs' time
-is the sum of its ``ants.registration`` calls. CPU seconds (all threads of the process, over the same spans)
-are reported too: on a machine shared with other work they are a steadier basis for the ratios. Quality: global NCC between the fixed slice and the warped
-moving slice (jaxreg's warp for every method, linear interpolation), mean and minimum over the pairs.
+Baselines measured in the same run: ``register(fixed, moving, method="default")`` called pair by pair (same
+stages, not batched), and ANTs ``SyN`` (antspyx defaults; see ``benchmarks/peers.py``) pair by pair in the
+peers' venv, on all 30 pairs or, with ``--ants-pairs N``, on the first N with the total time extrapolated
+(labelled as such). ``--pairs N`` runs every method on the first N ordered pairs only (a quick check). Times
+are wall seconds: "cold" after clearing every JAX cache (compilation included), "warm" a second run; ANTs'
+time is the sum of its ``ants.registration`` calls. CPU seconds (all threads of the process, over the same
+spans) are reported too: on a machine shared with other work they are a steadier basis for the ratios.
+Quality: global NCC between the fixed slice and the warped moving slice (jaxreg's warp for every method,
+linear interpolation), mean and minimum over the pairs.
 
 Usage::
 
     python benchmarks/batched_2d.py [--ants-python benchmarks/.venv-ants/bin/python] [--ants-pairs 30]
-        [--threads 2] [--json out.json]
+        [--threads 2] [--pairs 30] [--no-loop] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
-import inspect
 import json
 import os
 import shutil
@@ -53,26 +53,16 @@ from peers import DEFAULT_ANTS_PYTHON, run_worker
 import jaxreg as jr
 from jaxreg.core.grid import Image
 from jaxreg.io import compose_files, load_image
-from jaxreg.optimize import GreedyOptions, greedy_register_many, objective, register_many, similarity_term
-from jaxreg.optimize.engine import Stopping
-from jaxreg.optimize.init import moments_init
-from jaxreg.optimize.pipelines import linear_optimizer, register_linear, register_pair
-from jaxreg.similarity import lncc, ncc
-from jaxreg.transforms import Affine
-from jaxreg.warp.pyramid import downsample_image
+from jaxreg.optimize import PRESETS, Greedy, register
+from jaxreg.similarity import ncc
 
 DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "brain2d"))
 SLICES = ("r16", "r27", "r30", "r62", "r64", "r85")
-# the settings of register_pair's default pipeline, read from its signature (and register_linear's) so that the
-# batched run follows the library's defaults when they change
-_PAIR = {k: v.default for k, v in inspect.signature(register_pair).parameters.items()}
-_LIN = {k: v.default for k, v in inspect.signature(register_linear).parameters.items()}
-GREEDY: GreedyOptions = _PAIR["greedy"]
-WINDOW: int = _PAIR["window"]
-LINEAR_LEVELS = tuple(_PAIR["linear_levels"])
-GREEDY_LEVELS = tuple(_PAIR["deformable_levels"])
-STOP: Stopping = _LIN["stopping"]
-STEP_MM: float = _LIN["step_mm"]
+# the settings of the default pipeline (printed with the table): its linear stage, then its greedy stage
+_LINEAR_STAGE, _GREEDY_STAGE = PRESETS["default"]
+GREEDY: Greedy = _GREEDY_STAGE.method
+LINEAR_LEVELS = tuple(_LINEAR_STAGE.levels)
+GREEDY_LEVELS = tuple(_GREEDY_STAGE.levels)
 
 
 def load_pairs():
@@ -89,72 +79,24 @@ def load_pairs():
 
 
 # -- the batched pipeline ----------------------------------------------------------------------------------
-@functools.cache
-def _downsampler(grid, shrink: int):
-    return jax.jit(jax.vmap(lambda d: downsample_image(Image(d, grid), shrink).data))
-
-
-_METRICS: dict = {}
-
-
-def _metric(name):
-    if name not in _METRICS:  # one function object per metric keeps the compiled loops cached across calls
-        _METRICS[name] = {"ncc": ncc, "lncc": lncc(WINDOW)}[name]
-    return _METRICS[name]
-
-
 def batched_pipeline(fixed, moving, grid):
-    """Affine (``register_many``) then greedy SVF (vmapped) for a batch of pairs on one grid.
+    """The default pipeline on a batch of pairs on one grid: one :func:`register` call on lists of images.
 
     Returns:
-      ``(affines, velocities)``: an :class:`Affine` with a leading batch axis and a :class:`VelocityField` on
-      ``grid`` with batched ``velocity`` ``(B, *grid.shape, 2)`` (or, for a displacement ``update`` of
-      :class:`GreedyOptions`, a batched :class:`DisplacementField`); the pull transform of pair ``b`` is
-      ``compose(affine_b, exp(v_b))``.
+      The pull transforms ``compose(affine_b, exp(v_b))`` of the pairs, one transform with a leading batch
+      axis ``B`` on every leaf.
     """
-    b = fixed.shape[0]
-    starts = []
-    for i in range(b):  # host-side, as in register_linear
-        rigid = moments_init(Image(fixed[i], grid), Image(moving[i], grid), mode="principal")
-        starts.append(Affine.from_transform(rigid))
-    aff = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *starts)
-    radius = round(float(0.25 * np.linalg.norm(grid.extent)), 1)  # as register_linear
-    opt = linear_optimizer(step_mm=STEP_MM, radius_mm=radius)
-    obj = objective(similarity_term(_metric("ncc"), name="ncc"))
-    for level in LINEAR_LEVELS:
-        g = grid.downsample(level.shrink)
-        f, m = _downsampler(grid, level.shrink)(fixed), _downsampler(grid, level.shrink)(moving)
-        aff, _, _ = register_many(
-            f,
-            m,
-            aff,
-            fixed_grid=g,
-            moving_grid=g,
-            objective=obj,
-            optimizer=opt,
-            iterations=level.iterations,
-            stopping=STOP,
-        )
-    greedy = greedy_register_many(
-        fixed,
-        moving,
-        fixed_grid=grid,
-        moving_grid=grid,
-        similarity=_metric("lncc"),
-        levels=GREEDY_LEVELS,
-        options=GREEDY,
-        outer=aff,
-    )
-    return jax.block_until_ready((aff, greedy.optimized))
+    fixed_l = [Image(fixed[i], grid) for i in range(fixed.shape[0])]
+    moving_l = [Image(moving[i], grid) for i in range(moving.shape[0])]
+    r = register(fixed_l, moving_l, method="default")
+    return jax.block_until_ready(r.transform)
 
 
 def _clear() -> None:
-    from jaxreg.optimize import engine, greedy
+    from jaxreg.optimize import engine
 
     jax.clear_caches()
-    engine._compiled_run.cache_clear()
-    greedy._runner.cache_clear()
-    _downsampler.cache_clear()
+    engine._EXECUTABLES.clear()  # the engine's ahead-of-time compiled level kernels
 
 
 @functools.cache
@@ -191,11 +133,17 @@ def main(argv=None) -> None:
         "--ants-pairs", type=int, default=30, help="ANTs on the first N pairs only (time extrapolated)"
     )
     ap.add_argument("--threads", type=int, default=2, help="ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS of ANTs")
-    ap.add_argument("--no-loop", action="store_true", help="skip the pair-by-pair register_pair baseline")
+    ap.add_argument(
+        "--pairs", type=int, default=None, help="register the first N ordered pairs only (default all 30)"
+    )
+    ap.add_argument("--no-loop", action="store_true", help="skip the pair-by-pair register baseline")
     ap.add_argument("--json", default=None, help="write the table as JSON here")
     args = ap.parse_args(argv)
 
     pairs, fixed, moving, grid, paths = load_pairs()
+    if args.pairs is not None:
+        k = max(1, min(args.pairs, len(pairs)))
+        pairs, fixed, moving = pairs[:k], fixed[:k], moving[:k]
     n = len(pairs)
     rows = []
     load_before = os.getloadavg()
@@ -221,18 +169,18 @@ def main(argv=None) -> None:
 
     print(f"jaxreg batched: {n} pairs in one vmapped pipeline", flush=True)
     _clear()
-    (aff, vel), cold, cpu = timed(lambda: batched_pipeline(fixed, moving, grid))
+    batched, cold, cpu = timed(lambda: batched_pipeline(fixed, moving, grid))
     warm = timed(lambda: batched_pipeline(fixed, moving, grid))[1]
-    batched_scores = batched_ncc(fixed, moving, grid, jr.compose(aff, vel))
-    add("jaxreg batched (register_many affine + vmapped greedy)", n, cold, cpu, warm, batched_scores)
+    batched_scores = batched_ncc(fixed, moving, grid, batched)
+    add("jaxreg batched (register on lists of images)", n, cold, cpu, warm, batched_scores)
 
     if not args.no_loop:
-        print("jaxreg register_pair, pair by pair", flush=True)
+        print("jaxreg register, pair by pair", flush=True)
 
         def loop():
             out = []
             for i in range(n):
-                r = register_pair(Image(fixed[i], grid), Image(moving[i], grid))
+                r = register(Image(fixed[i], grid), Image(moving[i], grid), method="default")
                 out.append(jax.block_until_ready(r.transform))
             return out
 
@@ -240,7 +188,7 @@ def main(argv=None) -> None:
         ts, cold_l, cpu_l = timed(loop)
         warm_l = timed(loop)[1]
         loop_scores = batched_ncc(fixed, moving, grid, stack_transforms(ts))
-        add("jaxreg register_pair loop", n, cold_l, cpu_l, warm_l, loop_scores)
+        add("jaxreg register loop", n, cold_l, cpu_l, warm_l, loop_scores)
         diff = np.abs(batched_scores - loop_scores)
         print(f"  batched vs loop NCC: max |difference| {diff.max():.2e} over the pairs", flush=True)
 
@@ -306,10 +254,18 @@ def main(argv=None) -> None:
             json.dump(
                 {"rows": rows, "pairs": [f"{b}->{a}" for a, b in pairs], "jax": jax.__version__, "cpus": os.cpu_count(),
                  "threads": args.threads, "load_before": load_before, "load_after": load_after,
-                 "greedy_options": GREEDY._asdict(), "linear_levels": LINEAR_LEVELS, "greedy_levels": GREEDY_LEVELS},
+                 "greedy_options": _greedy_options(), "linear_levels": LINEAR_LEVELS, "greedy_levels": GREEDY_LEVELS},
                 fh, indent=1,
             )  # fmt: skip
         print(f"\nwrote {args.json}")
+
+
+def _greedy_options() -> dict:
+    """The default pipeline's greedy settings as JSON values (the similarity by its registry spec)."""
+    return {
+        f.name: repr(getattr(GREEDY, f.name)) if f.name == "similarity" else getattr(GREEDY, f.name)
+        for f in dataclasses.fields(GREEDY)
+    }
 
 
 def print_table(rows, n, args, load_before, load_after) -> None:

@@ -21,7 +21,6 @@ import time
 
 def run_one(shape: tuple[int, int, int], iterations: int) -> None:
     import jax
-    import jax.numpy as jnp
 
     import jaxreg as jr
     from jaxreg.data import random_velocity_field
@@ -56,13 +55,33 @@ def main() -> int:
     rows = []
     for shape in (small, tuple(a.shape)):
         # a fresh process per size so that ru_maxrss is that size's own peak
-        out = subprocess.run([sys.executable, __file__, "--child", "--shape", *map(str, shape), "--iterations", str(a.iterations)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--shape",
+                    *map(str, shape),
+                    "--iterations",
+                    str(a.iterations),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         rows.append(out.split("\t"))
     base = float(rows[0][3])
-    print(f"{'volume':>14} {'iters':>5} {'time s (incl. compile)':>22} {'peak RSS GiB':>12} {'ratio to small':>14} {'goal <= 16 GiB':>14}")
+    print(
+        f"{'volume':>14} {'iters':>5} {'time s (incl. compile)':>22} {'peak RSS GiB':>12} {'ratio to small':>14} {'goal <= 16 GiB':>14}"
+    )
     for shp, it, el, peak in rows:
-        print(f"{shp:>14} {it:>5} {float(el):>22.1f} {float(peak):>12.2f} {float(peak) / base:>14.1f} {'yes' if float(peak) <= 16 else 'NO':>14}")
+        print(
+            f"{shp:>14} {it:>5} {float(el):>22.1f} {float(peak):>12.2f} {float(peak) / base:>14.1f} {'yes' if float(peak) <= 16 else 'NO':>14}"
+        )
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Methods (each registers ``moving`` onto ``fixed``; every transform is a pull map fixed -> moving):
 
-* jaxreg ``register_pair(pipeline="affine")`` and ``register_pair(pipeline="default")`` (``"multimodal"`` for the
-  multi-modal pair), default levels and options, run in this process. Its wall time includes compilation: the
+* jaxreg ``register(fixed, moving, method="affine")`` and ``register(fixed, moving, method="default")``
+  (``"multimodal"`` for the multi-modal pair, whose affine row is that pipeline's Mattes MI linear stage), the
+  presets' levels and options, run in this process. Its wall time includes compilation: the
   JAX caches are cleared before each method (and, for the 2D slices, before the first pair only; later pairs
   reuse the compiled code as a user's loop would). The "warm" column repeats the run with the code compiled.
 * ANTs (antspyx): ``ants.registration(fixed, moving, type_of_transform="Affine")`` and ``"SyN"`` (affine stage
@@ -330,28 +331,26 @@ class Bench:
         """Forget every compiled function, so that the next run pays its compilation as a fresh process would."""
         import jax
 
-        from jaxreg.optimize import engine, greedy
+        from jaxreg.optimize import engine
 
         jax.clear_caches()
-        engine._compiled_run.cache_clear()
-        greedy._runner.cache_clear()
+        engine._EXECUTABLES.clear()  # the engine's ahead-of-time compiled level kernels
 
     def _jaxreg(self, pairs, pipeline: str) -> tuple[list, float, float, float | None]:
         """Run jaxreg over ``pairs`` cold (and warm): ((transform, deformable) per pair, cold wall s, cold CPU s,
         warm wall s).
 
         ``pipeline``: ``"affine"`` / ``"affine-mi"`` (the linear stage of the default / multi-modal pipeline,
-        :func:`register_linear` with NCC / Mattes MI) or a :func:`register_pair` pipeline.
+        NCC / Mattes MI) or the name of a pipeline of :data:`jaxreg.optimize.PRESETS`.
         """
         import jax
 
-        from jaxreg.optimize.pipelines import register_linear, register_pair
+        from jaxreg.optimize import preset, register
+
+        method = preset("multimodal")[:1] if pipeline == "affine-mi" else pipeline
 
         def one(f, m):
-            if pipeline.startswith("affine"):
-                r = register_linear(f, m, model="affine", metric="mi" if pipeline == "affine-mi" else "ncc")
-                return r.transform, None
-            r = register_pair(f, m, pipeline=pipeline)
+            r = register(f, m, method=method)
             return r.transform, r.deformable
 
         def once():
