@@ -20,7 +20,7 @@ from jaxreg.learn import modes
 from jaxreg.learn.inference import place_grid, predict
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
 from jaxreg.learn.networks import Prediction, RegistrationNet
-from jaxreg.optimize.engine import Level
+from jaxreg.optimize import Level, Registration
 from jaxreg.similarity import mse, ncc
 from jaxreg.warp import warp
 
@@ -276,28 +276,130 @@ def test_place_grid_centres_the_network_grid_on_the_fixed_image():
         place_grid(Grid.from_spacing((8, 8, 8)), fixed)
 
 
-def test_predict_identity_network_and_refinement_on_a_shifted_pair():
+def _shifted_pair():
     grid = Grid.from_spacing((32, 32), 1.0)
     i, j = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
     f = np.exp(-((i - 15.5) ** 2 / 40.0 + (j - 15.5) ** 2 / 20.0)).astype(np.float32)
     t_true = Affine.from_homogeneous(np.array([[1, 0, 1.5], [0, 1, -1.0], [0, 0, 1.0]]))
     m = np.asarray(warp(Image(jnp.asarray(f), grid), t_true, grid).data)
-    fixed, moving = Image(jnp.asarray(f), grid), Image(jnp.asarray(m), grid)
+    return grid, Image(jnp.asarray(f), grid), Image(jnp.asarray(m), grid)
+
+
+def _random_head(net, seed=1, scale=0.3):
+    """Give the flow head random weights so that the network's field is far from zero."""
+    k = jax.random.key(seed)
+    net.flow.kernel[...] = scale * jax.random.normal(k, net.flow.kernel[...].shape)
+    return net
+
+
+def test_predict_is_register_with_linear_network_and_greedy_stages():
+    grid, fixed, moving = _shifted_pair()
     net = RegistrationNet(2, transform="velocity", encoder=(4, 8), decoder=(8, 8, 8), rngs=nnx.Rngs(0))
     res = predict(net, fixed, moving, network_grid=grid, init="none")
+    assert isinstance(res, Registration)
+    assert [st.name for st in res.stages] == ["network"]
     pts = grid.world_coords()[::5, ::5].reshape(-1, 2)
     np.testing.assert_allclose(np.asarray(res.transform(pts)), np.asarray(pts), atol=1e-2)  # untrained ~ identity
-    assert set(res.seconds) == {"init", "network", "refine", "total"}
-    from jaxreg.learn.inference import _forward
-
-    hits = _forward.cache_info().hits
-    predict(net, fixed, moving, network_grid=grid, init="none")  # same architecture: the jitted forward is reused
-    assert _forward.cache_info().hits == hits + 1
-    ref = predict(net, fixed, moving, network_grid=grid, init="none", refine_levels=(Level(1, 0.0, 30),))
+    ref = predict(net, fixed, moving, network_grid=grid, init="com", refine_levels=(Level(1, 0.0, 30),))
+    assert [st.name for st in ref.stages] == ["linear", "network", "refine"]
+    assert ref.stages[0].start == "com" and ref.stages[2].continues
+    assert isinstance(ref.stages[1].transform, VelocityField) and isinstance(ref.deformable, VelocityField)
+    assert ref.linear is not None and ref.linear.is_linear
     before = float(ncc(fixed.data, warp(moving, res.transform, grid).data))
     after = float(ncc(fixed.data, warp(moving, ref.transform, grid).data))
     assert after < before - 0.02, (before, after)
-    assert ref.refine is not None and isinstance(ref.field, VelocityField)
+
+
+def test_network_stage_equals_a_direct_network_evaluation():
+    from jaxreg.learn.inference import normalize_image
+    from jaxreg.optimize.init import center_of_mass
+    from jaxreg.warp import resample
+
+    grid, fixed, moving = _shifted_pair()
+    # the fixed image on a larger oblique-free grid; the network grid is placed on its centre of mass
+    big = Grid.from_spacing((40, 36), (1.0, 1.0), origin=(-3.0, -2.0))
+    fixed = resample(fixed, big)
+    net = _random_head(RegistrationNet(2, transform="velocity", encoder=(4, 8), decoder=(8, 8, 8), rngs=nnx.Rngs(0)))
+    a = Affine.from_homogeneous(np.array([[1, 0, 0.7], [0, 1, -0.4], [0, 0, 1.0]]))
+    res = predict(net, fixed, moving, network_grid=Grid.from_spacing((16, 16), 2.0), init=a)
+    assert [st.name for st in res.stages] == ["linear", "network"]
+    # direct: the network on the placed grid, the moving image pulled through the start
+    f, m = normalize_image(fixed), normalize_image(moving)
+    placed = place_grid(Grid.from_spacing((16, 16), 2.0), center_of_mass(f))
+    f_net = resample(f, placed).data
+    m_net = warp(m, a, placed).data
+    pred = jax.tree_util.tree_map(lambda x: x[0], net(f_net[None, ..., None], m_net[None, ..., None]))
+    direct = net.to_transform(pred, placed)
+    assert float(jnp.abs(direct.velocity).max()) > 0.5  # a field worth comparing (mm)
+    stage = res.stages[1].transform
+    assert stage.grid == fixed.grid
+    np.testing.assert_allclose(np.asarray(stage.velocity), np.asarray(direct.on_grid(fixed.grid).velocity), atol=2e-4)
+    np.testing.assert_allclose(np.asarray(res.linear.homogeneous()), np.asarray(a.homogeneous()), atol=1e-5)
+    # another pair with another placement reuses the compiled network kernel (centre and weights are traced)
+    again = predict(net, fixed, warp(moving, a, grid), network_grid=Grid.from_spacing((16, 16), 2.0), init="com")
+    assert again.stages[1].levels[0].compile_seconds == 0.0
+
+
+def test_affine_network_stages_continue_the_linear_start():
+    from jaxreg.learn.inference import normalize_image
+
+    grid, fixed, moving = _shifted_pair()
+    net = RegistrationNet(2, transform="affine+displacement", encoder=(4, 8), decoder=(8, 8, 8), affine_encoder=(4, 8), rngs=nnx.Rngs(0))
+    k = jax.random.key(2)
+    net.affine_net.out.kernel[...] = 0.05 * jax.random.normal(k, net.affine_net.out.kernel[...].shape)
+    _random_head(net)
+    res = predict(net, fixed, moving, network_grid=grid, init="none", center="grid", refine_levels=(Level(1, 0.0, 5),))
+    assert [st.name for st in res.stages] == ["network affine", "network", "refine"]
+    f, m = normalize_image(fixed), normalize_image(moving)
+    pred = jax.tree_util.tree_map(lambda x: x[0], net(f.data[None, ..., None], m.data[None, ..., None]))
+    direct = net.to_transform(pred, grid)
+    np.testing.assert_allclose(
+        np.asarray(res.linear.homogeneous()), np.asarray(direct.transforms[0].homogeneous()), atol=1e-5
+    )
+    assert not np.allclose(np.asarray(res.linear.homogeneous()), np.eye(3), atol=1e-3)
+    # the field stage is stacked on the affine and the greedy stage continues it (compositive updates)
+    assert isinstance(res.stages[1].transform, DisplacementField) and res.stages[2].continues
+    assert isinstance(res.deformable, DisplacementField)
+    # the U-Net sees the moving image pulled through the affine: the one-shot field in the interior
+    inner = (slice(6, 26), slice(6, 26))
+    np.testing.assert_allclose(
+        np.asarray(res.stages[1].transform.displacement)[inner],
+        np.asarray(direct.transforms[1].displacement)[inner],
+        atol=0.05 * float(np.abs(np.asarray(direct.transforms[1].displacement)).max()),
+    )
+
+
+def test_network_method_contract():
+    from jaxreg.learn.method import Network
+    from jaxreg.optimize import Field, Linear, register
+
+    grid, fixed, moving = _shifted_pair()
+    net = _random_head(RegistrationNet(2, transform="displacement", encoder=(4, 8), decoder=(8, 8, 8), rngs=nnx.Rngs(0)))
+    a, b = Network(net), Network(net)
+    assert a == b and hash(a) == hash(b) and a.default_model == Field("displacement")
+    leaves = jax.tree_util.tree_leaves(a)
+    assert len(leaves) == len(jax.tree_util.tree_leaves(nnx.state(net)))
+    with pytest.raises(AttributeError, match="frozen"):
+        a.output = "affine"
+    with pytest.raises(ValueError, match="output"):
+        Network(net, output="affine")
+    assert Network(RegistrationNet(2, transform="affine", rngs=nnx.Rngs(0))).default_model == Linear("affine")
+    # on the fixed grid as it is: the stage's field is the network's, and the loss is the given similarity
+    res = register(fixed, moving, method=Network(net, similarity="ncc"), levels=(Level(1, 0.0, 3),))
+    pred = jax.tree_util.tree_map(lambda x: x[0], net(fixed.data[None, ..., None], moving.data[None, ..., None]))
+    np.testing.assert_allclose(
+        np.asarray(res.transform.displacement), np.asarray(net.to_transform(pred, grid).displacement), atol=1e-5
+    )
+    lv = res.stages[0].levels[0]
+    assert lv.iterations == 1 and lv.loss.shape == (3,) and np.isnan(lv.loss[1:]).all()
+    np.testing.assert_allclose(lv.loss[0], float(ncc(fixed.data, warp(moving, res.transform, grid).data)), rtol=1e-4)
+    # a batch is the vmapped kernel: equal to a loop
+    batch = register([fixed, moving], [moving, fixed], method=Network(net), levels=(Level(1, 0.0, 1),))
+    for i, (f, m) in enumerate([(fixed, moving), (moving, fixed)]):
+        one = register(f, m, method=Network(net), levels=(Level(1, 0.0, 1),))
+        np.testing.assert_allclose(
+            np.asarray(batch.pair(i).transform.displacement), np.asarray(one.transform.displacement), atol=1e-5
+        )
 
 
 def test_multiscale_label_term_matches_scipy_normalised_convolution():
@@ -343,15 +445,63 @@ def test_synthesis_same_subject_and_same_contrast_pairs():
         modes.synthesis(GRID, label_values=values, same_subject=1.5, deformation_mm=1.0)
 
 
-def test_center_of_mass_and_normalisation_match_references():
+def test_normalisation_matches_the_training_definition():
     from jaxreg.learn import normalize_intensity
-    from jaxreg.learn.inference import center_of_mass, normalize_image
-    from jaxreg.optimize.init import image_moments
+    from jaxreg.learn.inference import normalize_image
 
     grid = Grid(GRID.shape, np.array([[0.0, -2.0, 30.0], [1.5, 0.0, -4.0], [0, 0, 1]]))
     f, _ = _pair()
-    img = Image(jnp.asarray(f - 0.2), grid)  # negative values get weight 0
-    np.testing.assert_allclose(center_of_mass(img), np.asarray(image_moments(img)[0]), atol=1e-4)
+    img = Image(jnp.asarray(f - 0.2), grid)
     np.testing.assert_allclose(np.asarray(normalize_image(img).data), np.asarray(normalize_intensity(img.data)), atol=1e-6)
-    with pytest.raises(ValueError, match="centre of mass"):
-        center_of_mass(Image(jnp.zeros(GRID.shape), GRID))
+
+
+# -- traced weights ------------------------------------------------------------------------------------------
+def _weighted_batch():
+    f, m = _pair()
+    lf, lm = _labels(0), _labels(3)
+    u = _field()
+    t = FieldModel(u).to_transform(Prediction(None, jnp.asarray(u)), GRID)
+    return {
+        "fixed": jnp.asarray(np.stack([f, m]))[..., None],
+        "moving": jnp.asarray(np.stack([m, f]))[..., None],
+        "fixed_labels": jnp.asarray(np.stack([lf, lm])),
+        "moving_labels": jnp.asarray(np.stack([lm, lf])),
+        "displacement": jnp.stack([displacement_on_grid(t, GRID)] * 2) + 0.3,
+    }
+
+
+def test_learned_loss_weights_are_traced():
+    batch = _weighted_batch()
+    model = FieldModel(_field(scale=1.0), "velocity")
+    loss = registration_loss(
+        GRID, similarity="lncc(window=5)", regularizer_weight=0.5, label_values=(1, 2, 3), label_weight=2.0,
+        supervised_weight=0.1,
+    )
+    assert loss.names == ("similarity", "regularizer", "label", "supervised")
+    assert [t.kind for t in loss.objective.terms] == ["similarity", "field"]
+    leaves = jax.tree_util.tree_leaves(loss)
+    assert len(leaves) == 1 and leaves[0].shape == (4,)
+    _, metrics = loss(model, batch, None)
+    values = np.array([float(metrics[n]) for n in loss.names])
+    # d loss / d weights = the unweighted terms
+    grad = jax.grad(lambda w: loss.replace(weights=w)(model, batch, None)[0])(loss.weights)
+    np.testing.assert_allclose(np.asarray(grad), values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(loss.terms(model, batch)), values, rtol=1e-6)
+    # a sweep of weights in one vmapped call equals a loop, also through jit with the loss as an argument
+    ws = jnp.asarray([[1.0, 0.0, 0.0, 0.0], [0.5, 2.0, 1.0, 0.1], [0.0, 1.0, 3.0, 1.0]])
+    swept = jax.vmap(lambda w: loss.replace(weights=w)(model, batch, None)[0])(ws)
+    looped = [float(jax.jit(lambda l: l(model, batch, None)[0])(loss.replace(weights=w))) for w in ws]
+    np.testing.assert_allclose(np.asarray(swept), looped, rtol=1e-5)
+    np.testing.assert_allclose(looped, np.asarray(ws) @ values, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["mse", "ncc", "lncc", "lncc(window=9)", "nmi"])
+def test_similarity_names_come_from_the_registry(spec):
+    from jaxreg.terms import parse
+
+    f, m = _pair()
+    batch = {"fixed": jnp.asarray(f)[None, ..., None], "moving": jnp.asarray(m)[None, ..., None]}
+    zero = FieldModel(np.zeros((*GRID.shape, 2), np.float32))
+    value, _ = registration_loss(GRID, similarity=spec, regularizer_weight=0.0)(zero, batch, None)
+    np.testing.assert_allclose(float(value), float(parse(spec, "similarity")(batch["fixed"][0], batch["moving"][0], None)), rtol=1e-5)
+    assert modes.unsupervised(GRID, similarity=spec).loss.objective.terms[0].fn == parse(spec, "similarity")
