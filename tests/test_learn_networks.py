@@ -286,6 +286,29 @@ def test_internal_affine_warp_matches_scipy_and_jaxreg_warp(ndim):
     np.testing.assert_allclose(out, np.asarray(warp(Image(img, grid), t, grid).data), atol=1e-4)
 
 
+@pytest.mark.parametrize("transform", ["affine+displacement", "velocity", "affine"])
+def test_parts_of_the_forward_pass_equal_the_whole(transform):
+    model = _model(2, transform)
+    _perturb_heads(model, jax.random.key(7))
+    fixed = _smooth_batch(jax.random.key(0), 2, SHAPES[2])
+    moving = _smooth_batch(jax.random.key(1), 2, SHAPES[2])
+    whole = model(fixed, moving)
+    if model.has_affine:
+        a = model.predict_affine(fixed, moving)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(whole.affine), atol=1e-6)
+        moving = jax.vmap(_affine_warp)(moving, a)
+    else:
+        with pytest.raises(ValueError, match="no affine"):
+            model.predict_affine(fixed, moving)
+    if model.has_field:
+        np.testing.assert_allclose(np.asarray(model.predict_field(fixed, moving)), np.asarray(whole.field), atol=1e-6)
+        assert model.field_kind == transform.split("+")[-1]
+    else:
+        assert model.field_kind is None
+        with pytest.raises(ValueError, match="no field"):
+            model.predict_field(fixed, moving)
+
+
 def test_combined_is_affine_after_field():
     ndim, shape = 2, SHAPES[2]
     grid = _oblique_grid(shape)
