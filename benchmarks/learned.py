@@ -13,8 +13,8 @@ Three tables, each with a baseline measured in the same process:
 3. **Dice** over the 30 labels of ``brain3d/labels.json`` (subj2 moving onto subj1) for the model trained on
    ``../shared/data/labelmaps`` by label-driven synthesis (``benchmarks/learned_synthmorph.toml``; train it
    first with ``jaxreg train --config benchmarks/learned_synthmorph.toml``), without and with test-time instance
-   optimisation, next to the iterative default pipeline (:func:`jaxreg.optimize.pipelines.register_pair`) run
-   in the same process (the baseline of the time ratios). Goal: with instance optimisation, Dice at least the
+   optimisation, next to the iterative default pipeline (``jaxreg.optimize.register(..., method="default")``)
+   run in the same process (the baseline of the time ratios). Goal: with instance optimisation, Dice at least the
    iterative pipeline's.
 
 Times are wall seconds on this machine (and CPU seconds of the process: steadier when the machine is shared).
@@ -159,8 +159,7 @@ def inference(model_dir: Path, repeats: int) -> list[dict]:
     import jax
     from flax import nnx
 
-    from jaxreg.learn import RegistrationNet, predict
-    from jaxreg.learn.inference import _network_call, normalize_image
+    from jaxreg.learn import RegistrationNet, normalize_image, predict
     from jaxreg.warp import resample
 
     brain = _brain()
@@ -177,7 +176,11 @@ def inference(model_dir: Path, repeats: int) -> list[dict]:
 
     g = place_grid(grid, fixed.grid)
     fn, mn = resample(f, g).data, resample(m, g).data
-    call = _network_call(model)
+    gd_m, st_m = nnx.split(model)
+    fwd_m = jax.jit(lambda st, a, b: nnx.merge(gd_m, st)(a, b))
+
+    def call(a, b):
+        return jax.tree_util.tree_map(lambda x: x[0], fwd_m(st_m, a[None, ..., None], b[None, ..., None]))
 
     def timed(fun, n):
         out = fun()
@@ -192,7 +195,7 @@ def inference(model_dir: Path, repeats: int) -> list[dict]:
     w, c = timed(lambda: model.to_transform(call(fn, mn), g).exp().displacement, repeats)
     rows.append({"method": f"network on its grid {tuple(grid.shape)} @ {float(grid.spacing[0])} mm (+ exp)", "s": w, "cpu_s": c})
     # (b) the whole predict() without refinement, centre-of-mass init
-    w, c = timed(lambda: jax.tree_util.tree_leaves(predict(model, fixed, moving, network_grid=grid, init="com").field), repeats)
+    w, c = timed(lambda: jax.tree_util.tree_leaves(predict(model, fixed, moving, network_grid=grid, init="com").transform), repeats)
     rows.append({"method": "predict(): normalise + com init + resample + network", "s": w, "cpu_s": c})
     # (c) baseline: VoxelMorph at the full 1 mm resolution of the pair (untrained weights: same cost)
     shape = tuple(int(np.ceil(s / 16) * 16) for s in fixed.grid.shape)
@@ -212,8 +215,7 @@ def dice_table(model_dir: Path, refine_scale: float) -> list[dict]:
     import jax
 
     from jaxreg.learn import predict
-    from jaxreg.optimize.engine import Level
-    from jaxreg.optimize.pipelines import DEFAULT_GREEDY_LEVELS, register_pair
+    from jaxreg.optimize import DEFAULT_GREEDY_LEVELS, Level, register
 
     brain = _brain()
     if brain is None:
@@ -224,25 +226,26 @@ def dice_table(model_dir: Path, refine_scale: float) -> list[dict]:
     rows = []
     rows.append({"method": "identity", "dice": _dice(_identity(), fl, ml, labels), "s": None, "fold_pct": 0.0})
     t = _clock()
-    it = register_pair(fixed, moving)
+    it = register(fixed, moving, method="default")
     w, c = _since(t)
     rows.append({"method": "iterative default (affine + greedy SyN-like)", "dice": _dice(it.transform, fl, ml, labels), "s": w, "cpu_s": c, "fold_pct": _folding(it.deformable, fixed.grid)})
-    rows.append({"method": "  its affine stage", "dice": _dice(it.affine, fl, ml, labels), "s": None})
+    rows.append({"method": "  its affine stage", "dice": _dice(it.linear, fl, ml, labels), "s": None})
     levels = tuple(Level(lv.shrink, lv.smooth_mm, max(1, int(round(lv.iterations * refine_scale)))) for lv in DEFAULT_GREEDY_LEVELS)
     tag = "" if trained else " [untrained]"
     for init in ("com", "affine"):
         t = _clock()
         res = predict(model, fixed, moving, network_grid=grid, init=init)
-        jax.block_until_ready(jax.tree_util.tree_leaves(res.field))
+        jax.block_until_ready(jax.tree_util.tree_leaves(res.transform))
         w, c = _since(t)
-        rows.append({"method": f"network{tag}, init {init}", "dice": _dice(res.transform, fl, ml, labels), "s": w, "cpu_s": c, "fold_pct": _folding(res.field, fixed.grid), "network_s": res.seconds["network"]})
+        net_s = sum(st.seconds for st in res.stages if st.name.startswith("network"))
+        rows.append({"method": f"network{tag}, init {init}", "dice": _dice(res.transform, fl, ml, labels), "s": w, "cpu_s": c, "fold_pct": _folding(res.deformable, fixed.grid), "network_s": net_s})
         if init == "affine":
-            rows.append({"method": "  its affine alone", "dice": _dice(res.affine, fl, ml, labels), "s": None})
+            rows.append({"method": "  its affine alone", "dice": _dice(res.linear, fl, ml, labels), "s": None})
     t = _clock()
     res = predict(model, fixed, moving, network_grid=grid, init="affine", refine_levels=levels)
     w, c = _since(t)
     its = "/".join(str(lv.iterations) for lv in levels)
-    rows.append({"method": f"network{tag} + instance optimisation ({its} its)", "dice": _dice(res.transform, fl, ml, labels), "s": w, "cpu_s": c, "fold_pct": _folding(res.field, fixed.grid)})
+    rows.append({"method": f"network{tag} + instance optimisation ({its} its)", "dice": _dice(res.transform, fl, ml, labels), "s": w, "cpu_s": c, "fold_pct": _folding(res.deformable, fixed.grid)})
     base = rows[1]["s"]
     for r in rows:
         r["ratio"] = None if r.get("s") is None else r["s"] / base

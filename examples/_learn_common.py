@@ -42,7 +42,8 @@ def brain2d_slices(data: Path) -> np.ndarray | None:
     """``(6, 128, 128)`` float32 slices in [0, 1] (r16 first), or ``None`` when the data are absent."""
     from jaxreg.io import load_image
     from jaxreg.learn import normalize_intensity
-    from jaxreg.learn.inference import center_of_mass, place_grid
+    from jaxreg.learn.inference import place_grid
+    from jaxreg.optimize import center_of_mass
 
     names = ("r16", "r27", "r30", "r62", "r64", "r85")
     src = Path(data) / "brain2d"
