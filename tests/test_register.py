@@ -433,3 +433,34 @@ def test_batched_initial_transforms_and_outer(fixed):
             jax.tree_util.tree_map(operator.itemgetter(i), res.stages[0].outer).offset.tolist()
             == outer.offset[i].tolist()
         )
+
+
+@pytest.mark.parametrize("family", ["rigid", "similarity", "affine"])
+def test_linear_families_in_3d_from_the_auto_start(family):
+    """3-D linear stages from scored candidate starts (a 3x3 identity matrix is not read as 2-D homogeneous)."""
+    from jaxreg.optimize import linear_as
+
+    assert linear_as(Affine.identity(3), "rigid").rotation.shape == (3,)
+    g = jr.Grid.centered((24, 22, 20), 3.0)
+    x = g.world_coords()
+    body = jnp.exp(-(((x[..., 0] / 26.0) ** 2 + (x[..., 1] / 18.0) ** 2 + (x[..., 2] / 12.0) ** 2) ** 2))
+    bump = jnp.exp(
+        -(((x[..., 0] - 12.0) / 6.0) ** 2 + ((x[..., 1] - 6.0) / 5.0) ** 2 + ((x[..., 2] + 4.0) / 5.0) ** 2)
+    )
+    img = jr.Image(body + 1.5 * bump, g)  # an asymmetric object: its pose is well defined
+    true = Rigid(
+        jnp.asarray([0.05, -0.04, 0.08]),
+        jnp.asarray([3.0, -2.0, 1.5]),
+        jnp.asarray(img.grid.center, jnp.float32),
+    )
+    moving = jr.warp(img, invert(true), img.grid)
+    method = Gradient(
+        objective(similarity_term(mse)), Optimizer("adam", 0.2, radius_mm="auto"), Stopping(tol=0.0)
+    )
+    stage = Stage(method, Linear(family), (Level(2, 0.0, 60), Level(1, 0.0, 60)), init="auto")
+    res = register(img, moving, method=stage)
+    assert res.stages[0].start is not None and res.optimized.ndim == 3
+    pts = img.grid.world_coords()[6:18:4, 5:17:4, 5:15:4]
+    # a third of a 3 mm voxel for the rigid and similarity fits; the 12-parameter affine trades some shear for
+    # intensity overlap on this smooth object (still under a voxel)
+    assert float(jnp.abs(res.transform(pts) - true(pts)).max()) < (1.0 if family != "affine" else 2.5)

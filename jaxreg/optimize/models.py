@@ -45,7 +45,7 @@ def linear_as(transform: Transform, family: str) -> Transform:
     start = Affine.from_transform(lin, center=getattr(lin, "center", None))
     if family == "affine":
         return start
-    comp = decompose_affine(start.matrix)
+    comp = decompose_affine(start.matrix, translation=start.translation)  # the matrix is the linear part
     rot = rotation_vector(comp.rotation)
     if family == "rigid":
         return Rigid(rot, start.translation, start.center)
