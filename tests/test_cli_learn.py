@@ -148,7 +148,7 @@ def test_modes_are_built_from_the_modes_table(monkeypatch):
 
     monkeypatch.setitem(lm.MODES, "custom", custom)
     g = Grid((8, 8))
-    kw = {"similarity": lm.mse, "regularizer_weight": 0.5, "label_values": [1, 2], "bidirectional": True}
+    kw = {"similarity": "mse", "regularizer_weight": 0.5, "label_values": [1, 2], "bidirectional": True}
     assert build_mode("custom", g, **kw, options={"strength": 3.0}) == "custom mode"
     assert seen == {"grid": g, "label_values": [1, 2], "regularizer_weight": 0.5, "strength": 3.0}
     for options, fragment in (

@@ -249,33 +249,30 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
             raise ValueError(f"{args.model}: trained on {grid.ndim}-D images, FIXED is {inp.fixed.grid.ndim}-D")
     # every input is checked: only now are inference and the registration engine imported
     from jaxreg.learn.inference import predict
-    from jaxreg.optimize.engine import Level, RegistrationResult
-    from jaxreg.optimize.greedy import GreedyOptions
-    from jaxreg.optimize.pipelines import PipelineResult
+    from jaxreg.optimize import Level
 
     levels = tuple(Level(*lv) for lv in ([(2, 0.0, args.refine), (1, 0.0, max(1, args.refine // 4))] if args.refine else []))
-    greedy = GreedyOptions(step=0.5, symmetric=True)
     align = meta.get("align", "com")
     center = "grid" if align == "none" else "com"
     if args.init is None:
         args.init = "affine" if align == "affine" else ("none" if align == "none" else "com")
-    res = predict(model, inp.fixed, inp.moving, network_grid=grid, init=args.init, center=center, refine_levels=levels, refine_options=greedy)
+    result = predict(model, inp.fixed, inp.moving, network_grid=grid, init=args.init, center=center, refine_levels=levels)
+    seconds = {"init": 0.0, "network": 0.0, "refine": 0.0}
+    for st in result.stages:
+        key = "network" if st.name.startswith("network") else ("refine" if st.name == "refine" else "init")
+        seconds[key] += float(st.seconds)
+    seconds["total"] = float(result.seconds)
     log(
-        f"network:    {res.seconds['network']:.2f} s (init {args.init} {res.seconds['init']:.2f} s"
-        + (f", refinement {res.seconds['refine']:.1f} s" if levels else "")
+        f"network:    {seconds['network']:.2f} s (init {args.init} {seconds['init']:.2f} s"
+        + (f", refinement {seconds['refine']:.1f} s" if levels else "")
         + ")"
     )
-    empty = RegistrationResult(res.affine, res.affine, (), 0.0)
-    stages = {"linear": empty}
-    if res.refine is not None:
-        stages["deformable"] = res.refine
-    result = PipelineResult(res.transform, res.affine, res.field, stages, res.seconds["total"])
-    opts = {"pipeline": "learned", "linear_levels": (), "deformable_levels": levels, "greedy": greedy, "window": 5}
+    opts = {"pipeline": "learned", "linear_levels": (), "deformable_levels": levels, "greedy": {}, "window": 5}
     extra = {
         "command": "jaxreg predict",
         "model": {"folder": os.fspath(args.model), "which": args.which, "training_mode": meta.get("mode")},
         "inputs": {"fixed": os.fspath(args.fixed), "moving": os.fspath(args.moving), "labels": list(args.labels) if args.labels else None},
-        "predict_seconds": {k: round(float(v), 3) for k, v in res.seconds.items()},
+        "predict_seconds": {k: round(float(v), 3) for k, v in seconds.items()},
         "init": args.init,
         "refine_iterations": int(args.refine),
     }

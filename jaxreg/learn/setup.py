@@ -148,9 +148,8 @@ def load_aligned(
     """
     from jaxreg.io import load_image, load_labels
     from jaxreg.learn import data as ld
-    from jaxreg.learn.inference import center_of_mass, normalize_image, place_grid
-    from jaxreg.optimize.engine import Level
-    from jaxreg.optimize.pipelines import register_linear
+    from jaxreg.learn.inference import normalize_image, place_grid
+    from jaxreg.optimize import Level, center_of_mass, preset, register
     from jaxreg.warp import warp, warp_labels
 
     if align not in ("none", "com", "affine"):
@@ -173,9 +172,8 @@ def load_aligned(
         if reference is None:
             reference = weight
         g = place_grid(grid, center_of_mass(reference))
-        a = register_linear(
-            reference, weight, model="affine", metric="ncc", init="com", levels=(Level(8, 0.0, 60), Level(4, 0.0, 40))
-        ).transform
+        stages = preset("affine", linear_levels=(Level(8, 0.0, 60), Level(4, 0.0, 40)), init="com")
+        a = register(reference, weight, method=stages).transform
         if images:
             out_i.append(np.asarray(warp(normalize_image(load_image(images[k])), a, g).data, np.float32))
         if labels:
