@@ -149,7 +149,7 @@ class RegistrationLoss:
     def __repr__(self) -> str:
         try:
             w: Any = dict(zip(self.names, np.asarray(self.weights).tolist()))
-        except Exception:  # traced weights
+        except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
             w = "traced weights"
         return f"RegistrationLoss({w})"
 
