@@ -35,7 +35,12 @@ from jaxreg.learn.data import (
     sample_pairs,
 )
 from jaxreg.learn.inference import network_stages, normalize_image, place_grid, predict
-from jaxreg.learn.losses import RegistrationLoss, displacement_on_grid, registration_loss, registration_metrics
+from jaxreg.learn.losses import (
+    RegistrationLoss,
+    displacement_on_grid,
+    registration_loss,
+    registration_metrics,
+)
 from jaxreg.learn.method import Network
 from jaxreg.learn.modes import MODES, TrainingMode
 from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, UNet
@@ -64,8 +69,8 @@ __all__ = [
     "MODES",
     "TRANSFORM_KINDS",
     "FitResult",
-    "PairLoader",
     "Network",
+    "PairLoader",
     "Prediction",
     "RegistrationLoss",
     "RegistrationNet",
@@ -84,8 +89,8 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "make_train_step",
-    "network_stages",
     "match_labels",
+    "network_stages",
     "normalize_image",
     "normalize_intensity",
     "place_grid",
