@@ -226,6 +226,18 @@ def register_config_negative_level(t):
 
 
 @case
+def register_config_unknown_similarity(t):
+    cfg = t.text("opts.toml", '[deformable]\nsimilarity = "cosine"\n')
+    return _register(t, "--config", cfg), ("--config", "deformable.similarity", "cosine", "lncc")
+
+
+@case
+def register_config_bad_similarity_option(t):
+    cfg = t.text("opts.toml", '[deformable]\nsimilarity = "lncc(widow=5)"\n')
+    return _register(t, "--config", cfg), ("--config", "deformable.similarity", "widow")
+
+
+@case
 def register_config_missing(t):
     return _register(t, "--config", t.path("none.toml")), ("--config", "none.toml", "no such file")
 
@@ -476,6 +488,12 @@ def train_option_of_another_mode(t):
 def train_mode_option_of_the_wrong_type(t):
     cfg = t.train_config(mode={"intensity_augmentation": "strong"})
     return ["train", "--config", cfg], ("--config", "[mode] intensity_augmentation", "expected a number")
+
+
+@case
+def train_unknown_similarity(t):
+    cfg = t.train_config(train={"similarity": "cosine"})
+    return ["train", "--config", cfg], ("--config", "[train] similarity", "cosine")
 
 
 @case

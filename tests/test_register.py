@@ -149,6 +149,14 @@ def test_masks_outer_and_input_errors(fixed):
         Optimizer("nope")
 
 
+def test_zero_iteration_level_keeps_the_start(fixed):
+    m = Gradient(objective(similarity_term(mse)), Optimizer("adam", 0.1))
+    start = Translation(jnp.asarray([1.0, -2.0]))
+    res = register(fixed, fixed, method=m, transform=start, levels=[Level(1, 0.0, 0)])
+    assert res.iterations == 0 and res.levels[0].loss.shape == (0,)
+    np.testing.assert_array_equal(res.transform.offset, start.offset)
+
+
 def test_convergence_stops_early_and_is_recorded(fixed):
     m = Gradient(
         objective(similarity_term(mse)),

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
@@ -55,7 +55,6 @@ def test_linear_field_diffusion_is_frobenius_norm_and_bending_is_zero(shape, spa
     np.testing.assert_allclose(R.total_variation(u, spacing=spacing), np.sqrt(np.sum(a**2) + 1e-6), rtol=2e-5)
 
 
-@settings(max_examples=10)
 @given(
     a=st.lists(st.floats(-0.5, 0.5), min_size=9, max_size=9),
     b=st.lists(st.floats(-20.0, 20.0), min_size=3, max_size=3),

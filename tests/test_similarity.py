@@ -17,7 +17,7 @@ import jax.test_util
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.interpolate import BSpline
 
@@ -529,7 +529,6 @@ def test_ssc_layout():
 
 
 @given(a=st.floats(0.01, 100.0), b=st.floats(-100.0, 100.0), sign=st.sampled_from([-1.0, 1.0]))
-@settings(max_examples=5)
 def test_intensity_invariances(a, b, sign):
     f, m = (np.asarray(x, np.float64) for x in pair(seed=13))
     with jax.enable_x64(True):

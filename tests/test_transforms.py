@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 from scipy.ndimage import gaussian_filter
@@ -71,7 +71,6 @@ def random_linear(kind, seed, ndim):
 
 
 # -- rotations, Euler angles, decomposition --------------------------------------------------------------------
-@settings(max_examples=6)
 @given(seed=seeds)
 def test_rotation_matrix_matches_scipy_and_round_trips(seed):
     rv = Rotation.random(random_state=seed).as_rotvec()
@@ -215,7 +214,6 @@ def test_bspline_reproduces_constant_and_linear_displacements():
     np.testing.assert_allclose(jacobian(t, GRID3)[4, 5, 3], jnp.eye(3) + m, atol=1e-4)
 
 
-@settings(max_examples=6)
 @given(seed=seeds)
 def test_bspline_separable_equals_pointwise_and_inverse(seed):
     b = BSplineTransform.identity(GRID3, 8.0)
@@ -252,7 +250,6 @@ def test_displacement_field_matches_itk_semantics():
     np.testing.assert_allclose(f(mid[None])[0], mid + (u[2, 3, 4] + u[3, 3, 4]) / 2, atol=1e-4)
 
 
-@settings(max_examples=6)
 @given(seed=seeds)
 def test_displacement_field_inverse(seed):
     f = DisplacementField(smooth_field(seed, GRID3, 2.0), GRID3)
@@ -264,7 +261,6 @@ def test_displacement_field_inverse(seed):
     np.testing.assert_allclose(fi(f(x)), x, atol=0.1)
 
 
-@settings(max_examples=6)
 @given(seed=seeds, ndim=st.sampled_from([2, 3]))
 def test_svf_exp_inverse_is_identity(seed, ndim):
     grid = GRID3 if ndim == 3 else GRID2

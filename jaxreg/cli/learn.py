@@ -60,7 +60,7 @@ schedule = "cosine"                      # constant | cosine | warmup_cosine
 warmup_steps = 0
 clip_norm = 1.0
 seed = 0
-similarity = "lncc"                      # image term: mse | ncc | lncc
+similarity = "lncc"                      # image term: a registry name (mse, ncc, lncc, nmi, "lncc(window=7)", ...)
 window = 5                               # lncc window (voxels)
 regularizer_weight = 1.0
 bidirectional = false
@@ -320,9 +320,9 @@ def add_parsers(subparsers: Any) -> None:
     pp.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     pp.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint to use (default best)")
     pp.add_argument(
-        "--init", choices=("com", "moments", "affine", "none"), default=None,
-        help="linear initialisation: centres of mass, principal axes, NCC affine or none (default: as the training "
-        "data were aligned, 'affine' or 'com')",
+        "--init", choices=("com", "moments", "auto", "center", "identity", "affine", "none"), default=None,
+        help="linear start: centres of mass, principal axes, the best scored candidate, grid centres, identity, an "
+        "NCC affine registration or none (default: as the training data were aligned, 'affine' or 'com')",
     )
     pp.add_argument("--refine", type=_nonneg_int, default=0, metavar="N", help="instance-optimisation iterations (default 0: none)")
     pp.add_argument("--labels", nargs=2, metavar=("FIXED_LABELS", "MOVING_LABELS"), help="label maps: warped labels and Dice")

@@ -5,7 +5,8 @@ A network registers pairs sampled on the grid it was trained on (its *network gr
 :func:`jaxreg.optimize.register`, and a pipeline of stages:
 
 1. both intensities are normalised to [0, 1] (robust min-max, as in training);
-2. a linear stage aligns them: centres of mass (``init="com"``), principal axes (``"moments"``), an
+2. a linear stage aligns them: one of the engine's starts (``init="com"``: centres of mass, ``"moments"``,
+   ``"auto"``: the best scored candidate, ``"center"``, ``"identity"``; see :mod:`jaxreg.optimize.init`), an
    intensity-based affine registration (``"affine"``, the affine stage of the ``"affine"`` preset), a given
    linear transform ``A``, or nothing (``"none"``);
 3. a :class:`~jaxreg.learn.method.Network` stage (two for models that predict an affine too) evaluates the
@@ -32,44 +33,32 @@ import numpy as np
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.learn.method import Network
-from jaxreg.optimize import PRESETS, Greedy, Level, Linear, Registration, Stage, center_of_mass, register
+from jaxreg.optimize import (
+    PRESETS,
+    Gradient,
+    Greedy,
+    Level,
+    Linear,
+    Optimizer,
+    Registration,
+    Stage,
+    center_of_mass,
+    objective,
+    register,
+    similarity_term,
+)
+from jaxreg.optimize.init import INITS as START_INITS
 from jaxreg.transforms.base import Transform
 
 __all__ = ["network_stages", "normalize_image", "place_grid", "predict"]
 
-INITS = ("com", "moments", "affine", "none")
-"""The named linear starts of :func:`predict` (or a linear transform)."""
+INITS = START_INITS + ("affine", "none")
+"""The linear starts of :func:`predict`: the engine's starts (:data:`jaxreg.optimize.init.INITS`: ``"auto"``,
+``"moments"``, ``"com"``, ``"center"``, ``"identity"``, taken without optimisation), ``"affine"`` (an NCC
+affine stage) or ``"none"`` (no linear stage); or a linear transform."""
 
-class _Start:
-    """A method that keeps its start: the linear stage of :func:`predict` that only records where it starts
-    (centres of mass, principal axes or a given map; the engine's ``Stage.init``). Stateless, so all instances
-    are equal; no traced leaves."""
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is _Start
-
-    def __hash__(self) -> int:
-        return hash(_Start)
-
-    def resolved(self, grid: Grid) -> _Start:
-        return self
-
-    @property
-    def default_model(self) -> Linear:
-        return Linear("affine")
-
-    def level_kernel(self, fixed_grid: Grid, moving_grid: Grid, iterations: int) -> Callable:
-        cap = int(iterations)
-
-        def kernel(method, params, fixed, moving, fmask, mmask, outer):
-            dtype = fixed.dtype if jnp.issubdtype(fixed.dtype, jnp.floating) else jnp.float32
-            return params, jnp.full((cap,), jnp.nan, dtype), jnp.zeros((), jnp.int32), jnp.ones((), bool)
-
-        return kernel
-
-
-jax.tree_util.register_pytree_node(_Start, lambda s: ((), None), lambda aux, children: _Start())
-_START = _Start()
+# the start alone: a linear stage of zero iterations (the engine chooses and records the start, nothing more)
+_START = Gradient(objective(similarity_term("ncc")), Optimizer("adam", 0.2, radius_mm="auto"))
 
 
 def place_grid(network_grid: Grid, where: Grid | Any) -> Grid:
@@ -156,14 +145,15 @@ def network_stages(
 
 def _start_stage(init: Any) -> tuple[Stage | None, Transform | None]:
     """The linear start stage of :func:`predict` and the transform it starts from (a given linear map)."""
+    no_steps = (Level(1, 0.0, 0),)
     if isinstance(init, Transform):
         if not init.is_linear:
             raise ValueError(f"init: expected a linear transform, got a non-linear {type(init).__name__}")
-        return Stage(_START, Linear("affine"), (Level(1, 0.0, 1),), "identity", "linear"), init
+        return Stage(_START, Linear("affine"), no_steps, "identity", "linear"), init
     if init in (None, "none"):
         return None, None
-    if init in ("com", "moments"):
-        return Stage(_START, Linear("affine"), (Level(1, 0.0, 1),), init, "linear"), None
+    if init in START_INITS:
+        return Stage(_START, Linear("affine"), no_steps, init, "linear"), None
     if init == "affine":
         return PRESETS["affine"][0]._replace(name="linear"), None
     raise ValueError(f"init: expected one of {INITS} or a linear transform, got {init!r}")
@@ -193,9 +183,10 @@ def predict(
       fixed: fixed scalar image (any grid).
       moving: moving scalar image (any grid, same dimension).
       network_grid: the grid the network was trained on (shape and spacing; see :func:`place_grid`).
-      init: linear start: ``"com"`` (translation of the centres of mass, the default), ``"moments"`` (plus
-        principal axes), ``"affine"`` (intensity-based NCC affine registration), ``"none"`` or a linear
-        transform.
+      init: linear start, a name of :data:`INITS`: ``"com"`` (translation of the centres of mass, the
+        default), ``"moments"`` (plus principal axes), ``"auto"`` (the best of the scored candidate starts),
+        ``"center"``, ``"identity"``, ``"affine"`` (intensity-based NCC affine registration), ``"none"``; or a
+        linear transform.
       center: where the network grid is centred: ``"com"`` (the fixed image's centre of mass) or ``"grid"``
         (its grid's centre).
       refine_levels: levels of test-time instance optimisation (the greedy method continuing the network's

@@ -67,16 +67,13 @@ class TrainingSetup(NamedTuple):
     metadata: dict
 
 
-def _similarity(name: str, window: int) -> Callable:
-    from jaxreg.similarity import lncc, mse, ncc
+def _similarity(spec: Any, window: int) -> Callable:
+    """``[train] similarity`` through the term registry (:mod:`jaxreg.terms`); a bare ``"lncc"`` takes ``window``."""
+    from jaxreg.terms import parse
 
-    if name == "mse":
-        return mse
-    if name == "ncc":
-        return ncc
-    if name == "lncc":
-        return lncc(int(window))
-    raise ValueError(f"[train] similarity: expected mse, ncc or lncc, got {name!r}")
+    if spec == "lncc":
+        spec = {"name": "lncc", "window": int(window)}
+    return parse(spec, "similarity", argument="[train] similarity")
 
 
 def network_grid(shape: Sequence[int], spacing: Any, reference: Any) -> Any:
@@ -308,6 +305,7 @@ def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -
 
     d, t = cfg["data"], cfg["train"]
     check_mode_options(t["mode"], cfg["mode"])
+    similarity = _similarity(t["similarity"], t["window"])  # checked before any volume is read
     first = (d["images"] or d["labels"])[0]
     ref = load_image(first).grid
     if len(d["shape"]) != ref.ndim:
@@ -340,7 +338,7 @@ def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -
     mode = build_mode(
         t["mode"],
         grid,
-        similarity=_similarity(t["similarity"], t["window"]),
+        similarity=similarity,
         regularizer_weight=t["regularizer_weight"],
         label_values=lv,
         bidirectional=t["bidirectional"],

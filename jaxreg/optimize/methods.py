@@ -269,6 +269,9 @@ class Gradient:
         cap = int(iterations)
 
         def kernel(method, params, fixed, moving, fmask, mmask, outer):
+            if cap == 0:  # a level with no iterations leaves the parameters as they are
+                return params, jnp.zeros((0,), fixed.dtype), jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+
             def cond(state):
                 return ~state[4]
 
