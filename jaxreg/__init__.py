@@ -2,8 +2,10 @@
 
 Layers (dependencies point one way): :mod:`jaxreg.core` (grids, interpolation) -> :mod:`jaxreg.transforms`
 -> :mod:`jaxreg.warp` -> {:mod:`jaxreg.similarity`, :mod:`jaxreg.regularizers`, :mod:`jaxreg.evaluation`,
-:mod:`jaxreg.points`} -> :mod:`jaxreg.optimize` (objectives, ``register``, greedy/demons, pipelines);
-:mod:`jaxreg.io`, :mod:`jaxreg.plot` and :mod:`jaxreg.cli` sit on top. Only the core, transforms and warp are
+:mod:`jaxreg.points`} -> :mod:`jaxreg.optimize` (the one entry point ``register``: methods, transform models,
+stages and named pipelines) -> :mod:`jaxreg.learn` (networks, training, the network stage);
+:mod:`jaxreg.io`, :mod:`jaxreg.plot` and :mod:`jaxreg.cli` sit on top; :mod:`jaxreg.terms` names the
+similarity and regulariser functions for configurations. Only the core, transforms and warp are
 imported here (import the others by name), so ``import jaxreg`` stays light and never pulls in nibabel.
 
 Conventions: world coordinates are RAS+ millimetres from the NIfTI affine (integer index = voxel centre);

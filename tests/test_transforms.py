@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 from scipy.ndimage import gaussian_filter
@@ -214,6 +214,7 @@ def test_bspline_reproduces_constant_and_linear_displacements():
     np.testing.assert_allclose(jacobian(t, GRID3)[4, 5, 3], jnp.eye(3) + m, atol=1e-4)
 
 
+@settings(max_examples=8)  # random (not derandomised) examples, bounded in time: each compiles a 3-D field
 @given(seed=seeds)
 def test_bspline_separable_equals_pointwise_and_inverse(seed):
     b = BSplineTransform.identity(GRID3, 8.0)
@@ -250,6 +251,7 @@ def test_displacement_field_matches_itk_semantics():
     np.testing.assert_allclose(f(mid[None])[0], mid + (u[2, 3, 4] + u[3, 3, 4]) / 2, atol=1e-4)
 
 
+@settings(max_examples=8)  # random (not derandomised) examples, bounded in time: each compiles a 3-D field
 @given(seed=seeds)
 def test_displacement_field_inverse(seed):
     f = DisplacementField(smooth_field(seed, GRID3, 2.0), GRID3)
@@ -261,6 +263,7 @@ def test_displacement_field_inverse(seed):
     np.testing.assert_allclose(fi(f(x)), x, atol=0.1)
 
 
+@settings(max_examples=8)  # random (not derandomised) examples, bounded in time: each compiles a 3-D field
 @given(seed=seeds, ndim=st.sampled_from([2, 3]))
 def test_svf_exp_inverse_is_identity(seed, ndim):
     grid = GRID3 if ndim == 3 else GRID2
