@@ -592,10 +592,15 @@ def _check_inputs(fixed, moving, fmasks, mmasks, transform, outer) -> None:
                 raise TypeError(f"{name}: expected a jaxreg Image, got {type(im).__name__}")
             if im.grid != ims[0].grid or im.data.shape != ims[0].data.shape:
                 raise ValueError(f"{name}: every image of a batch must share one grid and shape")
-        if not bool(
-            jnp.all(jnp.isfinite(jnp.stack([im.data for im in ims]) if len(ims) > 1 else ims[0].data))
-        ):
-            raise ValueError(f"{name}: the image contains NaN or Inf")
+        for i, im in enumerate(ims):
+            if jnp.iscomplexobj(im.data):
+                raise ValueError(f"{name}: expected a real-valued image, got {im.data.dtype}")
+            lo, hi = (float(v) for v in (jnp.min(im.data), jnp.max(im.data)))
+            where = f"{name}[{i}]" if len(ims) > 1 else name
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ValueError(f"{where}: the image contains NaN or Inf")
+            if lo == hi:
+                raise ValueError(f"{where}: the image is constant ({lo:g}): nothing to register")
     f0, m0 = fixed[0], moving[0]
     if f0.grid.ndim != m0.grid.ndim:
         raise ValueError(f"fixed/moving: dimensions differ ({f0.grid.ndim}-D vs {m0.grid.ndim}-D)")
