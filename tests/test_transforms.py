@@ -258,9 +258,10 @@ def test_displacement_field_inverse(seed):
     fi = invert(f)
     x = interior(GRID3.world_coords(), 3)
     # the fixed point solves f(fi(x)) = x at voxel centres exactly; fi(f(x)) carries the interpolation error of
-    # fi between voxel centres (the field is steep: |J - I| up to ~0.6)
+    # fi between voxel centres (the field is steep: |J - I| up to ~0.6); over seeds 0-399 that error peaked at
+    # 0.107 mm (seed 213), which the derandomised profile never drew
     np.testing.assert_allclose(f(fi(x)), x, atol=1e-3)
-    np.testing.assert_allclose(fi(f(x)), x, atol=0.1)
+    np.testing.assert_allclose(fi(f(x)), x, atol=0.15)
 
 
 @settings(max_examples=8)  # random (not derandomised) examples, bounded in time: each compiles a 3-D field

@@ -41,6 +41,7 @@ import optax
 
 from jaxreg.core.diff import index_gradient
 from jaxreg.core.grid import Grid, Image
+from jaxreg.core.pytree import register_fields
 from jaxreg.core.sampling import map_coordinates
 from jaxreg.optimize.objective import Objective, as_similarity
 from jaxreg.transforms.compose import compose
@@ -167,26 +168,7 @@ def _pull(moving: jax.Array, grid: Grid, points: jax.Array) -> jax.Array:
 
 def _register_static(cls: type, data: tuple[str, ...]) -> type:
     """Register a frozen dataclass as a pytree: ``data`` fields are children, the rest static metadata."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    meta = tuple(n for n in names if n not in data)
-    keys = tuple(jax.tree_util.GetAttrKey(n) for n in data)
-
-    def flatten_with_keys(obj):
-        return [(k, getattr(obj, n)) for k, n in zip(keys, data)], tuple(getattr(obj, n) for n in meta)
-
-    def flatten(obj):
-        return [getattr(obj, n) for n in data], tuple(getattr(obj, n) for n in meta)
-
-    def unflatten(aux, children):
-        obj = object.__new__(cls)
-        for n, v in zip(data, children):
-            object.__setattr__(obj, n, v)
-        for n, v in zip(meta, aux):
-            object.__setattr__(obj, n, v)
-        return obj
-
-    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-    return cls
+    return register_fields(cls, data)
 
 
 # -- gradient-based optimisation --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg.core.grid import Grid
+from jaxreg.core.pytree import register_fields
 
 __all__ = ["Transform", "LinearTransform", "pytree_dataclass"]
 
@@ -39,35 +40,15 @@ __all__ = ["Transform", "LinearTransform", "pytree_dataclass"]
 def pytree_dataclass(cls: type | None = None, *, static: tuple[str, ...] = ()):
     """Frozen dataclass registered as a pytree; fields named in ``static`` are metadata, the rest leaves.
 
-    Registered with attribute key paths (``jax.tree_util.register_pytree_with_keys``) and class-specific
-    flatten functions, so every class has its own node type: two transform classes with the same number of
-    leaves never share a treedef (``jax.tree_util.register_dataclass`` treedefs of distinct classes compared
-    equal with jax 0.10, letting a jitted function shared by both return a trace built for the other class).
+    Registered by :func:`jaxreg.core.pytree.register_fields` (attribute key paths, flatten functions of the
+    class's own), so every class has its own node type: two transform classes with the same number of leaves
+    never share a treedef (``jax.tree_util.register_dataclass`` treedefs of distinct classes compared equal with
+    jax 0.10, letting a jitted function shared by both return a trace built for the other class).
     """
 
     def wrap(c: type) -> type:
         c = dataclasses.dataclass(frozen=True)(c)
-        names = [f.name for f in dataclasses.fields(c)]
-        data = tuple(n for n in names if n not in static)
-        meta = tuple(n for n in names if n in static)
-        keys = tuple(jax.tree_util.GetAttrKey(n) for n in data)
-
-        def flatten_with_keys(obj: Any) -> tuple[list, tuple]:
-            return [(k, getattr(obj, n)) for k, n in zip(keys, data)], tuple(getattr(obj, n) for n in meta)
-
-        def flatten(obj: Any) -> tuple[list, tuple]:
-            return [getattr(obj, n) for n in data], tuple(getattr(obj, n) for n in meta)
-
-        def unflatten(aux: tuple, children: Any) -> Any:
-            obj = object.__new__(c)
-            for n, v in zip(data, children):
-                object.__setattr__(obj, n, v)
-            for n, v in zip(meta, aux):
-                object.__setattr__(obj, n, v)
-            return obj
-
-        jax.tree_util.register_pytree_with_keys(c, flatten_with_keys, unflatten, flatten)
-        return c
+        return register_fields(c, [f.name for f in dataclasses.fields(c) if f.name not in static])
 
     return wrap if cls is None else wrap(cls)
 
