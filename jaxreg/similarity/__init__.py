@@ -32,8 +32,8 @@ name                   measure                                    loss          
 ``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors.
 """
 
-from jaxreg.similarity.intensity import lncc, mse, ncc, ssd
 from jaxreg.similarity.histogram import correlation_ratio, joint_histogram, mi, nmi
+from jaxreg.similarity.intensity import lncc, mse, ncc, ssd
 from jaxreg.similarity.structure import mind, mind_ssc, ngf, ssc_pairs
 
 __all__ = [
