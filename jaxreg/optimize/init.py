@@ -128,7 +128,9 @@ def _principal_rotations(sf: np.ndarray, sm: np.ndarray) -> list[tuple[str, np.n
             if np.linalg.det(r) < 0:
                 continue
             label = "".join(("+" if s > 0 else "-") + "xyz"[k] for k, s in zip(perm, signs))
-            out.append((f"principal({label})", r))
+            # the axis labels refer to the eigenvector bases (whose signs are arbitrary): the angle says how far
+            # the start actually rotates
+            out.append((f"principal({label}, {np.degrees(_angle(r)):.0f} deg)", r))
     out.sort(key=lambda t: _angle(t[1]))
     return out
 
@@ -171,9 +173,10 @@ def candidate_starts(
 ) -> list[tuple[str, Rigid]]:
     """Named candidate starts of a linear registration, for scoring by the similarity.
 
-    ``"center"`` (grid centres), ``"com"`` (centres of mass, no rotation) and ``"principal(...)"`` for every
-    ordering and sign of the principal axes with det +1 (24 in 3D, 4 in 2D; the label lists, for each fixed
-    axis, the moving axis and sign it is mapped to), the one closest to the identity first. Every candidate is
+    ``"center"`` (grid centres), ``"com"`` (centres of mass, no rotation) and ``"principal(..., A deg)"`` for
+    every ordering and sign of the principal axes with det +1 (24 in 3D, 4 in 2D; the label lists, for each
+    fixed eigenvector, the moving eigenvector and sign it is mapped to, and ``A`` the rotation angle of the
+    start), the one closest to the identity first. Every candidate is
     a :class:`Rigid` about the fixed centre of mass (so all can be stacked and vmapped).
     """
     cf, sf = image_moments(fixed, mask=fixed_mask)
