@@ -109,7 +109,7 @@ class StageResult(NamedTuple):
         map); leading batch axis on every leaf for a batch.
       outer: the fixed transform it was stacked on (pull: moving sampled at ``outer(transform(x))``) or ``None``.
       levels: one :class:`LevelResult` per level.
-      start: which candidate start won (``"com"``, ``"principal(+x+y+z)"``, ...; a tuple for a batch), the
+      start: which candidate start won (``"com"``, ``"principal(+x+y+z, 3 deg)"``, ...; a tuple for a batch), the
         continued stage, or ``None``.
       seconds: wall time of the stage (s).
       continues: whether the stage continued the previous stage's transform (replacing it) rather than being
