@@ -19,7 +19,7 @@ Configured terms hash by value (:class:`Configured`), so equal configurations ar
     terms.names("regularizer")  # ('bending', 'diffusion', 'elastic', 'folding', 'log_jacobian', ...)
 
 New terms are registered where they are defined, with :func:`jaxreg.core.registry.configured` (factories)
-or :func:`jaxreg.core.registry.register` (plain functions).
+or :func:`jaxreg.core.registry.register_term` (plain functions).
 """
 
 from jaxreg.core.registry import Configured, names, parse, regularizer, similarity

@@ -16,7 +16,7 @@ argument and a dict key, and pickles by name (unpickling looks the entry up in t
 **The registry.** Terms are registered per *kind*, ``"similarity"`` (``loss(fixed, moving, mask=None)``) or
 ``"regularizer"`` (``fn(u, *, spacing, mask=None)``, ``u`` ``(*spatial, ndim)`` in mm), by decorators in the
 modules that define them: :func:`configured` turns a factory into a value-hashed one and registers it,
-:func:`register` registers a plain function. Looking a name up imports the defining package
+:func:`register_term` registers a plain function. Looking a name up imports the defining package
 (:mod:`jaxreg.similarity`, :mod:`jaxreg.regularizers`) on demand, so the core does not import them.
 
 * :func:`similarity` / :func:`regularizer` -- ``(name, **options) -> term``. A factory entry returns the
@@ -44,7 +44,7 @@ import numpy as np
 __all__ = [
     "Configured",
     "configured",
-    "register",
+    "register_term",
     "similarity",
     "regularizer",
     "parse",
@@ -277,7 +277,7 @@ def configured(kind: str, name: str | None = None) -> Callable[[Callable], Calla
     return decorate
 
 
-def register(kind: str, name: str | None = None) -> Callable[[Callable], Callable]:
+def register_term(kind: str, name: str | None = None) -> Callable[[Callable], Callable]:
     """Decorator: register a plain term function (``ssd``, ``diffusion``) under ``name``; returns it unchanged.
 
     Its keyword-only parameters other than the contract's (``mask``; ``spacing``, ``grid`` for regularisers)

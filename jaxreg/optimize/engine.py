@@ -309,8 +309,12 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level, batch, sweep):
-    """The start of a linear stage (stacked for a batch) and the name of the start chosen for each pair."""
+def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level_data, batch, sweep):
+    """The start of a linear stage (stacked for a batch) and the name of the start chosen for each pair.
+
+    ``level_data`` is the stage's coarsest level ``(fixed, fixed_grid, moving, moving_grid, fixed_mask,
+    moving_mask)`` (arrays stacked for a batch), on which ``init="auto"`` scores the candidates.
+    """
     init = stage.init
     pairs = list(zip(fixed, moving, fmasks, mmasks))
     if init in ("moments", "com", "center", "identity"):
@@ -337,10 +341,7 @@ def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level, ba
     names = [[n for n, _ in c] for c in cands]
     params = [_stack([model.start(f.grid, t) for _, t in c]) for (f, *_), c in zip(pairs, cands)]
     params = _stack(params) if batch else params[0]
-    fa, fg = _level_arrays(_stack_data([p[0] for p in pairs], batch), fixed[0].grid, level, batch)
-    ma, mg = _level_arrays(_stack_data([p[1] for p in pairs], batch), moving[0].grid, level, batch)
-    fma = _level_arrays(_stack_data([p[2] for p in pairs], batch), fixed[0].grid, level, batch)[0]
-    mma = _level_arrays(_stack_data([p[3] for p in pairs], batch), moving[0].grid, level, batch)[0]
+    fa, fg, ma, mg, fma, mma = level_data
 
     def make():
         loss = method.loss_fn(fg, mg)
@@ -475,6 +476,18 @@ def register(
     if batch and outer is not None and not _has_batch(outer, b):
         outer = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (b, *jnp.shape(x))), outer)
 
+    pyramid: dict = {}  # (shrink, smooth_mm) -> level arrays: each level is built once per call, for all stages
+
+    def level_data(level: Level) -> tuple:
+        key = (int(level.shrink), float(level.smooth_mm))
+        if key not in pyramid:
+            f, fg = _level_arrays(f_all, fgrid, level, batch)
+            m, mg = _level_arrays(m_all, mgrid, level, batch)
+            fmk = _level_arrays(fm_all, fgrid, level, batch)[0]
+            mmk = _level_arrays(mm_all, mgrid, level, batch)[0]
+            pyramid[key] = (f, fg, m, mg, fmk, mmk)
+        return pyramid[key]
+
     results = []
     prev_model = prev_params = None
     prev_outer = prev_full = outer
@@ -499,7 +512,16 @@ def register(
                     model = None
             elif model.is_linear and stage_outer is None:
                 params, start = _linear_start(
-                    stage, model, method_s, fixed_l, moving_l, fm_l, mm_l, stage.levels[0], batch, sweep
+                    stage,
+                    model,
+                    method_s,
+                    fixed_l,
+                    moving_l,
+                    fm_l,
+                    mm_l,
+                    level_data(stage.levels[0]),
+                    batch,
+                    sweep,
                 )
             else:
                 p0 = model.start(fgrid, None)
@@ -513,10 +535,8 @@ def register(
         uses_mmask = getattr(method_s, "uses_moving_mask", True)
         for li, level in enumerate(stage.levels):
             t0 = time.perf_counter()
-            f, fg = _level_arrays(f_all, fgrid, level, batch)
-            m, mg = _level_arrays(m_all, mgrid, level, batch)
-            fmk = _level_arrays(fm_all, fgrid, level, batch)[0]
-            mmk = _level_arrays(mm_all, mgrid, level, batch)[0] if uses_mmask else None
+            f, fg, m, mg, fmk, mmk = level_data(level)
+            mmk = mmk if uses_mmask else None
             params = _on_grid_batched(params, fg, batch)
             args = (method_s, params, f, m, fmk, mmk, stage_outer)
             (params, losses, its, conv), compile_s = _run_level(

@@ -166,11 +166,6 @@ def _pull(moving: jax.Array, grid: Grid, points: jax.Array) -> jax.Array:
     return sample_points(Image(moving, grid), points, order=1, mode="constant", cval=0.0)
 
 
-def _register_static(cls: type, data: tuple[str, ...]) -> type:
-    """Register a frozen dataclass as a pytree: ``data`` fields are children, the rest static metadata."""
-    return register_fields(cls, data)
-
-
 # -- gradient-based optimisation --------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, eq=False)
 class Gradient:
@@ -283,7 +278,7 @@ class Gradient:
         return kernel
 
 
-_register_static(Gradient, ("objective",))
+register_fields(Gradient, ("objective",))
 
 
 # -- greedy diffeomorphic registration --------------------------------------------------------------------------
@@ -450,4 +445,4 @@ class Greedy:
         return kernel
 
 
-_register_static(Greedy, ())
+register_fields(Greedy, ())

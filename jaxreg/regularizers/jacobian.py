@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxreg.core.diff import index_gradient
 from jaxreg.core.grid import Grid
-from jaxreg.core.registry import register
+from jaxreg.core.registry import register_term
 from jaxreg.regularizers._common import check_field, check_mask, det, frame, weighted_mean
 
 __all__ = ["folding", "log_jacobian", "jacobian_determinant_field"]
@@ -65,7 +65,7 @@ def _determinants_and_mask(
     return d, check_mask(mask, tuple(u.shape[:n]))
 
 
-@register("regularizer")
+@register_term("regularizer")
 def folding(
     u: jax.Array,
     *,
@@ -113,7 +113,7 @@ def safe_log(x: jax.Array, *, eps: Any = 1e-3) -> jax.Array:
     return jnp.where(x >= eps, jnp.log(xc), jnp.log(eps) + (x - eps) / eps)
 
 
-@register("regularizer")
+@register_term("regularizer")
 def log_jacobian(
     u: jax.Array,
     *,

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg.core.grid import Grid
-from jaxreg.core.registry import register
+from jaxreg.core.registry import register_term
 from jaxreg.regularizers._common import (
     check_field,
     check_mask,
@@ -97,7 +97,7 @@ def _stencil_mean_sq(d: jax.Array, mask: jax.Array | None, axes: Sequence[int], 
     return weighted_mean(dens, w)
 
 
-@register("regularizer")
+@register_term("regularizer")
 def diffusion(
     u: jax.Array,
     *,
@@ -137,7 +137,7 @@ def _diffusion(u: jax.Array, mask: jax.Array | None, *, spacing: tuple[float, ..
     return total
 
 
-@register("regularizer")
+@register_term("regularizer")
 def bending(
     u: jax.Array,
     *,
@@ -223,7 +223,7 @@ def _forward_weights(mask: jax.Array | None, n: int, shape: tuple[int, ...]) -> 
     return stencil_weights(mask, offsets, shape)
 
 
-@register("regularizer")
+@register_term("regularizer")
 def elastic(
     u: jax.Array,
     *,
@@ -273,7 +273,7 @@ def _elastic(u, mask, mu, lam, *, spacing, minv):
     return weighted_mean(dens, _forward_weights(mask, n, tuple(g.shape[:n])))
 
 
-@register("regularizer")
+@register_term("regularizer")
 def total_variation(
     u: jax.Array,
     *,

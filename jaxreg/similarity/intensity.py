@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg.core.registry import configured, register
+from jaxreg.core.registry import configured, register_term
 from jaxreg.similarity import _utils as U
 
 __all__ = ["ssd", "mse", "ncc", "lncc"]
@@ -26,7 +26,7 @@ __all__ = ["ssd", "mse", "ncc", "lncc"]
 Loss = Callable[..., jax.Array]
 
 
-@register("similarity")
+@register_term("similarity")
 @jax.jit
 def ssd(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Sum of squared differences, ``SSD = sum_x w(x) sum_c (F(x, c) - M(x, c))^2``.
@@ -48,7 +48,7 @@ def ssd(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> j
     return jnp.sum(d2)
 
 
-@register("similarity")
+@register_term("similarity")
 @jax.jit
 def mse(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean squared difference, ``MSE = sum_x w(x) sum_c (F - M)^2 / (C sum_x w(x))``.
@@ -67,7 +67,7 @@ def mse(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> j
     return U.weighted_mean((fixed - moving) ** 2, w)
 
 
-@register("similarity")
+@register_term("similarity")
 @jax.jit
 def ncc(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Negated global normalised cross-correlation (Pearson correlation of the intensities).

@@ -20,7 +20,7 @@ import numpy as np
 from jax import lax
 
 from jaxreg.core.diff import index_gradient
-from jaxreg.core.registry import configured, register
+from jaxreg.core.registry import configured, register_term
 from jaxreg.similarity import _utils as U
 
 __all__ = ["ngf", "mind_ssc", "mind"]
@@ -37,7 +37,7 @@ def _normalised_gradient(image, spacing, eta):
     return jnp.where(ok, g * lax.rsqrt(jnp.where(ok, norm2, 1)), 0)
 
 
-@register("similarity")
+@register_term("similarity")
 @functools.partial(jax.jit, static_argnames=("spacing",))
 def ngf(
     fixed: jax.Array,
