@@ -36,6 +36,7 @@ similarity. Equal networks (same graph, same parameter values, same settings) co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg.core.grid import Grid, Image
+from jaxreg.core.pytree import register_fields
 from jaxreg.optimize.models import Field, Linear
 from jaxreg.optimize.objective import as_similarity
 from jaxreg.transforms.compose import compose, to_affine
@@ -63,6 +65,7 @@ def _centered(grid: Grid) -> Grid:
     return Grid(grid.shape, aff)
 
 
+@dataclasses.dataclass(eq=False, init=False, repr=False)  # fields for register_fields; frozen by __setattr__
 class Network:
     """A trained registration network as a method of :func:`jaxreg.optimize.register` (see the module docstring).
 
@@ -80,6 +83,15 @@ class Network:
         similarity of the fixed image and the moving image warped by the stage's full transform (on the
         level's fixed grid); without it the loss is NaN.
     """
+
+    graphdef: Any
+    grid: Grid | None
+    output: str
+    kind: str
+    steps: int
+    similarity: Any
+    state: Any  # traced: the network's parameters
+    center: Any  # traced: world centre of the network grid (or None)
 
     def __init__(
         self,
@@ -118,7 +130,10 @@ class Network:
             raise ValueError("center: places the network grid; pass grid too")
         graphdef, state = nnx.split(model)
         sim = None if similarity is None else as_similarity(similarity, "similarity")
-        _fill(self, (graphdef, grid, output, model.field_kind, int(model.steps), sim), (state, center))
+        values = dict(graphdef=graphdef, grid=grid, output=output, kind=model.field_kind, steps=int(model.steps),
+                      similarity=sim, state=state, center=center)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Network is frozen: cannot set {name!r}")
@@ -233,26 +248,4 @@ class Network:
         return kernel
 
 
-def _flatten_with_keys(net: Network):
-    keys = (jax.tree_util.GetAttrKey("state"), jax.tree_util.GetAttrKey("center"))
-    return list(zip(keys, (net.state, net.center))), net._static()
-
-
-def _flatten(net: Network):
-    return (net.state, net.center), net._static()
-
-
-_STATIC = ("graphdef", "grid", "output", "kind", "steps", "similarity")
-
-
-def _fill(net: Network, static: tuple, children: tuple) -> Network:
-    for name, value in zip(_STATIC + ("state", "center"), tuple(static) + tuple(children)):
-        object.__setattr__(net, name, value)
-    return net
-
-
-def _unflatten(static: tuple, children: tuple) -> Network:
-    return _fill(object.__new__(Network), static, children)
-
-
-jax.tree_util.register_pytree_with_keys(Network, _flatten_with_keys, _unflatten, _flatten)
+register_fields(Network, ("state", "center"))
