@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from jaxreg.cli.learn import EXAMPLE_CONFIG, read_train_config
+from jaxreg.cli.learn import EXAMPLE_CONFIG, load_trained, read_train_config
 from jaxreg.cli.main import main
 
 
@@ -86,11 +86,18 @@ def test_train_resume_and_predict(dataset, tmp_path, capsys):
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
     meta = json.loads((run / "model.json").read_text())
     assert meta["metadata"]["grid"]["shape"] == [32, 32] and meta["metadata"]["label_values"] == [1, 2, 3]
-    # resume: two more steps append rows 6 (and keep 2, 4)
-    assert main(["train", "--config", str(cfg), "--quiet", "--steps", "6"]) == 0
+    # resume: two more steps append rows 6 (and keep 2, 4); --export writes the best model as a small folder
+    exported = tmp_path / "exported"
+    assert main(["train", "--config", str(cfg), "--quiet", "--steps", "6", "--export", str(exported)]) == 0
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
-    capsys.readouterr()
+    assert "exported:" in capsys.readouterr().out
+    assert sorted(p.name for p in exported.iterdir()) == ["model.json", "params.npz"]
+    net, grid, meta_exported = load_trained(exported)
+    ref, ref_grid, meta_run = load_trained(run)
+    assert grid.shape == ref_grid.shape == (32, 32) and meta_exported == meta_run
+    x = np.asarray(nib.load(str(dataset / "s0_img.nii.gz")).dataobj, np.float32)[None, ..., None]
+    np.testing.assert_array_equal(net(x, x[:, ::-1]).field, ref(x, x[:, ::-1]).field)
 
     out = tmp_path / "pred"
     args = [

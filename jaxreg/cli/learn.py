@@ -4,9 +4,13 @@
 (all options in the TOML file, see :data:`EXAMPLE_CONFIG`), writing checkpoints, ``metrics.csv``,
 ``metrics.png`` and ``model.json`` into the work folder; a second call resumes from the last checkpoint.
 
-``jaxreg predict --model DIR FIXED MOVING -o OUTDIR`` registers a pair with a trained model, optionally refined by
-the iterative engine (``--refine``), and writes the outputs of ``jaxreg register`` (warped image, ITK/ANTs
-``affine.mat`` and ``warp.nii.gz``, warped labels and Dice with ``--labels``, ``report.json``, ``report.png``).
+``jaxreg train ... --export DIR`` then writes the best model as a small self-contained folder
+(:func:`jaxreg.learn.train.export_model`: ``model.json`` and ``params.npz``).
+
+``jaxreg predict --model NAME|DIR FIXED MOVING -o OUTDIR`` registers a pair with a trained model (a model shipped
+in the package, by name; a work folder; an exported folder), optionally refined by the iterative engine
+(``--refine``), and writes the outputs of ``jaxreg register`` (warped image, ITK/ANTs ``affine.mat`` and
+``warp.nii.gz``, warped labels and Dice with ``--labels``, ``report.json``, ``report.png``).
 
 This module reads and checks the TOML file (:func:`read_train_config`), calls the library and prints: the
 training set-up is :func:`jaxreg.learn.setup.build_training`, the trained model is read by
@@ -25,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxreg._models import available_models
 from jaxreg.cli._args import UsageError, argument, int_at_least
 
 __all__ = ["EXAMPLE_CONFIG", "add_parsers", "load_trained", "read_train_config", "run_predict", "run_train"]
@@ -201,7 +206,12 @@ def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -
     import jax
 
     from jaxreg.learn.setup import build_training
-    from jaxreg.learn.train import fit, initialize_distributed
+    from jaxreg.learn.train import _check_export_dest, export_model, fit, initialize_distributed
+
+    export = getattr(args, "export", None)
+    if export is not None:
+        with argument("--export"):  # before training: a bad destination must not wait for the end of the run
+            _check_export_dest(export)
 
     if initialize_distributed():  # multi-host: only when the launcher's environment says so
         log(f"distributed: process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices")
@@ -220,14 +230,25 @@ def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -
         metadata=parts.metadata,
     )  # fmt: skip
     log(f"done:       {cfg['workdir']} (metrics.csv, metrics.png, model.json, checkpoints/)")
+    if export is not None and jax.process_index() == 0:
+        which = "best" if (wd / "best").is_dir() else "latest"  # a run without validation has no best/
+        with argument("--export"):
+            dest = export_model(cfg["workdir"], export, which=which)
+        size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
+        log(f"exported:   {dest} ({which} model: model.json, params.npz; {size / 1e6:.2f} MB)")
     return 0
 
 
 def load_trained(model_dir: str | os.PathLike, *, which: str = "best") -> tuple[Any, Any, dict]:
-    """:func:`jaxreg.learn.setup.load_trained` (imported when called: the parser does not import Flax)."""
-    from jaxreg.learn.setup import load_trained as load
+    """:func:`jaxreg.learn.setup.load_trained` of a folder or a shipped model's name.
 
-    return load(model_dir, which=which)
+    The name is resolved by :func:`jaxreg.learn.train.resolve_model`; both are imported when called (the parser
+    does not import Flax).
+    """
+    from jaxreg.learn.setup import load_trained as load
+    from jaxreg.learn.train import resolve_model
+
+    return load(resolve_model(model_dir), which=which)
 
 
 def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
@@ -237,14 +258,15 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
     from jaxreg.io import write_outputs
 
     t_all = time.perf_counter()
-    with argument("--model"):
-        if not Path(args.model).is_dir():  # before the images are read
-            raise FileNotFoundError(2, f"{args.model}: no such folder")
+    with argument("--model"):  # before the images are read
+        from jaxreg.learn.train import resolve_model
+
+        model_dir = resolve_model(args.model)
     inp = load_inputs(args.fixed, args.moving, labels=args.labels, label_list=args.label_list, labels_json=args.labels_json)
     all_inputs = list(inp.paths)
     check_output(args.output, all_inputs)
     with argument("--model"):
-        model, grid, meta = load_trained(args.model, which=args.which)
+        model, grid, meta = load_trained(model_dir, which=args.which)
         if grid.ndim != inp.fixed.grid.ndim:
             raise ValueError(f"{args.model}: trained on {grid.ndim}-D images, FIXED is {inp.fixed.grid.ndim}-D")
     # every input is checked: only now are inference and the registration engine imported
@@ -270,7 +292,10 @@ def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print)
     opts = {"pipeline": "learned", "linear_levels": (), "deformable_levels": levels, "greedy": {}, "window": 5}
     extra = {
         "command": "jaxreg predict",
-        "model": {"folder": os.fspath(args.model), "which": args.which, "training_mode": meta.get("mode")},
+        "model": {
+            "folder": os.fspath(model_dir), "name": os.fspath(args.model), "which": args.which,
+            "training_mode": meta.get("mode"),
+        },
         "inputs": {"fixed": os.fspath(args.fixed), "moving": os.fspath(args.moving), "labels": list(args.labels) if args.labels else None},
         "predict_seconds": {k: round(float(v), 3) for k, v in seconds.items()},
         "init": args.init,
@@ -303,12 +328,19 @@ def add_parsers(subparsers: Any) -> None:
     pt.add_argument("--restart", action="store_true", help="ignore existing checkpoints (start from step 0)")
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
     pt.add_argument("--example-config", action="store_true", help="print an example configuration and exit")
+    pt.add_argument(
+        "--export", metavar="DIR", default=None,
+        help="after training, write the best model to DIR as a small self-contained folder (model.json, params.npz) "
+        "that 'jaxreg predict --model DIR' reads and that ships in the package under jaxreg/models/<name>/ "
+        "(default: no export)",
+    )
     pt.set_defaults(func=_train_entry)
 
     pp = subparsers.add_parser(
         "predict",
         help="register two images with a trained network (optionally refined by the iterative engine)",
-        description="Register MOVING to FIXED with a network trained by 'jaxreg train': linear initialisation "
+        description="Register MOVING to FIXED with a network trained by 'jaxreg train' (or shipped in the package, "
+        "--model NAME): linear initialisation "
         "(centres of mass by default), one network evaluation on the training grid placed on FIXED, optional test-time "
         "instance optimisation (--refine N greedy iterations at half resolution, N/4 at full), and the outputs of "
         "'jaxreg register' (warped.nii.gz, affine.mat, warp.nii.gz that ANTs/ITK apply alike, report.json/png, "
@@ -316,9 +348,17 @@ def add_parsers(subparsers: Any) -> None:
     )
     pp.add_argument("fixed", metavar="FIXED")
     pp.add_argument("moving", metavar="MOVING")
-    pp.add_argument("--model", required=True, metavar="DIR", help="a 'jaxreg train' work folder")
+    shipped = available_models()
+    pp.add_argument(
+        "--model", required=True, metavar="NAME|DIR",
+        help="a shipped model's name (" + (", ".join(shipped) if shipped else "none shipped in this installation")
+        + "), a 'jaxreg train' work folder or a folder written by 'jaxreg train --export'",
+    )
     pp.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    pp.add_argument("--which", choices=("best", "latest"), default="best", help="checkpoint to use (default best)")
+    pp.add_argument(
+        "--which", choices=("best", "latest"), default="best",
+        help="checkpoint of a work folder to use (default best; an exported or shipped model has one)",
+    )
     pp.add_argument(
         "--init", choices=("com", "moments", "auto", "center", "identity", "affine", "none"), default=None,
         help="linear start: centres of mass, principal axes, the best scored candidate, grid centres, identity, an "

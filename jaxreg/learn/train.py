@@ -15,8 +15,10 @@ pytrees that merges them back inside ``jit``:
 * :func:`fit` is the stateful edge: it feeds batches, derives the key of step ``s`` as
   ``jax.random.fold_in(key, s)`` (so a resumed run follows the uninterrupted trajectory), evaluates, logs to
   ``workdir/metrics.csv`` and ``workdir/metrics.png``, and checkpoints with orbax into ``workdir/checkpoints``
-  (latest ``max_to_keep``) and ``workdir/best`` (the best by a validation metric). :func:`load_model` rebuilds
-  a trained network from a work directory.
+  (latest ``max_to_keep``) and ``workdir/best`` (the best by a validation metric).
+* :func:`export_model` writes a trained network as a small folder (``model.json`` + ``params.npz``, float32);
+  such folders under ``jaxreg/models/<name>/`` ship with the package (:func:`available_models`).
+  :func:`load_model` rebuilds a trained network from a work directory, an exported folder or a shipped name.
 
 Step numbering: update ``s = 0, 1, ...`` consumes the ``s``-th batch and the key ``fold_in(key, s)``; checkpoints,
 log rows and history entries are labelled with the number of completed updates ``s + 1``.
@@ -26,9 +28,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -43,8 +48,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxreg._models import available_models, shipped_model
+
 __all__ = [
     "FitResult",
+    "available_models",
+    "export_model",
     "fit",
     "initialize_distributed",
     "load_model",
@@ -52,6 +61,7 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "make_train_step",
+    "resolve_model",
     "shard_batch",
     "split_model",
 ]
@@ -870,38 +880,157 @@ def fit(
     return FitResult(trained, history)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# trained models: work folders, exported folders, shipped names
+# --------------------------------------------------------------------------------------------------------------
+
+_EXPORT_FILES = ("model.json", "params.npz")
+_EXPORT_DTYPES = ("float32", "float16")
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """The folder of a trained model given as a folder or as the name of a shipped model.
+
+    An existing folder wins: a plain name (no path separator) is looked up under ``jaxreg/models/`` only when no
+    folder of that name exists. Whether the folder holds ``model.json`` is checked by :func:`load_model`, which
+    reads it.
+
+    Args:
+      model: a ``jaxreg train`` work folder (:func:`fit`'s ``workdir``), a folder written by :func:`export_model`,
+        or the name of a shipped model (one of :func:`available_models`).
+
+    Returns:
+      The folder.
+
+    Raises:
+      FileNotFoundError: ``model`` is neither an existing folder nor a shipped model's name (the message lists
+        the shipped names).
+    """
+    return _resolve(model, "model")
+
+
+def _resolve(model: str | os.PathLike, name: str) -> Path:
+    path = Path(model)
+    if path.is_dir():
+        return path
+    text = os.fspath(model)
+    shipped = shipped_model(text) if isinstance(model, str) else None
+    if shipped is not None:
+        return shipped
+    names = available_models()
+    raise FileNotFoundError(
+        errno.ENOENT,
+        f"{name} {text!r}: neither a model folder (a folder must contain model.json: a 'jaxreg train' work "
+        f"folder or an exported model) nor the name of a shipped model (shipped: "
+        f"{', '.join(names) if names else 'none'})",
+    )
+
+
+def _default_build(config: Any) -> nnx.Module:
+    from jaxreg.learn.networks import RegistrationNet  # the only architecture `jaxreg train` writes
+
+    return RegistrationNet.from_config(config, rngs=nnx.Rngs(0))
+
+
+def _param_name(path: tuple[Any, ...]) -> str:
+    """``'unet/dec/0/kernel'`` for a key path of a parameter ``State`` (the names of ``nnx.to_flat_state``)."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        else:
+            parts.append(str(getattr(k, "key", k)))
+    if len(parts) > 1 and parts[-1] == "value":  # the Variable's own leaf
+        parts.pop()
+    return "/".join(parts)
+
+
+def _flat_params(params: nnx.State) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    flat = {_param_name(path): np.asarray(jax.device_get(leaf)) for path, leaf in leaves}
+    if len(flat) != len(leaves):
+        raise ValueError("parameter names are not unique; cannot store them as a flat dict")
+    return flat
+
+
+def _read_params(path: Path, params: nnx.State) -> nnx.State:
+    """Replace the leaves of ``params`` by the arrays of ``params.npz`` (same names and shapes)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    with np.load(path, allow_pickle=False) as npz:
+        stored = {k: npz[k] for k in npz.files}
+    names = [_param_name(p) for p, _ in leaves]
+    missing = sorted(set(names) - set(stored))
+    unexpected = sorted(set(stored) - set(names))
+    wrong = [
+        f"{n}: {stored[n].shape} vs {np.shape(leaf)}"
+        for n, (_, leaf) in zip(names, leaves)
+        if n in stored and stored[n].shape != np.shape(leaf)
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"build(config) made a model whose parameters do not match {path}: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}, shapes (stored vs model) {wrong[:8]}"
+        )
+    new = [jnp.asarray(stored[n], dtype=leaf.dtype) for n, (_, leaf) in zip(names, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
 def load_model(
     workdir: str | os.PathLike,
-    build: Callable[[Any], nnx.Module],
+    build: Callable[[Any], nnx.Module] | None = None,
     *,
     which: str = "best",
 ) -> tuple[nnx.Module, dict[str, Any]]:
-    """Rebuild a network trained by :func:`fit` and restore its parameters.
+    """Rebuild a trained network: from a :func:`fit` work folder, an exported model folder or a shipped name.
+
+    ``workdir`` is resolved by :func:`resolve_model`. A folder holding ``params.npz`` (written by
+    :func:`export_model`, or a shipped model) is read from it; otherwise the orbax checkpoint ``which`` of the
+    work folder is restored.
 
     Args:
-      workdir: the work directory of :func:`fit`.
-      build: ``build(config) -> nnx.Module`` rebuilding the architecture from ``model.json``'s ``config``
-        (e.g. ``lambda c: RegistrationNet.from_config(c, rngs=nnx.Rngs(0))``); its initial parameters are
-        replaced.
-      which: ``"best"`` (the best validation checkpoint) or ``"latest"`` (the newest training checkpoint).
+      workdir: the work directory of :func:`fit`, a folder written by :func:`export_model`, or the name of a
+        model shipped in the package (:func:`available_models`).
+      build: ``build(config) -> nnx.Module`` rebuilding the architecture from ``model.json``'s ``config``; its
+        initial parameters are replaced. Default
+        ``lambda c: RegistrationNet.from_config(c, rngs=nnx.Rngs(0))``.
+      which: ``"best"`` (the best validation checkpoint) or ``"latest"`` (the newest training checkpoint) of a
+        work folder; an exported model holds one set of parameters and ignores it.
 
     Returns:
-      ``(model, metadata)`` with the ``metadata`` given to :func:`fit`.
+      ``(model, metadata)`` with the ``metadata`` given to :func:`fit` (plus ``metadata_extra`` of
+      :func:`export_model`). The parameters keep the dtypes of the built model.
 
     Raises:
-      FileNotFoundError: ``workdir`` has no ``model.json`` or no checkpoint of the requested kind.
-      ValueError: ``which`` is invalid or the built model's parameters do not match the checkpoint.
+      FileNotFoundError: ``workdir`` is neither a folder nor a shipped name, or has no ``model.json`` or no
+        checkpoint of the requested kind.
+      ValueError: ``which`` is invalid or the built model's parameters do not match the stored ones.
     """
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    workdir = Path(workdir)
-    meta_path = workdir / "model.json"
+    folder = _resolve(workdir, "workdir")
+    build = _default_build if build is None else build
+    model, metadata, _ = _load(folder, build, which)
+    return model, metadata
+
+
+def _load(folder: Path, build: Callable[[Any], nnx.Module], which: str) -> tuple[nnx.Module, dict, dict]:
+    """``(model, metadata, model.json content)`` of a resolved folder (see :func:`load_model`)."""
+    meta_path = folder / "model.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: not found; is workdir a directory written by fit()?")
+        raise FileNotFoundError(
+            f"{meta_path}: not found; is workdir a directory written by fit() or export_model()?"
+        )
     info = json.loads(meta_path.read_text(encoding="utf-8"))
     model = build(info.get("config"))
     graphdef, params = split_model(model)
-    directory = workdir / ("best" if which == "best" else "checkpoints")
+    if (folder / "params.npz").is_file():
+        params = _read_params(folder / "params.npz", params)
+        return nnx.merge(graphdef, params), info.get("metadata") or {}, info
+    directory = folder / ("best" if which == "best" else "checkpoints")
     if not directory.is_dir():
         hint = " (fit ran without eval_fn; use which='latest')" if which == "best" else ""
         raise FileNotFoundError(f"{directory}: no {which} checkpoint{hint}")
@@ -922,4 +1051,121 @@ def load_model(
             ) from e
     finally:
         mgr.close()
-    return nnx.merge(graphdef, restored.params), info.get("metadata") or {}
+    info = {**info, "export": {"which": which, "step": int(step)}}
+    return nnx.merge(graphdef, restored.params), info.get("metadata") or {}, info
+
+
+def _is_exported(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _EXPORT_FILES)
+
+
+def _check_export_dest(dest: str | os.PathLike) -> Path:
+    """``dest`` as a Path if :func:`export_model` may write it (absent, empty, or an exported model folder)."""
+    path = Path(dest)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise FileExistsError(errno.EEXIST, f"dest {os.fspath(dest)}: exists and is not a folder")
+        if any(path.iterdir()) and not _is_exported(path):
+            raise FileExistsError(
+                errno.EEXIST,
+                f"dest {os.fspath(dest)}: a non-empty folder that is not an exported model (no "
+                f"{' and '.join(_EXPORT_FILES)}); choose an empty or new folder",
+            )
+    return path
+
+
+def export_model(
+    workdir: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    which: str = "best",
+    build: Callable[[Any], nnx.Module] | None = None,
+    dtype: str = "float32",
+    metadata_extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a trained network as a small self-contained folder, loadable by :func:`load_model`.
+
+    ``dest`` receives ``model.json`` (``{"config", "metadata", "export"}``: the architecture, the metadata of
+    :func:`fit` such as the training grid, and ``{"which", "step", "dtype"}`` of the export) and ``params.npz``
+    (``np.savez_compressed`` of the flat dict ``"unet/dec/0/kernel" -> array``, the names of
+    ``nnx.to_flat_state``). Both are written into a temporary sibling folder that is then renamed to ``dest``,
+    so ``dest`` is never half-written. An existing ``dest`` must be an empty folder or an exported model folder;
+    the latter is replaced (its ``model.json`` and ``params.npz``; other files in it, e.g. a ``train.toml``, are
+    kept).
+
+    Copy the folder to ``jaxreg/models/<name>/`` to ship it as the model ``<name>``.
+
+    Args:
+      workdir: the work folder of :func:`fit` (``jaxreg train``'s), an exported folder or a shipped model's name.
+      dest: the folder to write; its parent folder is created if needed.
+      which: ``"best"`` or ``"latest"`` checkpoint of a work folder (see :func:`load_model`).
+      build: ``build(config) -> nnx.Module``; default a :class:`~jaxreg.learn.networks.RegistrationNet` (see
+        :func:`load_model`). It checks that the stored parameters rebuild the network.
+      dtype: storage dtype of the floating-point parameters, ``"float32"`` (exact) or ``"float16"`` (half the
+        size; :func:`load_model` casts back to the network's dtype, so outputs change slightly).
+      metadata_extra: JSON-serialisable entries added to (and overriding) the metadata (e.g. a description,
+        the training data's licence).
+
+    Returns:
+      ``dest`` as a Path.
+
+    Raises:
+      FileNotFoundError: ``workdir`` or its checkpoint is missing (see :func:`load_model`).
+      FileExistsError: ``dest`` exists and is neither an empty folder nor an exported model folder.
+      TypeError: ``metadata_extra`` is not a JSON-serialisable mapping.
+      ValueError: ``which`` or ``dtype`` is invalid.
+    """
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    if dtype not in _EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {_EXPORT_DTYPES}, got {dtype!r}")
+    if metadata_extra is not None and not isinstance(metadata_extra, Mapping):
+        raise TypeError(f"metadata_extra must be a mapping or None, got {type(metadata_extra).__name__}")
+    dest = _check_export_dest(dest)
+    folder = _resolve(workdir, "workdir")
+    model, metadata, info = _load(folder, _default_build if build is None else build, which)
+    flat = _flat_params(nnx.state(model, nnx.Param))
+    flat = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in flat.items()}
+    export = {**(info.get("export") or {}), "dtype": dtype}
+    text = _json_text(
+        {
+            "config": info.get("config"),
+            "metadata": {**metadata, **dict(metadata_extra or {})},
+            "export": export,
+        },
+        "metadata_extra",
+    )
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    old: Path | None = None
+    try:
+        with open(tmp / "params.npz", "wb") as f:
+            np.savez_compressed(f, **flat)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp / "model.json", "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if dest.is_dir():
+            _check_export_dest(dest)  # still empty or an exported model
+            for p in dest.iterdir():  # keep what else the folder holds (train.toml, README.md, ...)
+                if p.name not in _EXPORT_FILES:
+                    (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+            old.rmdir()  # a fresh unused name: the old folder moves there, then the new one takes its place
+            os.replace(dest, old)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                os.replace(old, dest)
+                old = None
+                raise
+        else:
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return dest
