@@ -132,7 +132,7 @@ def test_mismatched_parameters_name_the_file(exported):
         return RegistrationNet.from_config({**config, "decoder": [4, 4, 8]}, rngs=nnx.Rngs(0))
 
     with pytest.raises(ValueError, match="params.npz"):
-        load_model(dest, build)
+        load_model(dest, build=build)
 
 
 def test_shipped_names_resolve(exported, tmp_path, monkeypatch):

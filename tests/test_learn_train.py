@@ -348,10 +348,10 @@ def test_fit_best_checkpoint_and_load_model(tmp_path):
     assert info == {"config": {"width": 1}, "metadata": meta}
 
     build = lambda c: TinyNet.from_config(c, rngs=nnx.Rngs(123))
-    latest, meta_out = load_model(workdir, build, which="latest")
+    latest, meta_out = load_model(workdir, build=build, which="latest")
     assert meta_out == meta
     assert _params_equal(nnx.state(latest, nnx.Param), nnx.state(result.model, nnx.Param))
-    best, _ = load_model(workdir, build)
+    best, _ = load_model(workdir, build=build)
     assert not _params_equal(nnx.state(best, nnx.Param), nnx.state(result.model, nnx.Param), atol=1e-6)
     # the best parameters are those of step 4: rerun 4 steps with the same key and data
     ref = _fit(tmp_path / "ref", 4)
@@ -360,9 +360,9 @@ def test_fit_best_checkpoint_and_load_model(tmp_path):
     np.testing.assert_allclose(best(x), ref.model(x), atol=1e-6)
 
     with pytest.raises(FileNotFoundError, match="best"):
-        load_model(tmp_path / "ref", build)
+        load_model(tmp_path / "ref", build=build)
     with pytest.raises(ValueError, match="which"):
-        load_model(workdir, build, which="first")
+        load_model(workdir, build=build, which="first")
 
 
 def test_fit_argument_errors(tmp_path):

@@ -12,9 +12,12 @@ as the iterative engine train it. The layers, from data to deployment:
   a prefetching pair loader.
 * :mod:`~jaxreg.learn.losses` and :mod:`~jaxreg.learn.modes`: the training losses (an
   :class:`~jaxreg.optimize.Objective` of the engine's terms plus label and supervised terms, weights traced)
-  and the four training modes (``modes.unsupervised``, ``modes.supervised`` on synthetic deformations, ``modes.weakly_supervised`` by
-  labels, ``modes.synthesis`` from label maps; the submodule names ``synthesis`` and ``data`` are modules, so
+  and the five training modes (``modes.unsupervised``, ``modes.supervised`` on synthetic deformations,
+  ``modes.supervised_engine`` on the engine's own fields, ``modes.weakly_supervised`` by labels,
+  ``modes.synthesis`` from label maps; the submodule names ``synthesis`` and ``data`` are modules, so
   the mode factories are reached through ``jaxreg.learn.modes``).
+* :mod:`~jaxreg.learn.targets`: target fields computed by the engine on every training pair (cached), for
+  ``modes.supervised_engine``.
 * :mod:`~jaxreg.learn.train`: pure jitted train/eval steps, data parallelism with ``jax.sharding``, ``fit``
   with orbax checkpoints, resumption, best-by-validation, CSV/PNG logs.
 * :mod:`~jaxreg.learn.method`: :class:`Network`, a trained network as a method (a stage) of
@@ -52,8 +55,11 @@ from jaxreg.learn.synthesis import (
     relabel,
     synthesize_image,
 )
+from jaxreg.learn.targets import compose_target, engine_targets, label_embedding
 from jaxreg.learn.train import (
     FitResult,
+    available_models,
+    export_model,
     fit,
     initialize_distributed,
     load_model,
@@ -61,6 +67,7 @@ from jaxreg.learn.train import (
     make_mesh,
     make_optimizer,
     make_train_step,
+    resolve_model,
     shard_batch,
     split_model,
 )
@@ -78,10 +85,15 @@ __all__ = [
     "UNet",
     "atlas_pairs",
     "augment_intensity",
+    "available_models",
+    "compose_target",
     "common_grid",
     "displacement_on_grid",
+    "engine_targets",
+    "export_model",
     "fit",
     "initialize_distributed",
+    "label_embedding",
     "list_images",
     "load_model",
     "load_volumes",
@@ -100,6 +112,7 @@ __all__ = [
     "random_pairs",
     "registration_loss",
     "registration_metrics",
+    "resolve_model",
     "relabel",
     "sample_pairs",
     "shard_batch",

@@ -330,7 +330,10 @@ class PairLoader:
 
     * ``"fixed"``, ``"moving"``: ``(B, *S, 1)`` float32, when ``images`` is given;
     * ``"fixed_labels"``, ``"moving_labels"``: ``(B, *S)`` int32, when ``labels`` is given (labels only is the
-      mode of label-driven synthesis, where the images are generated on the device).
+      mode of label-driven synthesis, where the images are generated on the device);
+    * ``"displacement"``: ``(B, *S, ndim)`` float32, ``targets[fixed_idx, moving_idx]``, when ``targets`` (the
+      fields of every ordered pair, ``(N, N, *S, ndim)``, e.g. a memory map of
+      :func:`jaxreg.learn.targets.engine_targets`) is given.
 
     ``augment``, if given, is called as ``augment(batch, rng)`` with ``rng =
     numpy.random.default_rng([seed, step, 1])`` and returns the new batch (host-side augmentation that is
@@ -360,6 +363,7 @@ class PairLoader:
         prefetch: int = 2,
         num_steps: int | None = None,
         augment: Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]] | None = None,
+        targets: np.ndarray | None = None,
     ):
         if images is None and labels is None:
             raise ValueError("images, labels: expected at least one of them")
@@ -376,6 +380,12 @@ class PairLoader:
         if images is not None and labels is not None and images.shape != labels.shape:
             raise ValueError(f"images, labels: shapes differ ({images.shape} vs {labels.shape})")
         ref = images if images is not None else labels
+        if targets is not None:
+            n_items = ref.shape[0]
+            want = (n_items, n_items, *ref.shape[1:], ref.ndim - 1)
+            if tuple(np.shape(targets)) != want or not np.issubdtype(np.asarray(targets[:0]).dtype, np.floating):
+                raise ValueError(f"targets: expected float displacements of every ordered pair {want}, got shape "
+                                 f"{tuple(np.shape(targets))}")
         if mode not in ("random", "atlas"):
             raise ValueError(f"mode: expected 'random' or 'atlas', got {mode!r}")
         if not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
@@ -388,6 +398,7 @@ class PairLoader:
         sample_pairs(ref.shape[0], batch_size, seed=seed, step=int(start_step), mode=mode, atlas=atlas)
         self._images = None if images is None else images.astype(np.float32, copy=False)
         self._labels = None if labels is None else labels.astype(np.int32, copy=False)
+        self._targets = targets
         self.num_items = int(ref.shape[0])
         self.spatial_shape = tuple(ref.shape[1:])
         self.batch_size = int(batch_size)
@@ -419,6 +430,8 @@ class PairLoader:
         if self._labels is not None:
             batch["fixed_labels"] = self._labels[fixed]
             batch["moving_labels"] = self._labels[moving]
+        if self._targets is not None:
+            batch["displacement"] = np.stack([np.asarray(self._targets[i, j], np.float32) for i, j in zip(fixed, moving)])
         if self.augment is not None:
             batch = self.augment(batch, np.random.default_rng([self.seed, int(step), 1]))
         return batch

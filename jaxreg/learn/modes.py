@@ -37,7 +37,7 @@ from jaxreg.core.grid import Grid, Image
 from jaxreg.learn.losses import displacement_on_grid, registration_loss, registration_metrics
 from jaxreg.warp import warp, warp_labels
 
-__all__ = ["MODES", "TrainingMode", "supervised", "synthesis", "unsupervised", "weakly_supervised"]
+__all__ = ["MODES", "TrainingMode", "supervised", "supervised_engine", "synthesis", "unsupervised", "weakly_supervised"]
 
 
 class TrainingMode(NamedTuple):
@@ -48,13 +48,18 @@ class TrainingMode(NamedTuple):
       loss: ``loss(model, batch, key) -> (scalar, metrics)``.
       metrics: ``metrics(model, batch) -> dict`` for validation batches.
       inputs: batch keys the data pipeline must provide for training (``"fixed"``, ``"moving"``,
-        ``"fixed_labels"``, ``"moving_labels"``).
+        ``"fixed_labels"``, ``"moving_labels"``, ``"displacement"``).
+      targets: for modes trained on precomputed fields, ``targets(grid, *, labels, images, cache_dir, log) ->
+        (N, N, *grid.shape, ndim)`` displacements (mm) of every ordered pair of the training volumes, which the
+        data pipeline serves as ``"displacement"`` (:class:`~jaxreg.learn.data.PairLoader` ``targets``);
+        ``None`` otherwise.
     """
 
     augment: Callable | None
     loss: Callable
     metrics: Callable
     inputs: tuple[str, ...]
+    targets: Callable | None = None
 
 
 def _per_pair(fn: Callable) -> Callable:
@@ -290,6 +295,21 @@ def synthesis(
         out["moving_labels"], out["moving"] = make(km, src, contrast)
         return out
 
+    # validation pairs are label maps too: their images are synthesised with a fixed key (the same images at
+    # every evaluation), without the random deformation
+    metrics = _synthetic_metrics(grid, values, image, same_contrast)
+    loss = registration_loss(
+        grid, image_weight=image_weight, similarity=similarity, regularizer=regularizer,
+        regularizer_weight=regularizer_weight, label_values=values, label_weight=1.0, bidirectional=bidirectional,
+        label_scales=label_scales,
+    )
+    return TrainingMode(_per_pair(one), loss, metrics, ("fixed_labels", "moving_labels"))
+
+
+def _synthetic_metrics(grid: Grid, values: tuple[int, ...], image: Callable, same_contrast: bool) -> Callable:
+    """Validation metrics of label-map pairs: images synthesised with a fixed key (the same at every
+    evaluation), then :func:`~jaxreg.learn.losses.registration_metrics` (Dice over ``values``)."""
+
     def one_eval(key, item):
         kf, km = jax.random.split(key)
         out = dict(item)
@@ -301,19 +321,135 @@ def synthesis(
     synth_eval = _per_pair(one_eval)
 
     def metrics(model, batch):
-        # validation pairs are label maps too: their images are synthesised with a fixed key (the same
-        # images at every evaluation), without the random deformation
         if "fixed" not in batch or "moving" not in batch:
             batch = synth_eval(jax.random.key(0), batch)
         return base(model, batch)
 
+    return metrics
+
+
+def supervised_engine(
+    grid: Grid,
+    *,
+    label_values: Sequence[int],
+    synthesis_labels: Sequence[int] | None = None,
+    synthesize: bool = True,
+    deformation_mm: float = 4.0,
+    same_contrast: bool = False,
+    label_weight: float = 0.0,
+    image_weight: float = 0.0,
+    similarity: Any = "mse",
+    regularizer_weight: float = 0.0,
+    target_levels: Sequence[Sequence[int]] = ((2, 40), (1, 20)),
+    target_channels: int = 4,
+    synth_options: dict[str, Any] | None = None,
+) -> TrainingMode:
+    """Supervised by the engine's own fields (the lecture's category B: targets from a classical method).
+
+    The target ``T*_ij`` of every ordered training pair is computed once by :func:`jaxreg.optimize.register`
+    on the label maps themselves (:func:`jaxreg.learn.targets.engine_targets`: a greedy SyN-like stage on
+    embedded label maps, cached in the work folder) and served by the data pipeline as ``"displacement"``.
+    Per pair, on the device:
+
+    * both label maps (and images, if any) are deformed by their own random diffeomorphisms ``phi`` (fixed)
+      and ``psi`` (moving), up to ``deformation_mm``, and the target follows exactly:
+      ``T' = psi^-1 o T* o phi``, so ``F o phi`` and ``M o psi`` correspond through ``T'`` wherever ``F`` and
+      ``M`` did through ``T*`` (``psi^-1 = exp(-v)``); a few maps give endless distinct pairs;
+    * with ``synthesize`` the network's inputs are images synthesised from the deformed maps
+      (:func:`jaxreg.learn.synthesis.synthesize_image`: random intensity per label, blur, bias, gamma, noise;
+      independent contrasts unless ``same_contrast``), so the network learns a contrast-agnostic mapping.
+
+    The loss is ``mean_x |T(x) - T'(x)|^2`` (mm^2) plus optional label Dice, image and regulariser terms
+    (:func:`~jaxreg.learn.losses.registration_loss`).
+
+    Args:
+      grid: common grid (static).
+      label_values: labels of the engine's embedding, the Dice term and the validation Dice.
+      synthesis_labels: labels that get their own synthetic intensity (default ``label_values``; the others
+        share the background's: leave extra-cerebral classes out to synthesise skull-stripped heads).
+      synthesize: make the inputs from the label maps (else the data pipeline's images are used).
+      deformation_mm: largest displacement of ``phi`` and ``psi``, mm (0 = off).
+      same_contrast: one intensity model per pair (mono-modal pairs).
+      label_weight: weight of ``1 - mean soft Dice`` of the warped labels.
+      image_weight: weight of an image term (meaningful with ``same_contrast`` or real images).
+      similarity: that term's similarity.
+      regularizer_weight: diffusion weight.
+      target_levels: ``(shrink, iterations)`` of the engine's levels on the network grid.
+      target_channels: dimension of the label embedding the engine registers.
+      synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`.
+
+    Returns:
+      :class:`TrainingMode` needing ``fixed_labels``, ``moving_labels``, ``displacement`` (and ``fixed``,
+      ``moving`` without ``synthesize``), with ``targets`` set.
+    """
+    from jaxreg.learn.targets import compose_target, engine_targets
+
+    values = tuple(int(v) for v in label_values)
+    if not values:
+        raise ValueError("label_values: expected at least one label value")
+    all_values = tuple(int(v) for v in (synthesis_labels if synthesis_labels is not None else values))
+    if not deformation_mm >= 0:
+        raise ValueError(f"deformation_mm: expected a non-negative number of mm, got {deformation_mm!r}")
+    levels = tuple((int(a), int(b)) for a, b in target_levels)
+    channels = int(target_channels)
+    opts = dict(synth_options or {})
+    noise_max = float(opts.get("noise_std_max", 0.05))
+    if same_contrast:
+        opts["noise_std_max"] = 0.0
+
+    def image(key, labels):
+        idx = syn.relabel(labels, all_values, unknown=len(all_values))
+        return syn.synthesize_image(key, idx, len(all_values) + 1, grid=grid, **opts)
+
+    def one(key, item):
+        kf, km, kc, kn1, kn2, ka = jax.random.split(key, 6)
+        out = dict(item)
+        fl, ml = item["fixed_labels"], item["moving_labels"]
+        phi = psi = None
+        if deformation_mm > 0:
+            phi = syn.random_deformation(kf, grid, max_displacement_mm=deformation_mm, smoothness_mm=10.0)
+            psi = syn.random_deformation(km, grid, max_displacement_mm=deformation_mm, smoothness_mm=10.0)
+            fl = warp_labels(Image(fl, grid), phi, grid).data
+            ml = warp_labels(Image(ml, grid), psi, grid).data
+            if not synthesize:
+                out["fixed"] = warp(Image(item["fixed"][..., 0], grid), phi, grid).data[..., None]
+                out["moving"] = warp(Image(item["moving"][..., 0], grid), psi, grid).data[..., None]
+        out["displacement"] = compose_target(item["displacement"], grid, phi=phi, psi=psi)  # psi^-1 o T* o phi
+        out["fixed_labels"], out["moving_labels"] = fl, ml
+        if synthesize:
+            if same_contrast:
+                f_img, m_img = image(kc, fl), image(kc, ml)
+                if noise_max > 0:
+                    s = jax.random.uniform(ka, (), minval=0.0, maxval=noise_max)
+                    f_img = f_img + s * jax.random.normal(kn1, f_img.shape)
+                    m_img = m_img + s * jax.random.normal(kn2, m_img.shape)
+            else:
+                f_img, m_img = image(kn1, fl), image(kn2, ml)
+            out["fixed"], out["moving"] = f_img[..., None].astype(jnp.float32), m_img[..., None].astype(jnp.float32)
+        return out
+
+    def targets(grid_, *, labels=None, images=None, cache_dir=None, log=None):
+        return engine_targets(
+            grid_, labels=labels, images=None if labels is not None else images, label_values=values, levels=levels,
+            channels=channels, cache_dir=cache_dir, log=log,
+        )  # fmt: skip
+
     loss = registration_loss(
-        grid, image_weight=image_weight, similarity=similarity, regularizer=regularizer,
-        regularizer_weight=regularizer_weight, label_values=values, label_weight=1.0, bidirectional=bidirectional,
-        label_scales=label_scales,
+        grid, similarity=similarity, image_weight=image_weight, regularizer_weight=regularizer_weight,
+        label_values=values, label_weight=label_weight, supervised_weight=1.0,
+    )  # fmt: skip
+    metrics = _synthetic_metrics(grid, values, image, same_contrast) if synthesize else registration_metrics(
+        grid, label_values=values
     )
-    return TrainingMode(_per_pair(one), loss, metrics, ("fixed_labels", "moving_labels"))
+    inputs = ("fixed_labels", "moving_labels", "displacement") + (() if synthesize else ("fixed", "moving"))
+    return TrainingMode(_per_pair(one), loss, metrics, inputs, targets)
 
 
-MODES = {"unsupervised": unsupervised, "supervised": supervised, "weakly_supervised": weakly_supervised, "synthesis": synthesis}
+MODES = {
+    "unsupervised": unsupervised,
+    "supervised": supervised,
+    "supervised_engine": supervised_engine,
+    "weakly_supervised": weakly_supervised,
+    "synthesis": synthesis,
+}
 """Mode name -> factory (the names ``jaxreg train`` accepts)."""

@@ -354,11 +354,15 @@ def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -
     need = set(mode.inputs)
     use_images = images if need & {"fixed", "moving"} else None
     use_labels = labels if (need & {"fixed_labels", "moving_labels"} or (lv and labels is not None)) else None
+    targets = None
+    if mode.targets is not None:  # fields of every training pair, computed once (cached in the work folder)
+        cache = Path(cfg["workdir"]) / "targets" if cfg.get("workdir") else None
+        targets = mode.targets(grid, labels=labels, images=images, cache_dir=cache, log=log)
 
     def train_data(start: int):
         return ld.PairLoader(
             use_images, use_labels, batch_size=int(t["batch_size"]), seed=int(t["seed"]), mode=d["pairs"],
-            atlas=d["atlas"], start_step=start,
+            atlas=d["atlas"], start_step=start, targets=targets,
         )  # fmt: skip
 
     n_val = int(t["validation_pairs"])
@@ -393,10 +397,11 @@ def build_training(cfg: dict[str, Any], *, log: Callable[[str], None] = print) -
 
 
 def load_trained(model_dir: str | os.PathLike, *, which: str = "best") -> tuple[Any, Any, dict]:
-    """The model, network grid and metadata of a trained work folder (``jaxreg train``'s ``-o``).
+    """The model, network grid and metadata of a trained network: a ``jaxreg train`` work folder, an exported
+    model folder (:func:`jaxreg.learn.export_model`) or the name of a model shipped with jaxreg (``"brain"``).
 
     Args:
-      model_dir: the work folder.
+      model_dir: the folder or the shipped model's name.
       which: ``"best"`` (best validation checkpoint; the latest when the run had no validation) or
         ``"latest"``.
 
@@ -407,24 +412,16 @@ def load_trained(model_dir: str | os.PathLike, *, which: str = "best") -> tuple[
       FileNotFoundError: no such folder, or no checkpoint in it.
       ValueError: its ``model.json`` holds no training grid.
     """
-    from flax import nnx
-
     from jaxreg.core.grid import Grid
-    from jaxreg.learn.networks import RegistrationNet
-    from jaxreg.learn.train import load_model
+    from jaxreg.learn.train import load_model, resolve_model
 
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(2, f"{os.fspath(model_dir)}: no such folder")
-
-    def build(c):
-        return RegistrationNet.from_config(c, rngs=nnx.Rngs(0))
-
+    model_dir = resolve_model(model_dir)  # a folder, or the name of a model shipped in jaxreg/models/
     try:
-        model, meta = load_model(model_dir, build, which=which)
+        model, meta = load_model(model_dir, which=which)
     except FileNotFoundError:
         if which != "best":
             raise
-        model, meta = load_model(model_dir, build, which="latest")  # trained without validation: no best/
+        model, meta = load_model(model_dir, which="latest")  # trained without validation: no best/
     g = meta.get("grid") if isinstance(meta, dict) else None
     if not g:
         raise ValueError(f"{os.fspath(model_dir)}: model.json has no training grid (not a 'jaxreg train' folder?)")

@@ -981,8 +981,8 @@ def _read_params(path: Path, params: nnx.State) -> nnx.State:
 
 def load_model(
     workdir: str | os.PathLike,
-    build: Callable[[Any], nnx.Module] | None = None,
     *,
+    build: Callable[[Any], nnx.Module] | None = None,
     which: str = "best",
 ) -> tuple[nnx.Module, dict[str, Any]]:
     """Rebuild a trained network: from a :func:`fit` work folder, an exported model folder or a shipped name.
