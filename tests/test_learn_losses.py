@@ -490,7 +490,8 @@ def test_learned_loss_weights_are_traced():
     # a sweep of weights in one vmapped call equals a loop, also through jit with the loss as an argument
     ws = jnp.asarray([[1.0, 0.0, 0.0, 0.0], [0.5, 2.0, 1.0, 0.1], [0.0, 1.0, 3.0, 1.0]])
     swept = jax.vmap(lambda w: loss.replace(weights=w)(model, batch, None)[0])(ws)
-    looped = [float(jax.jit(lambda l: l(model, batch, None)[0])(loss.replace(weights=w))) for w in ws]
+    jitted = jax.jit(lambda l: l(model, batch, None)[0])  # one function: the loss (and its weights) an argument
+    looped = [float(jitted(loss.replace(weights=w))) for w in ws]
     np.testing.assert_allclose(np.asarray(swept), looped, rtol=1e-5)
     np.testing.assert_allclose(looped, np.asarray(ws) @ values, rtol=1e-5)
 

@@ -365,7 +365,8 @@ def test_gradients_reach_every_parameter(transform):
 
         return jnp.mean(jax.vmap(one)(pred, fixed, moving))
 
-    grads = nnx.grad(loss)(model)
+    # one compiled program for the whole gradient (op-by-op eager compiles each of the network's many small ops)
+    grads = nnx.jit(nnx.grad(loss))(model)
     leaves = jax.tree_util.tree_leaves_with_path(nnx.state(grads, nnx.Param))
     assert len(leaves) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
     for path, g in leaves:
