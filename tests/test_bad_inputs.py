@@ -518,7 +518,7 @@ def predict_missing_model(t):
     return ["predict", "--model", t.path("nomodel"), t.fixed, t.moving, "-o", t.out], (
         "--model",
         "nomodel",
-        "no such folder",
+        "name of a shipped model",
     )
 
 
