@@ -139,23 +139,32 @@ def _folding(transform, grid) -> float:
     return 100.0 * float(jacobian_statistics(transform, grid).fraction_nonpositive)
 
 
-def _load(model_dir: Path):
+def _load(model: str):
+    """A trained model by shipped name, exported folder or work folder; an untrained one when there is none."""
     from flax import nnx
 
-    from jaxreg.cli.learn import load_trained
     from jaxreg.learn import RegistrationNet
+    from jaxreg.learn.setup import load_trained
 
-    if (model_dir / "model.json").is_file():
-        model, grid, meta = load_trained(model_dir)
-        return model, grid, meta, True
+    try:
+        net, grid, meta = load_trained(model)
+        return net, grid, meta, True
+    except FileNotFoundError:
+        pass
     from jaxreg import Grid
 
-    print(f"  (no trained model in {model_dir}: timing an untrained network of the same architecture)")
+    print(f"  (no trained model {model!r}: timing an untrained network of the same architecture)")
     net = RegistrationNet(3, transform="velocity", field_factor=2, rngs=nnx.Rngs(0))
     return net, Grid.from_spacing((64, 80, 64), 2.5), {"align": "affine"}, False
 
 
-def inference(model_dir: Path, repeats: int) -> list[dict]:
+def _default_model() -> str:
+    from jaxreg.learn import available_models
+
+    return "brain" if "brain" in available_models() else str(HERE / ".learned_brain")
+
+
+def inference(model_dir: str, repeats: int) -> list[dict]:
     import jax
     from flax import nnx
 
@@ -197,6 +206,8 @@ def inference(model_dir: Path, repeats: int) -> list[dict]:
     # (b) the whole predict() without refinement, centre-of-mass init
     w, c = timed(lambda: jax.tree_util.tree_leaves(predict(model, fixed, moving, network_grid=grid, init="com").transform), repeats)
     rows.append({"method": "predict(): normalise + com init + resample + network", "s": w, "cpu_s": c})
+    w, c = timed(lambda: jax.tree_util.tree_leaves(predict(model, fixed, moving, network_grid=grid, init="affine").transform), 1)
+    rows.append({"method": "predict(): normalise + NCC affine stage + resample + network", "s": w, "cpu_s": c})
     # (c) baseline: VoxelMorph at the full 1 mm resolution of the pair (untrained weights: same cost)
     shape = tuple(int(np.ceil(s / 16) * 16) for s in fixed.grid.shape)
     full = RegistrationNet(3, transform="velocity", field_factor=1, rngs=nnx.Rngs(0))
@@ -211,7 +222,7 @@ def inference(model_dir: Path, repeats: int) -> list[dict]:
     return rows
 
 
-def dice_table(model_dir: Path, refine_scale: float) -> list[dict]:
+def dice_table(model_dir: str, refine_scale: float) -> list[dict]:
     import jax
 
     from jaxreg.learn import predict
@@ -260,7 +271,8 @@ def _identity():
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(HERE / ".learned_synthmorph"), help="a 'jaxreg train' work folder")
+    ap.add_argument("--model", default=None, help="a shipped model's name, an exported folder or a 'jaxreg train' work "
+                    "folder (default: the shipped 'brain' model, else benchmarks/.learned_brain)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: throughput, inference, dice")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps per configuration")
     ap.add_argument("--repeats", type=int, default=3, help="timed inference repeats")
@@ -268,6 +280,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write the tables as JSON here")
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    model = args.model or _default_model()
     import jax
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs)", flush=True)
@@ -283,13 +296,13 @@ def main() -> int:
         ), flush=True)
     if "inference" not in skip:
         print("inference ...", flush=True)
-        rows = inference(Path(args.model), args.repeats)
+        rows = inference(model, args.repeats)
         result["inference"] = rows
         if rows:
             print(_table("Inference per 160x192x224 pair (warm; ratio to VoxelMorph at full resolution)", ["method", "s", "CPU s", "ratio"], [[r["method"], r["s"], r["cpu_s"], r["ratio"]] for r in rows]), flush=True)
     if "dice" not in skip:
         print("Dice on brain3d subj2 -> subj1 ...", flush=True)
-        rows = dice_table(Path(args.model), args.refine_scale)
+        rows = dice_table(model, args.refine_scale)
         result["dice"] = rows
         if rows:
             print(_table(

@@ -130,7 +130,7 @@ def measure(mode, model, batches, grid, key):
             val, met = loss.replace(weights=w)(m, b, kl)
             return val, met
 
-        (val, met), g = jax.value_and_grad(f, has_aux=True)(params)
+        (_, met), g = jax.value_and_grad(f, has_aux=True)(params)
         m = nnx.merge(graphdef, params)
         pred = m(b["fixed"], b["moving"])
         t = jax.vmap(lambda p: m.to_transform(p, grid))(pred)

@@ -314,7 +314,14 @@ def demo_run(tmp_path_factory):
     return root, rc, buf_out.getvalue(), buf_err.getvalue()
 
 
-def test_demo_writes_files_and_reports(demo_run):
+def test_demo_end_to_end(demo_run, capsys, monkeypatch):
+    """One demo run checked three ways (one test, so that the parallel workers do not both run the demo)."""
+    _demo_writes_files_and_reports(demo_run)
+    _demo_outputs_reproduce_warped_through_apply(demo_run, capsys)
+    _readme_quick_start_runs(demo_run, monkeypatch)
+
+
+def _demo_writes_files_and_reports(demo_run):
     root, rc, out, err = demo_run
     assert rc == 0, err
     d = root / "demo_out"
@@ -345,7 +352,7 @@ def test_demo_writes_files_and_reports(demo_run):
     assert rep["stages"]["deformable"]["iterations"] > 0 and rep["timings"]["total"] > 0
 
 
-def test_demo_outputs_reproduce_warped_through_apply(demo_run, capsys):
+def _demo_outputs_reproduce_warped_through_apply(demo_run, capsys):
     root, rc, _, _ = demo_run
     assert rc == 0
     d = root / "demo_out"
@@ -394,7 +401,7 @@ def test_demo_bad_output_folder(tmp_path, capsys):
     assert_one_line_error(rc, err, "positive integer")
 
 
-def test_readme_quick_start_runs(demo_run, monkeypatch):
+def _readme_quick_start_runs(demo_run, monkeypatch):
     """The README's Python quick start runs as written (in the folder where `jaxreg demo -o demo_out` ran)."""
     root, rc, _, _ = demo_run
     assert rc == 0

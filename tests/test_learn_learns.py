@@ -15,7 +15,14 @@ from flax import nnx
 from scipy import ndimage
 
 from jaxreg import Grid, Image
-from jaxreg.learn import RegistrationNet, make_optimizer, make_train_step, modes, random_deformation, split_model
+from jaxreg.learn import (
+    RegistrationNet,
+    make_optimizer,
+    make_train_step,
+    modes,
+    random_deformation,
+    split_model,
+)
 from jaxreg.learn.losses import displacement_on_grid
 from jaxreg.warp import warp
 

@@ -57,7 +57,7 @@ field_factor = 2                         # field at 1/2 of the network grid's re
 steps = 7
 
 [train]
-mode = "synthesis"                       # unsupervised | supervised | weakly_supervised | synthesis
+mode = "synthesis"                       # unsupervised | supervised | supervised_engine | weakly_supervised | synthesis
 steps = 2000
 batch_size = 1
 learning_rate = 1e-3
@@ -187,9 +187,9 @@ def read_train_config(path: str | os.PathLike, *, workdir: str | None = None, st
         check_mode_options(t["mode"], mode)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    if t["mode"] in ("synthesis", "weakly_supervised") and not d["labels"]:
+    if t["mode"] in ("synthesis", "weakly_supervised", "supervised_engine") and not d["labels"]:
         raise ValueError(f"{path}: [train] mode {t['mode']!r} needs label maps ([data] labels)")
-    if t["mode"] in ("synthesis", "weakly_supervised") and not d["label_values"]:
+    if t["mode"] in ("synthesis", "weakly_supervised", "supervised_engine") and not d["label_values"]:
         raise ValueError(f"{path}: [train] mode {t['mode']!r} needs [data] label_values")
     if t["mode"] in ("unsupervised", "supervised", "weakly_supervised") and not d["images"]:
         raise ValueError(f"{path}: [train] mode {t['mode']!r} needs intensity images ([data] images)")
