@@ -592,6 +592,10 @@ def test_learned_example_trains_and_reports(tmp_path):
     line = next(x for x in r.stdout.splitlines() if x.startswith("held-out pairs"))
     before, after = (float(v) for v in line.split("NCC ")[1].split(";")[0].split(" -> "))
     assert 0.5 < before < 1.0 and 0.5 < after < 1.0
+    # the iterative default pipeline on the same held-out pairs, compared in one line
+    line = next(x for x in r.stdout.splitlines() if x.startswith("held-out NCC: before"))
+    iterative = float(line.split("iterative default ")[1].split()[0])
+    assert before < iterative < 1.0 and "of the iterative gain" in line
     assert (tmp_path / "ex" / "learn_unsupervised_2d.png").is_file()
     assert (tmp_path / "ex" / "learn_unsupervised_2d" / "metrics.csv").is_file()
 
