@@ -58,7 +58,7 @@ def _images(grid, labels):
     return np.stack(out)
 
 
-def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_mm=4.0):
+def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_mm=4.0, head_mask=False):
     import jax
     from flax import nnx
 
@@ -77,7 +77,8 @@ def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_
     kw = {
         "unsupervised": {"similarity": "lncc(window=5)", "regularizer_weight": 1.0},
         "supervised": {"max_displacement_mm": 6.0, "smoothness_mm": 12.0},
-        "supervised_engine": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm},
+        "supervised_engine": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm,
+                              "head_mask": head_mask},
         "weakly_supervised": {"label_values": LABELS, "regularizer_weight": 0.1},
         "synthesis": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm,
                       "regularizer_weight": 0.1},
@@ -129,6 +130,7 @@ def main() -> int:
     ap.add_argument("--modes", default="unsupervised,supervised,supervised_engine,weakly_supervised,synthesis")
     ap.add_argument("--deformation-mm", type=float, default=4.0,
                     help="random deformation of each label map in supervised_engine and synthesis (0 = off)")
+    ap.add_argument("--head-mask", action="store_true", help="supervised_engine: supervised error in the head only")
     ap.add_argument("--out", default=str(HERE / ".learned_modes3d"))
     args = ap.parse_args()
     if not DATA.is_dir():
@@ -143,7 +145,8 @@ def main() -> int:
     print(f"data: 10 label maps on {shape} at {args.spacing} mm ({time.perf_counter() - t:.0f} s)", flush=True)
     rows = []
     for name in args.modes.split(","):
-        r = run_mode(name, grid, images, labels, args.steps, cache=out / "targets", deformation_mm=args.deformation_mm)
+        r = run_mode(name, grid, images, labels, args.steps, cache=out / "targets", deformation_mm=args.deformation_mm,
+                     head_mask=args.head_mask)
         rows.append(r)
         print(f"  {name:18s} {r['steps']} steps {r['seconds']:6.0f} s  held-out Dice {r['dice_before']:.3f} -> "
               f"{r['dice_after']:.3f}  folding {r['folding_pct']:.3f} %", flush=True)  # fmt: skip

@@ -140,6 +140,14 @@ def test_supervised_engine_augment_keeps_the_target_exact(targets_and_cache):
     _, metrics = mode.loss(_Zero(), out, jax.random.key(1))
     want = np.mean(np.sum(np.asarray(out["displacement"]) ** 2, axis=-1))
     np.testing.assert_allclose(float(metrics["supervised"]), want, rtol=1e-4)
+    masked = modes.supervised_engine(GRID, label_values=(1, 2, 3), deformation_mm=0.0, head_mask=True)
+    out = masked.augment(jax.random.key(0), batch)
+    _, metrics = masked.loss(_Zero(), out, jax.random.key(1))
+    sq = np.sum(np.asarray(out["displacement"]) ** 2, axis=-1)
+    inside = np.asarray(batch["fixed_labels"]) != 0
+    want = np.mean([sq[b][inside[b]].mean() for b in range(2)])  # per pair over its labelled voxels
+    np.testing.assert_allclose(float(metrics["supervised"]), want, rtol=1e-4)
+    assert not np.isclose(want, np.mean(sq), rtol=1e-2)
 
 
 def test_compose_target_of_translations_is_closed_form():

@@ -185,7 +185,12 @@ class RegistrationLoss:
             extra.append(1.0 - d)
         if "supervised" in names:
             err = displacement_on_grid(t, grid) - item["displacement"].astype(dtype)
-            extra.append(jnp.mean(jnp.sum(err * err, axis=-1)))
+            sq = jnp.sum(err * err, axis=-1)
+            if "supervised_mask" in item:  # mean over the masked voxels (e.g. the head: the target is known there)
+                w = item["supervised_mask"].astype(dtype)
+                extra.append(jnp.sum(w * sq) / jnp.maximum(jnp.sum(w), 1.0))
+            else:
+                extra.append(jnp.mean(sq))
         if extra:
             vals = jnp.concatenate([vals, jnp.stack([jnp.asarray(e, dtype) for e in extra])])
         return vals
@@ -202,7 +207,9 @@ class RegistrationLoss:
                 f"batch: the supervised term needs 'displacement' (B, *spatial, ndim) mm; got keys {sorted(batch)}"
             )
         pred = _predict(model, batch)
-        keys = ["fixed", "moving"] + [k for k in ("fixed_labels", "moving_labels", "displacement") if k in batch]
+        keys = ["fixed", "moving"] + [
+            k for k in ("fixed_labels", "moving_labels", "displacement", "supervised_mask") if k in batch
+        ]
         items = {k: batch[k] for k in keys}
         vals = jax.vmap(lambda p, it: self._pair_terms(model, p, it))(pred, items)
         return jnp.mean(vals, axis=0)
@@ -244,7 +251,8 @@ def registration_loss(
       label_weight: weight of ``1 - mean soft Dice`` of the warped one-hot moving labels (needs
         ``fixed_labels``/``moving_labels`` in the batch; 0 leaves the term out).
       supervised_weight: weight of the mean squared displacement error against ``batch["displacement"]``
-        (mm^2; 0 leaves the term out).
+        (mm^2; 0 leaves the term out), averaged over ``batch["supervised_mask"]`` ``(B, *spatial)`` when the
+        batch has one (voxels where the target is meaningful), else over the grid.
       bidirectional: symmetrise the image and label terms with the inverse transform.
       label_scales: Gaussian sigmas (voxels of ``grid``, static) at which the one-hot maps are compared; the
         label term is the mean of ``1 - soft Dice`` over the scales (the multi-scale Dice of Hu et al., MedIA

@@ -342,6 +342,7 @@ def supervised_engine(
     regularizer_weight: float = 0.0,
     target_levels: Sequence[Sequence[int]] = ((2, 40), (1, 20)),
     target_channels: int = 4,
+    head_mask: bool = False,
     synth_options: dict[str, Any] | None = None,
 ) -> TrainingMode:
     """Supervised by the engine's own fields (the lecture's category B: targets from a classical method).
@@ -376,6 +377,8 @@ def supervised_engine(
       regularizer_weight: diffusion weight.
       target_levels: ``(shrink, iterations)`` of the engine's levels on the network grid.
       target_channels: dimension of the label embedding the engine registers.
+      head_mask: average the supervised error over the fixed map's labelled voxels only (the engine's field is
+        extrapolated, and unpredictable from the images, in the background).
       synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`.
 
     Returns:
@@ -416,6 +419,8 @@ def supervised_engine(
                 out["moving"] = warp(Image(item["moving"][..., 0], grid), psi, grid).data[..., None]
         out["displacement"] = compose_target(item["displacement"], grid, phi=phi, psi=psi)  # psi^-1 o T* o phi
         out["fixed_labels"], out["moving_labels"] = fl, ml
+        if head_mask:  # the engine's field is known where there is tissue, only extrapolated in the background
+            out["supervised_mask"] = (fl != 0).astype(jnp.float32)
         if synthesize:
             if same_contrast:
                 f_img, m_img = image(kc, fl), image(kc, ml)
