@@ -88,24 +88,17 @@ def _recipes(cfg, grid, dims):
     return out
 
 
-def _layers(flat):
-    """A few named layers of a RegistrationNet gradient: first encoder conv, last decoder conv, flow head."""
-    out = {}
-    for path, v in flat:
-        name = "/".join(str(p) for p in path)
-        if name.startswith("unet/enc/0/"):
-            out.setdefault("encoder[0]", []).append(v)
-        elif name.startswith("flow/"):
-            out.setdefault("flow head", []).append(v)
-        elif name.startswith("unet/extra/"):
-            key = "decoder[-1]"
-            idx = int(str(path[2]))
-            out.setdefault((key, idx), []).append(v)
-    last = max((k for k in out if isinstance(k, tuple)), default=None, key=lambda k: k[1])
-    res = {k: v for k, v in out.items() if not isinstance(k, tuple)}
-    if last is not None:
-        res["decoder[-1]"] = out[last]
-    return {k: float(np.sqrt(sum(float(np.sum(np.square(x))) for x in v))) for k, v in res.items()}
+def _layers(grad):
+    """Gradient norms of a few layers of a RegistrationNet: first encoder conv, last U-Net conv, flow head."""
+    from flax import nnx
+
+    flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grad)}
+    extra = sorted({int(k.split("/")[2]) for k in flat if k.startswith("unet/extra/")})
+    groups = {"encoder[0]": "unet/enc/0/", "flow head": "flow/"}
+    if extra:
+        groups["decoder[-1]"] = f"unet/extra/{extra[-1]}/"
+    return {name: float(np.sqrt(sum(np.sum(np.square(v)) for k, v in flat.items() if k.startswith(prefix))))
+            for name, prefix in groups.items()}  # fmt: skip
 
 
 def measure(mode, model, batches, grid, key):
@@ -168,7 +161,7 @@ def measure(mode, model, batches, grid, key):
     tn = np.linalg.norm(tot, axis=1)
     rows["total"] = {"weight": None, "grad_norm": float(tn.mean()), "coherence": float(np.linalg.norm(tot.mean(0)) / max(tn.mean(), 1e-30))}
     mean_g = jax.tree_util.tree_map(lambda *xs: np.mean(xs, axis=0), *flat_all)
-    layers = _layers(jax.tree_util.tree_leaves_with_path(mean_g))
+    layers = _layers(mean_g)
     terms = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
     return {"terms": rows, "layers": layers, "field_max_mm": float(np.mean([s[0] for s in sizes])),
             "field_mean_mm": float(np.mean([s[1] for s in sizes])), "loss_terms": terms}  # fmt: skip

@@ -89,9 +89,7 @@ def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_
         targets = mode.targets(grid, labels=tr_lab, images=None, cache_dir=cache, log=print)
     need = set(mode.inputs)
     use_img = tr_img if need & {"fixed", "moving"} else None
-    use_lab = tr_lab if need & {"fixed_labels", "moving_labels"} or name == "supervised" else None
-    if name == "supervised":
-        use_lab = None  # one image per pair (the fixed image is made on the device)
+    use_lab = tr_lab if need & {"fixed_labels", "moving_labels"} else None  # supervised: one image per pair
     model = RegistrationNet(3, transform="velocity", field_factor=2, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model, nnx.Param)
     opt = make_optimizer(1e-3, schedule="warmup_cosine", total_steps=steps, warmup_steps=max(1, steps // 10), clip_norm=10.0)

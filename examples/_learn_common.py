@@ -176,8 +176,8 @@ def iterative(fixed, moving) -> list:
 
     f = [jaxreg.Image(jnp.asarray(a, jnp.float32), GRID) for a in fixed]
     m = [jaxreg.Image(jnp.asarray(a, jnp.float32), GRID) for a in moving]
-    t = register(f, m, method=PRESETS["default"][1:]).transform
-    return [jax.tree_util.tree_map(lambda a, b=b: a[b], t) for b in range(len(f))]
+    result = register(f, m, method=PRESETS["default"][1:])
+    return [result.pair(b).transform for b in range(len(f))]
 
 
 def summary(

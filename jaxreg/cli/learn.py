@@ -240,15 +240,11 @@ def run_train(args: argparse.Namespace, *, log: Callable[[str], None] = print) -
 
 
 def load_trained(model_dir: str | os.PathLike, *, which: str = "best") -> tuple[Any, Any, dict]:
-    """:func:`jaxreg.learn.setup.load_trained` of a folder or a shipped model's name.
-
-    The name is resolved by :func:`jaxreg.learn.train.resolve_model`; both are imported when called (the parser
-    does not import Flax).
-    """
+    """:func:`jaxreg.learn.setup.load_trained` of a folder or a shipped model's name (imported when called: the
+    parser does not import Flax)."""
     from jaxreg.learn.setup import load_trained as load
-    from jaxreg.learn.train import resolve_model
 
-    return load(resolve_model(model_dir), which=which)
+    return load(model_dir, which=which)
 
 
 def run_predict(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:

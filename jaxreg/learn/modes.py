@@ -205,6 +205,37 @@ def weakly_supervised(
     return TrainingMode(None, loss, registration_metrics(grid, label_values=label_values), ("fixed", "moving", "fixed_labels", "moving_labels"))
 
 
+def _label_synthesis(
+    grid: Grid, values: tuple[int, ...], synthesis_labels: Sequence[int] | None, synth_options: dict | None,
+    same_contrast: bool,
+) -> tuple[Callable, Callable]:
+    """The label-driven image synthesis shared by the modes that train on label maps.
+
+    Returns:
+      ``image(key, labels) -> (*shape)``, the synthetic image of a label map (each of ``synthesis_labels``,
+      default ``values``, gets its own random intensity; other values share one), and
+      ``noisy(key_level, key_noise, image)``, which adds independent Gaussian noise of a random level in
+      ``[0, noise_std_max]`` to an image of a ``same_contrast`` pair (synthesised without noise, so that the two
+      images of a pair do not share it); the identity otherwise.
+    """
+    all_values = tuple(int(v) for v in (synthesis_labels if synthesis_labels is not None else values))
+    opts = dict(synth_options or {})
+    noise_max = float(opts.get("noise_std_max", 0.05))
+    if same_contrast:
+        opts["noise_std_max"] = 0.0
+
+    def image(key, labels):
+        idx = syn.relabel(labels, all_values, unknown=len(all_values))
+        return syn.synthesize_image(key, idx, len(all_values) + 1, grid=grid, **opts)
+
+    def noisy(key_level, key_noise, img):
+        if not same_contrast or noise_max <= 0:
+            return img
+        return img + jax.random.uniform(key_level, (), minval=0.0, maxval=noise_max) * jax.random.normal(key_noise, img.shape)
+
+    return image, noisy
+
+
 def synthesis(
     grid: Grid,
     *,
@@ -258,30 +289,18 @@ def synthesis(
       :class:`TrainingMode` needing ``fixed_labels`` and ``moving_labels`` (images are made on the device).
     """
     values = tuple(int(v) for v in label_values)
-    all_values = tuple(int(v) for v in (synthesis_labels if synthesis_labels is not None else values))
-    opts = dict(synth_options or {})
     if not 0.0 <= float(same_subject) <= 1.0:
         raise ValueError(f"same_subject: expected a probability in [0, 1], got {same_subject!r}")
     if same_subject > 0 and not deformation_mm > 0:
         raise ValueError("same_subject: pairs made from one label map need deformation_mm > 0 (else fixed == moving)")
-
-    noise_max = float(opts.get("noise_std_max", 0.05))
-    if same_contrast:
-        opts["noise_std_max"] = 0.0
-
-    def image(key, labels):
-        """The synthetic image ``(*shape)`` of a label map (``key`` draws the intensity model)."""
-        idx = syn.relabel(labels, all_values, unknown=len(all_values))
-        return syn.synthesize_image(key, idx, len(all_values) + 1, grid=grid, **opts)
+    image, noisy = _label_synthesis(grid, values, synthesis_labels, synth_options, same_contrast)
 
     def make(key, labels, contrast_key):
         kd, ks, kn, ka = jax.random.split(key, 4)
         if deformation_mm > 0:
             t = syn.random_deformation(kd, grid, max_displacement_mm=deformation_mm, smoothness_mm=10.0, kind="velocity")
             labels = warp_labels(Image(labels, grid), t, grid).data
-        img = image(ks if contrast_key is None else contrast_key, labels)
-        if contrast_key is not None and noise_max > 0:  # independent noise per image
-            img = img + jax.random.uniform(ka, (), minval=0.0, maxval=noise_max) * jax.random.normal(kn, img.shape)
+        img = noisy(ka, kn, image(ks if contrast_key is None else contrast_key, labels))
         return labels, img[..., None].astype(jnp.float32)
 
     def one(key, item):
@@ -390,22 +409,14 @@ def supervised_engine(
     values = tuple(int(v) for v in label_values)
     if not values:
         raise ValueError("label_values: expected at least one label value")
-    all_values = tuple(int(v) for v in (synthesis_labels if synthesis_labels is not None else values))
     if not deformation_mm >= 0:
         raise ValueError(f"deformation_mm: expected a non-negative number of mm, got {deformation_mm!r}")
     levels = tuple((int(a), int(b)) for a, b in target_levels)
     channels = int(target_channels)
-    opts = dict(synth_options or {})
-    noise_max = float(opts.get("noise_std_max", 0.05))
-    if same_contrast:
-        opts["noise_std_max"] = 0.0
-
-    def image(key, labels):
-        idx = syn.relabel(labels, all_values, unknown=len(all_values))
-        return syn.synthesize_image(key, idx, len(all_values) + 1, grid=grid, **opts)
+    image, noisy = _label_synthesis(grid, values, synthesis_labels, synth_options, same_contrast)
 
     def one(key, item):
-        kf, km, kc, kn1, kn2, ka = jax.random.split(key, 6)
+        kf, km, kc, kn1, kn2, ka1, ka2 = jax.random.split(key, 7)
         out = dict(item)
         fl, ml = item["fixed_labels"], item["moving_labels"]
         phi = psi = None
@@ -423,11 +434,7 @@ def supervised_engine(
             out["supervised_mask"] = (fl != 0).astype(jnp.float32)
         if synthesize:
             if same_contrast:
-                f_img, m_img = image(kc, fl), image(kc, ml)
-                if noise_max > 0:
-                    s = jax.random.uniform(ka, (), minval=0.0, maxval=noise_max)
-                    f_img = f_img + s * jax.random.normal(kn1, f_img.shape)
-                    m_img = m_img + s * jax.random.normal(kn2, m_img.shape)
+                f_img, m_img = noisy(ka1, kn1, image(kc, fl)), noisy(ka2, kn2, image(kc, ml))
             else:
                 f_img, m_img = image(kn1, fl), image(kn2, ml)
             out["fixed"], out["moving"] = f_img[..., None].astype(jnp.float32), m_img[..., None].astype(jnp.float32)
@@ -435,8 +442,8 @@ def supervised_engine(
 
     def targets(grid_, *, labels=None, images=None, cache_dir=None, log=None):
         return engine_targets(
-            grid_, labels=labels, images=None if labels is not None else images, label_values=values, levels=levels,
-            channels=channels, cache_dir=cache_dir, log=log,
+            grid_, labels=labels, images=images, label_values=values, levels=levels, channels=channels,
+            cache_dir=cache_dir, log=log,
         )  # fmt: skip
 
     loss = registration_loss(

@@ -166,6 +166,7 @@ def engine_targets(
       ValueError: no data, shapes that do not match ``grid``, ``labels`` without ``label_values``.
     """
     from jaxreg.learn.losses import displacement_on_grid
+    from jaxreg.learn.synthesis import relabel
     from jaxreg.optimize import register
 
     if not isinstance(grid, Grid):
@@ -203,10 +204,8 @@ def engine_targets(
 
     if labels is not None:
         emb = label_embedding(len(values), channels)
-        lut_idx = np.searchsorted(np.asarray(sorted(values)), data)
-        known = np.isin(data, values)
-        order = np.argsort(values)  # embedding row of the k-th sorted value
-        idx = np.where(known, order[np.clip(lut_idx, 0, len(values) - 1)] + 1, 0)
+        # values[k] -> row k + 1, every other value (the background too) -> row 0
+        idx = (relabel(data, values, unknown=len(values)) + 1) % (len(values) + 1)
         vols = [Image(emb[idx[k]], grid) for k in range(n)]
         stages = target_stages(lv, similarity="mse")
     else:

@@ -932,51 +932,32 @@ def _default_build(config: Any) -> nnx.Module:
     return RegistrationNet.from_config(config, rngs=nnx.Rngs(0))
 
 
-def _param_name(path: tuple[Any, ...]) -> str:
-    """``'unet/dec/0/kernel'`` for a key path of a parameter ``State`` (the names of ``nnx.to_flat_state``)."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        else:
-            parts.append(str(getattr(k, "key", k)))
-    if len(parts) > 1 and parts[-1] == "value":  # the Variable's own leaf
-        parts.pop()
-    return "/".join(parts)
-
-
 def _flat_params(params: nnx.State) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    flat = {_param_name(path): np.asarray(jax.device_get(leaf)) for path, leaf in leaves}
-    if len(flat) != len(leaves):
-        raise ValueError("parameter names are not unique; cannot store them as a flat dict")
-    return flat
+    """``{"unet/dec/0/kernel": array, ...}``: the parameters under their ``nnx.to_flat_state`` paths."""
+    return {"/".join(map(str, path)): np.asarray(jax.device_get(v.get_value())) for path, v in nnx.to_flat_state(params)}
 
 
 def _read_params(path: Path, params: nnx.State) -> nnx.State:
-    """Replace the leaves of ``params`` by the arrays of ``params.npz`` (same names and shapes)."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    """Replace the values of ``params`` by the arrays of ``params.npz`` (same names and shapes)."""
+    flat = list(nnx.to_flat_state(params))
     with np.load(path, allow_pickle=False) as npz:
         stored = {k: npz[k] for k in npz.files}
-    names = [_param_name(p) for p, _ in leaves]
+    names = ["/".join(map(str, p)) for p, _ in flat]
     missing = sorted(set(names) - set(stored))
     unexpected = sorted(set(stored) - set(names))
     wrong = [
-        f"{n}: {stored[n].shape} vs {np.shape(leaf)}"
-        for n, (_, leaf) in zip(names, leaves)
-        if n in stored and stored[n].shape != np.shape(leaf)
+        f"{n}: {stored[n].shape} vs {np.shape(v.get_value())}"
+        for n, (_, v) in zip(names, flat)
+        if n in stored and stored[n].shape != np.shape(v.get_value())
     ]
     if missing or unexpected or wrong:
         raise ValueError(
             f"build(config) made a model whose parameters do not match {path}: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}, shapes (stored vs model) {wrong[:8]}"
         )
-    new = [jnp.asarray(stored[n], dtype=leaf.dtype) for n, (_, leaf) in zip(names, leaves)]
-    return jax.tree_util.tree_unflatten(treedef, new)
+    return nnx.from_flat_state(
+        [(p, v.replace(value=jnp.asarray(stored[n], dtype=v.get_value().dtype))) for n, (p, v) in zip(names, flat)]
+    )
 
 
 def load_model(
