@@ -15,7 +15,7 @@ table gives the wall time of the run (compilation included) and the training cur
 Usage::
 
     python benchmarks/learned_modes3d.py [--steps 200] [--spacing 4.5] [--modes unsupervised,...]
-        [--deformation-mm 4] [--out DIR]
+        [--deformation-mm 4] [--same-contrast] [--lr 1e-3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def _images(grid, labels):
     return np.stack(out)
 
 
-def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_mm=4.0, head_mask=False):
+def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_mm=4.0, head_mask=False,
+             same_contrast=False, lr=1e-3):
     import jax
     from flax import nnx
 
@@ -78,7 +79,7 @@ def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_
         "unsupervised": {"similarity": "lncc(window=5)", "regularizer_weight": 1.0},
         "supervised": {"max_displacement_mm": 6.0, "smoothness_mm": 12.0},
         "supervised_engine": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm,
-                              "head_mask": head_mask},
+                              "head_mask": head_mask, "same_contrast": same_contrast},
         "weakly_supervised": {"label_values": LABELS, "regularizer_weight": 0.1},
         "synthesis": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm,
                       "regularizer_weight": 0.1},
@@ -92,7 +93,7 @@ def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_
     use_lab = tr_lab if need & {"fixed_labels", "moving_labels"} else None  # supervised: one image per pair
     model = RegistrationNet(3, transform="velocity", field_factor=2, rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model, nnx.Param)
-    opt = make_optimizer(1e-3, schedule="warmup_cosine", total_steps=steps, warmup_steps=max(1, steps // 10), clip_norm=10.0)
+    opt = make_optimizer(lr, schedule="warmup_cosine", total_steps=steps, warmup_steps=max(1, steps // 10), clip_norm=10.0)
     state = opt.init(params)
     step = make_train_step(graphdef, mode.loss, opt, augment=mode.augment)
     loader = PairLoader(use_img, use_lab, batch_size=1, seed=seed, prefetch=0, targets=targets)
@@ -129,6 +130,8 @@ def main() -> int:
     ap.add_argument("--deformation-mm", type=float, default=4.0,
                     help="random deformation of each label map in supervised_engine and synthesis (0 = off)")
     ap.add_argument("--head-mask", action="store_true", help="supervised_engine: supervised error in the head only")
+    ap.add_argument("--same-contrast", action="store_true", help="supervised_engine: one random contrast per pair")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up 10 %% of the steps, cosine)")
     ap.add_argument("--out", default=str(HERE / ".learned_modes3d"))
     args = ap.parse_args()
     if not DATA.is_dir():
@@ -144,7 +147,7 @@ def main() -> int:
     rows = []
     for name in args.modes.split(","):
         r = run_mode(name, grid, images, labels, args.steps, cache=out / "targets", deformation_mm=args.deformation_mm,
-                     head_mask=args.head_mask)
+                     head_mask=args.head_mask, same_contrast=args.same_contrast, lr=args.lr)
         rows.append(r)
         print(f"  {name:18s} {r['steps']} steps {r['seconds']:6.0f} s  held-out Dice {r['dice_before']:.3f} -> "
               f"{r['dice_after']:.3f}  folding {r['folding_pct']:.3f} %", flush=True)  # fmt: skip
