@@ -44,22 +44,27 @@ def _data(spacing: float, shape: tuple[int, ...]):
     return grid, labels
 
 
-def _images(grid, labels):
-    """One fixed synthetic contrast for every map (the same intensity per label for all)."""
+def _images(grid, labels, prior=None):
+    """One fixed synthetic contrast for every map (the same intensity per label for all): a random one, or the
+    middle of each range of an intensity prior (e.g. ``"t1_brain"``)."""
     import jax
 
-    from jaxreg.learn.synthesis import relabel, synthesize_image
+    from jaxreg.learn.synthesis import intensity_prior, relabel, synthesize_image
 
+    kw = {}
+    if prior:
+        lo, hi = intensity_prior(prior, SYNTH)
+        kw = {"mean_range": ((lo + hi) / 2, (lo + hi) / 2), "gamma_std": 0.0}
     out = []
     for lab in labels:
         idx = relabel(lab, SYNTH, unknown=len(SYNTH))
-        img = synthesize_image(jax.random.key(0), idx, len(SYNTH) + 1, grid=grid, noise_std_max=0.0, bias_std=0.0)
+        img = synthesize_image(jax.random.key(0), idx, len(SYNTH) + 1, grid=grid, noise_std_max=0.0, bias_std=0.0, **kw)
         out.append(np.asarray(img, np.float32))
     return np.stack(out)
 
 
 def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_mm=4.0, head_mask=False,
-             same_contrast=False, lr=1e-3):
+             same_contrast=False, lr=1e-3, prior=None):
     import jax
     from flax import nnx
 
@@ -79,7 +84,8 @@ def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_
         "unsupervised": {"similarity": "lncc(window=5)", "regularizer_weight": 1.0},
         "supervised": {"max_displacement_mm": 6.0, "smoothness_mm": 12.0},
         "supervised_engine": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm,
-                              "head_mask": head_mask, "same_contrast": same_contrast},
+                              "head_mask": head_mask, "same_contrast": same_contrast,
+                              "synth_options": {"mean_range": prior} if prior else None},
         "weakly_supervised": {"label_values": LABELS, "regularizer_weight": 0.1},
         "synthesis": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm,
                       "regularizer_weight": 0.1},
@@ -131,6 +137,8 @@ def main() -> int:
                     help="random deformation of each label map in supervised_engine and synthesis (0 = off)")
     ap.add_argument("--head-mask", action="store_true", help="supervised_engine: supervised error in the head only")
     ap.add_argument("--same-contrast", action="store_true", help="supervised_engine: one random contrast per pair")
+    ap.add_argument("--prior", default=None, help="supervised_engine: intensity prior of the synthesis "
+                    "(e.g. t1_brain; the held-out images then use its mid-range contrast)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up 10 %% of the steps, cosine)")
     ap.add_argument("--out", default=str(HERE / ".learned_modes3d"))
     args = ap.parse_args()
@@ -142,12 +150,12 @@ def main() -> int:
     shape = tuple(int(s) for s in args.shape.split(","))
     t = time.perf_counter()
     grid, labels = _data(args.spacing, shape)
-    images = _images(grid, labels)
+    images = _images(grid, labels, args.prior)
     print(f"data: 10 label maps on {shape} at {args.spacing} mm ({time.perf_counter() - t:.0f} s)", flush=True)
     rows = []
     for name in args.modes.split(","):
         r = run_mode(name, grid, images, labels, args.steps, cache=out / "targets", deformation_mm=args.deformation_mm,
-                     head_mask=args.head_mask, same_contrast=args.same_contrast, lr=args.lr)
+                     head_mask=args.head_mask, same_contrast=args.same_contrast, lr=args.lr, prior=args.prior)
         rows.append(r)
         print(f"  {name:18s} {r['steps']} steps {r['seconds']:6.0f} s  held-out Dice {r['dice_before']:.3f} -> "
               f"{r['dice_after']:.3f}  folding {r['folding_pct']:.3f} %", flush=True)  # fmt: skip

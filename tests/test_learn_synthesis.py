@@ -369,3 +369,39 @@ def test_normalize_intensity_constant_and_bad_input():
         normalize_intensity(jnp.zeros((4, 4)), percentiles=(50.0, 10.0))
     with pytest.raises(ValueError, match="mask"):
         normalize_intensity(jnp.zeros((4, 4)), mask=jnp.ones((4, 5)))
+
+
+def test_intensity_prior_rows_follow_relabel_order():
+    lo, hi = synthesis.intensity_prior("t1_brain", [2, 3, 4, 999])
+    wm, gm, csf = synthesis.INTENSITY_PRIORS["t1_brain"][2], synthesis.INTENSITY_PRIORS["t1_brain"][3], \
+        synthesis.INTENSITY_PRIORS["t1_brain"][4]  # fmt: skip
+    other = synthesis.INTENSITY_PRIORS["t1_brain"]["other"]
+    np.testing.assert_allclose(lo, [wm[0], gm[0], csf[0], other[0], other[0]])  # unlisted 999 and index L: other
+    np.testing.assert_allclose(hi, [wm[1], gm[1], csf[1], other[1], other[1]])
+    lo2, hi2 = synthesis.intensity_prior({7: (0.2, 0.3), "other": (0.0, 0.0)}, [7])
+    np.testing.assert_allclose(np.stack([lo2, hi2]), [[0.2, 0.0], [0.3, 0.0]])
+    with pytest.raises(ValueError, match="prior"):
+        synthesis.intensity_prior("t2_brain", [2])
+    with pytest.raises(ValueError, match="other"):
+        synthesis.intensity_prior({2: (0.1, 0.2)}, [2])
+    with pytest.raises(ValueError, match="low <= high"):
+        synthesis.intensity_prior({2: (0.5, 0.2), "other": (0, 0)}, [2])
+
+
+def test_synthesize_image_with_t1_prior_orders_the_tissues():
+    """Per-label mean ranges (T1 prior): white matter brighter than grey matter brighter than CSF in every draw,
+    each label's mean inside its range (no bias, blur, gamma or noise, so only the final min-max rescales)."""
+    g = GRIDS[3]
+    blobs = _blobs(g.shape, 4, seed=3)
+    values = [0, 2, 3, 4]  # blob index -> aseg label (0: background, "other")
+    lab = np.asarray(values)[blobs]
+    idx = synthesis.relabel(jnp.asarray(lab), [2, 3, 4], unknown=3)
+    lo, hi = synthesis.intensity_prior("t1_brain", [2, 3, 4])
+    opts = dict(_CLEAN, gamma_std=0.0)
+    imgs = np.asarray(jax.vmap(lambda k: synthesize_image(k, idx, 4, grid=g, mean_range=(lo, hi), **opts))(_keys(16)))
+    for img in imgs:
+        wm, gm, csf, bg = (img[lab == v].mean() for v in (2, 3, 4, 0))
+        assert wm > gm > csf > bg
+        # min-max maps [bg, wm] to [0, 1]: the GM mean relative to the WM-background span lies in its prior range
+        # up to the jitter of the two ends
+        assert (lo[1] - hi[3]) / (hi[0] - lo[3]) - 1e-6 <= gm <= (hi[1] - lo[3]) / (lo[0] - hi[3]) + 1e-6

@@ -220,6 +220,8 @@ def _label_synthesis(
     """
     all_values = tuple(int(v) for v in (synthesis_labels if synthesis_labels is not None else values))
     opts = dict(synth_options or {})
+    if isinstance(opts.get("mean_range"), str):  # a named prior, e.g. "t1_brain" (from a TOML file)
+        opts["mean_range"] = syn.intensity_prior(opts["mean_range"], all_values)
     noise_max = float(opts.get("noise_std_max", 0.05))
     if same_contrast:
         opts["noise_std_max"] = 0.0
@@ -283,7 +285,8 @@ def synthesis(
       label_scales: Gaussian sigmas (voxels) of the multi-scale Dice (see
         :func:`~jaxreg.learn.losses.registration_loss`).
       bidirectional: symmetrise the Dice with the inverse transform.
-      synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`.
+      synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`; ``mean_range`` may
+        name an intensity prior (``"t1_brain"``: :func:`~jaxreg.learn.synthesis.intensity_prior`).
 
     Returns:
       :class:`TrainingMode` needing ``fixed_labels`` and ``moving_labels`` (images are made on the device).
@@ -398,7 +401,8 @@ def supervised_engine(
       target_channels: dimension of the label embedding the engine registers.
       head_mask: average the supervised error over the fixed map's labelled voxels only (the engine's field is
         extrapolated, and unpredictable from the images, in the background).
-      synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`.
+      synth_options: keyword options of :func:`~jaxreg.learn.synthesis.synthesize_image`; ``mean_range`` may
+        name an intensity prior (``"t1_brain"``: :func:`~jaxreg.learn.synthesis.intensity_prior`).
 
     Returns:
       :class:`TrainingMode` needing ``fixed_labels``, ``moving_labels``, ``displacement`` (and ``fixed``,

@@ -24,7 +24,8 @@ cheap.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,8 @@ from jaxreg.transforms.dense import DisplacementField, VelocityField
 from jaxreg.transforms.linear import Affine, euler_to_matrix, rotation_matrix
 
 __all__ = [
+    "INTENSITY_PRIORS",
+    "intensity_prior",
     "random_affine",
     "random_deformation",
     "relabel",
@@ -323,6 +326,55 @@ def _random_blur(key: jax.Array, x: jax.Array, grid: Grid, blur_mm_max: float) -
     return out
 
 
+# T1-weighted brain MRI, skull-stripped and scaled to [0, 1] (FreeSurfer aseg labels): the range each label's
+# mean is drawn from. White matter brightest, deep grey nuclei between, cortex darker, CSF dark; every label not
+# listed (background, skull, extra-cerebral classes) is drawn from ``"other"``.
+_T1_WM, _T1_GM, _T1_CSF = (0.78, 0.95), (0.45, 0.62), (0.05, 0.22)
+INTENSITY_PRIORS: dict[str, dict[Any, tuple[float, float]]] = {
+    "t1_brain": {
+        **{v: _T1_WM for v in (2, 41, 7, 46, 85)},  # cerebral and cerebellar white matter, optic chiasm
+        **{v: _T1_GM for v in (3, 42, 8, 47, 17, 53, 18, 54)},  # cortex, cerebellar cortex, hippocampus, amygdala
+        **{v: _T1_CSF for v in (4, 43, 5, 44, 14, 15, 24, 72)},  # ventricles, CSF
+        10: (0.62, 0.78), 49: (0.62, 0.78),  # thalamus
+        11: (0.52, 0.68), 50: (0.52, 0.68),  # caudate
+        12: (0.56, 0.72), 51: (0.56, 0.72),  # putamen
+        13: (0.66, 0.82), 52: (0.66, 0.82),  # pallidum
+        26: (0.52, 0.68), 58: (0.52, 0.68),  # accumbens
+        28: (0.66, 0.85), 60: (0.66, 0.85), 16: (0.7, 0.88),  # ventral DC, brain stem
+        30: (0.35, 0.65), 62: (0.35, 0.65),  # vessels
+        "other": (0.0, 0.04),
+    },
+}  # fmt: skip
+"""Named intensity priors for :func:`synthesize_image`: ``{label: (low, high)}`` ranges of the label means, with
+``"other"`` for every label not listed. ``"t1_brain"``: skull-stripped T1-weighted brain MRI in [0, 1] (the
+tissue ordering of T1 contrast; the ranges jitter each label's mean by about +/-0.08)."""
+
+
+def intensity_prior(prior: str | Mapping[Any, tuple[float, float]], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label mean ranges for :func:`synthesize_image` from a named or explicit prior.
+
+    Args:
+      prior: a name in :data:`INTENSITY_PRIORS` or a mapping ``{label: (low, high)}`` with an ``"other"`` entry.
+      labels: the synthesis labels ``l_0 .. l_{L-1}`` in the order of :func:`relabel` (index ``L`` is "every
+        other label", e.g. the background).
+
+    Returns:
+      ``(low, high)``, each ``(L + 1,)`` float32: the ``mean_range`` of :func:`synthesize_image` for
+      ``num_labels = L + 1``.
+    """
+    if isinstance(prior, str):
+        if prior not in INTENSITY_PRIORS:
+            raise ValueError(f"prior: expected one of {sorted(INTENSITY_PRIORS)} or a mapping, got {prior!r}")
+        prior = INTENSITY_PRIORS[prior]
+    if not isinstance(prior, Mapping) or "other" not in prior:
+        raise ValueError("prior: expected a mapping {label: (low, high)} with an 'other' entry")
+    rows = [prior.get(int(v), prior["other"]) for v in labels] + [prior["other"]]
+    lo, hi = (np.asarray(c, np.float32) for c in zip(*rows))
+    if not np.all(lo <= hi):
+        raise ValueError("prior: expected low <= high for every label")
+    return lo, hi
+
+
 def synthesize_image(
     key: jax.Array,
     label_indices: jax.Array,
@@ -361,7 +413,8 @@ def synthesize_image(
       num_labels: number of labels ``L`` (static).
       grid: the label map's grid, or a voxel spacing in mm (scalar or per axis; ``None``: 1 mm). Only the
         spacing matters (blur and bias are in mm).
-      mean_range: range of the label means.
+      mean_range: range of the label means: two floats, or two ``(num_labels,)`` arrays of per-label ranges
+        (:func:`intensity_prior`, e.g. T1-like contrast).
       std_range: range of the within-label standard deviations.
       blur_mm_max: largest blur standard deviation, mm (static: it sets the kernel size).
       bias_std: largest standard deviation of the log-bias field.
