@@ -88,7 +88,9 @@ def run_mode(name, grid, images, labels, steps, seed=0, cache=None, deformation_
                               "synth_options": {"mean_range": prior} if prior else None},
         "weakly_supervised": {"label_values": LABELS, "regularizer_weight": 0.1},
         "synthesis": {"label_values": LABELS, "synthesis_labels": SYNTH, "deformation_mm": deformation_mm,
-                      "regularizer_weight": 0.1},
+                      "regularizer_weight": 0.1, "same_contrast": same_contrast,
+                      "image_weight": 1.0 if same_contrast else 0.0, "similarity": "lncc(window=5)",
+                      "synth_options": {"mean_range": prior} if prior else None},
     }[name]
     mode = factory(grid, **kw)
     targets = None
@@ -136,8 +138,8 @@ def main() -> int:
     ap.add_argument("--deformation-mm", type=float, default=4.0,
                     help="random deformation of each label map in supervised_engine and synthesis (0 = off)")
     ap.add_argument("--head-mask", action="store_true", help="supervised_engine: supervised error in the head only")
-    ap.add_argument("--same-contrast", action="store_true", help="supervised_engine: one random contrast per pair")
-    ap.add_argument("--prior", default=None, help="supervised_engine: intensity prior of the synthesis "
+    ap.add_argument("--same-contrast", action="store_true", help="supervised_engine, synthesis: one random contrast per pair (synthesis adds an LNCC term)")
+    ap.add_argument("--prior", default=None, help="supervised_engine, synthesis: intensity prior of the synthesis "
                     "(e.g. t1_brain; the held-out images then use its mid-range contrast)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up 10 %% of the steps, cosine)")
     ap.add_argument("--out", default=str(HERE / ".learned_modes3d"))
