@@ -20,6 +20,8 @@ as the iterative engine train it. The layers, from data to deployment:
   ``modes.supervised_engine``.
 * :mod:`~jaxreg.learn.train`: pure jitted train/eval steps, data parallelism with ``jax.sharding``, ``fit``
   with orbax checkpoints, resumption, best-by-validation, CSV/PNG logs.
+* :mod:`~jaxreg.learn.neural_field`: :class:`NeuralField`, a SIREN displacement field optimised per pair (a
+  method of :func:`jaxreg.optimize.register`, like the classical ones).
 * :mod:`~jaxreg.learn.method`: :class:`Network`, a trained network as a method (a stage) of
   :func:`jaxreg.optimize.register`.
 * :mod:`~jaxreg.learn.inference`: ``predict`` on pairs of any grids, the pipeline "linear start -> network
@@ -46,6 +48,7 @@ from jaxreg.learn.losses import (
 )
 from jaxreg.learn.method import Network
 from jaxreg.learn.modes import MODES, TrainingMode
+from jaxreg.learn.neural_field import NeuralField
 from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, UNet
 from jaxreg.learn.synthesis import (
     augment_intensity,
@@ -77,6 +80,7 @@ __all__ = [
     "TRANSFORM_KINDS",
     "FitResult",
     "Network",
+    "NeuralField",
     "PairLoader",
     "Prediction",
     "RegistrationLoss",

@@ -1,0 +1,99 @@
+"""jaxreg.learn.NeuralField: a per-pair SIREN displacement field as a method of the one registration API.
+
+References: an analytic smooth displacement (the pair is made by warping an image through it), the greedy
+method on the same pair (a peer run in the same test), the SIREN initialisation's closed-form bounds.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxreg.core.grid import Grid, Image
+from jaxreg.evaluation import jacobian_statistics
+from jaxreg.learn import NeuralField
+from jaxreg.learn.neural_field import siren_apply, siren_init
+from jaxreg.optimize import Greedy, Level, Stage, register
+from jaxreg.transforms import DisplacementField
+from jaxreg.warp import warp
+
+
+def _pair():
+    """Three Gaussian blobs (moving) and the fixed image ``F(x) = M(x + u(x))`` for a smooth analytic ``u``."""
+    g = Grid.from_spacing((48, 48), (2.0, 2.0))
+    i, j = np.indices(g.shape).astype(np.float32)
+    img = (
+        np.exp(-((i - 24) ** 2 / 120 + (j - 22) ** 2 / 60))
+        + 0.6 * np.exp(-((i - 14) ** 2 / 20 + (j - 32) ** 2 / 30))
+        + 0.5 * np.exp(-((i - 33) ** 2 / 25 + (j - 12) ** 2 / 25))
+    )
+    x = np.asarray(g.world_coords(np.float32))
+    c = x.reshape(-1, 2).mean(0)
+    r2 = (x[..., 0] - c[0]) ** 2 + (x[..., 1] - c[1]) ** 2
+    u = np.stack([3.0 * np.exp(-r2 / 800), -2.0 * np.exp(-((x[..., 0] - c[0] - 10) ** 2 + (x[..., 1] - c[1]) ** 2) / 600)], -1)  # fmt: skip
+    moving = Image(jnp.asarray(img, jnp.float32), g)
+    fixed = warp(moving, DisplacementField(jnp.asarray(u, jnp.float32), g), g)
+    return g, fixed, moving, u.astype(np.float32), x
+
+
+def _recovered(result, g, u, x):
+    est = np.asarray(result.transform.sample_grid(g)) - x
+    inner = (slice(6, -6),) * 2
+    return 1.0 - np.sqrt(((est - u)[inner] ** 2).sum(-1).mean()) / np.sqrt((u[inner] ** 2).sum(-1).mean())
+
+
+def test_neural_field_recovers_a_known_smooth_field_like_the_greedy_method():
+    g, fixed, moving, u, x = _pair()
+    nf = NeuralField(similarity="mse", points=2048, learning_rate=1e-4, jacobian_weight=0.01)
+    res = register(fixed, moving, method=Stage(nf, levels=(Level(1, 0.0, 300),)))
+    assert isinstance(res.transform, DisplacementField) and res.transform.grid == g
+    frac = _recovered(res, g, u, x)
+    peer = _recovered(register(fixed, moving, method=Stage(Greedy(similarity="mse"), levels=(Level(1, 0.0, 100),))), g, u, x)
+    assert frac >= 0.4, f"neural field recovered {frac:.2f} of the known field (greedy {peer:.2f})"
+    assert frac >= peer - 0.2
+    stats = jacobian_statistics(res.transform, g)
+    assert int(stats.num_nonpositive) == 0 and float(stats.min) > 0.5
+    losses = np.asarray(res.stages[0].levels[0].loss)
+    assert losses[-20:].mean() < 0.5 * losses[:20].mean()
+
+
+def test_neural_field_same_seed_same_result_and_no_recompilation():
+    g, fixed, moving, _, _ = _pair()
+    stage = lambda seed: Stage(NeuralField(points=256, seed=seed), levels=(Level(2, 0.0, 10),))  # noqa: E731
+    a = register(fixed, moving, method=stage(0))
+    b = register(fixed, moving, method=stage(0))  # a fresh but equal configuration: cached kernel
+    c = register(fixed, moving, method=stage(1))
+    np.testing.assert_array_equal(np.asarray(a.transform.displacement), np.asarray(b.transform.displacement))
+    assert not np.allclose(np.asarray(a.transform.displacement), np.asarray(c.transform.displacement))
+    assert b.stages[0].levels[0].compile_seconds == 0.0
+    assert NeuralField(points=256) == NeuralField(points=256) and hash(NeuralField()) == hash(NeuralField())
+    assert NeuralField(jacobian_weight=0.1) != NeuralField(jacobian_weight=0.2)
+
+
+def test_siren_starts_at_the_identity_with_the_papers_bounds():
+    layers = siren_init(jax.random.key(0), 3, (32, 16), 30.0)
+    assert len(layers) == 3
+    assert float(jnp.max(jnp.abs(layers[0]["w"]))) <= 1.0 / 3
+    assert float(jnp.max(jnp.abs(layers[1]["w"]))) <= np.sqrt(6.0 / 32) / 30.0
+    x = jax.random.uniform(jax.random.key(1), (50, 3), minval=-1, maxval=1)
+    np.testing.assert_array_equal(np.asarray(siren_apply(layers, x, 30.0)), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"hidden": ()}, "hidden"),
+        ({"hidden": (8, 0)}, "hidden"),
+        ({"points": 0}, "points"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"omega0": float("nan")}, "omega0"),
+        ({"jacobian_weight": -1.0}, "jacobian_weight"),
+        ({"seed": 1.5}, "seed"),
+        ({"similarity": "no_such_similarity"}, "similarity"),
+    ],
+)
+def test_neural_field_bad_input(kwargs, match):
+    with pytest.raises((ValueError, KeyError, TypeError), match=match):
+        NeuralField(**kwargs)
