@@ -46,8 +46,8 @@ def _recovered(result, g, u, x):
 
 def test_neural_field_recovers_a_known_smooth_field_like_the_greedy_method():
     g, fixed, moving, u, x = _pair()
-    nf = NeuralField(similarity="mse", points=2048, learning_rate=1e-4, jacobian_weight=0.01)
-    res = register(fixed, moving, method=Stage(nf, levels=(Level(1, 0.0, 300),)))
+    nf = NeuralField(similarity="mse", points=1024, learning_rate=1e-4, jacobian_weight=0.01)
+    res = register(fixed, moving, method=Stage(nf, levels=(Level(1, 0.0, 200),)))
     assert isinstance(res.transform, DisplacementField) and res.transform.grid == g
     frac = _recovered(res, g, u, x)
     peer = _recovered(register(fixed, moving, method=Stage(Greedy(similarity="mse"), levels=(Level(1, 0.0, 100),))), g, u, x)
