@@ -8,8 +8,8 @@ time includes its own compilation).
 
 Usage::
 
-    python benchmarks/neural_field.py [--levels 4:400,2:400,1:200] [--points 4096] [--hidden 64,64,64]
-        [--similarity ncc] [--lr 1e-4] [--jacobian 0.05] [--case brain3d|brain2d]
+    python benchmarks/neural_field.py [--levels 4:300,2:300,1:200] [--points 4096] [--hidden 64,64,64]
+        [--similarity ncc] [--lr 1e-3] [--jacobian 0.01] [--case brain3d|brain2d]
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def _case(name: str):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", default="brain3d", choices=("brain3d", "brain2d"))
-    ap.add_argument("--levels", default="4:400,2:400,1:200", help="shrink:iterations of the neural-field levels")
+    ap.add_argument("--levels", default="4:300,2:300,1:200", help="shrink:iterations of the neural-field levels")
     ap.add_argument("--points", type=int, default=4096)
     ap.add_argument("--hidden", default="64,64,64")
     ap.add_argument("--similarity", default="ncc")
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--jacobian", type=float, default=0.05)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--jacobian", type=float, default=0.01)
     args = ap.parse_args()
 
     import jax
@@ -66,7 +66,7 @@ def main() -> int:
         return 0
     fixed, moving, fl, ml, labels = case
     default = preset("default")
-    linear = tuple(s for s in default if s.model.is_linear)
+    linear = tuple(s for s in default if (s.model or s.method.default_model).is_linear)
     nf = NeuralField(hidden=tuple(int(h) for h in args.hidden.split(",")), similarity=args.similarity,
                      points=args.points, learning_rate=args.lr, jacobian_weight=args.jacobian)  # fmt: skip
     levels = tuple(Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.levels.split(",")))
