@@ -5,7 +5,8 @@ calls :func:`build_training`, which
 
 1. places the network grid (``[data] shape`` voxels of ``spacing`` mm) on the first volume (:func:`network_grid`);
 2. loads every training and validation volume onto it, pre-aligned (:func:`load_aligned`: as they are, by
-   centres of mass, or by an affine registration to a reference);
+   centres of mass, or affinely onto a reference: a least-squares fit of the labels' centroids when label maps
+   are given, else an affine registration);
 3. builds the training mode from the modes table :data:`jaxreg.learn.modes.MODES` (:func:`build_mode`: the
    common options the mode's factory takes, plus the ``[mode]`` table, checked against the factory's signature
    by :func:`check_mode_options`);
