@@ -66,7 +66,7 @@ def main() -> int:
         return 0
     fixed, moving, fl, ml, labels = case
     default = preset("default")
-    linear = tuple(s for s in default if (s.model or s.method.default_model).is_linear)
+    linear = preset("affine")  # the default pipeline's affine stage
     nf = NeuralField(hidden=tuple(int(h) for h in args.hidden.split(",")), similarity=args.similarity,
                      points=args.points, learning_rate=args.lr, jacobian_weight=args.jacobian)  # fmt: skip
     levels = tuple(Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.levels.split(",")))

@@ -165,11 +165,10 @@ class NeuralField:
         omega0, k_points, chunk = float(self.omega0), int(self.points), int(self.chunk)
         optimizer = optax.adam(float(self.learning_rate))
         aff = jnp.asarray(fixed_grid.affine, jnp.float32)
-        corners = np.array([fixed_grid.affine[:n, :n] @ c + fixed_grid.affine[:n, n]
-                            for c in np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(n, -1).T])  # fmt: skip
-        lo, hi = corners.min(0), corners.max(0)
-        centre = jnp.asarray((lo + hi) / 2, jnp.float32)
-        half = jnp.asarray(np.maximum((hi - lo) / 2, 1e-6), jnp.float32)
+        # normalised coordinates: the grid's bounding box (world mm) onto [-1, 1]^n
+        centre = jnp.asarray(fixed_grid.center, jnp.float32)
+        half_box = np.abs(fixed_grid.affine[:n, :n]) @ ((np.asarray(shape) - 1) / 2.0)
+        half = jnp.asarray(np.maximum(half_box, 1e-6), jnp.float32)
         scale = jnp.asarray(np.asarray(fixed_grid.spacing, np.float64), jnp.float32)  # mm per output unit
         init = siren_init(jax.random.key(int(self.seed)), n, self.hidden, omega0)
         base_key = jax.random.fold_in(jax.random.key(int(self.seed)), 1)

@@ -96,14 +96,17 @@ def network_grid(shape: Sequence[int], spacing: Any, reference: Any) -> Any:
     return place_grid(Grid.from_spacing(tuple(shape), tuple(sp)), reference)
 
 
-def _weight_image(image_path: str | None, label_path: str | None, centroid_labels: Sequence[int] | None) -> Any:
-    """The image whose centre of mass (and, for ``align="affine"``, whose shape) places an item."""
+def _weight_image(
+    image_path: str | None, label_path: str | None, centroid_labels: Sequence[int] | None, label_image: Any = None
+) -> Any:
+    """The image whose centre of mass (and, for ``align="affine"``, whose shape) places an item (``label_image``:
+    the label map of ``label_path`` when the caller has read it already)."""
     from jaxreg.core.grid import Image
     from jaxreg.io import load_image, load_labels
     from jaxreg.learn.inference import normalize_image
 
     if label_path is not None:
-        src = load_labels(label_path)
+        src = load_labels(label_path) if label_image is None else label_image
         lab = np.asarray(src.data)
         sel = np.isin(lab, np.asarray(centroid_labels)) if centroid_labels else lab != 0
         if not sel.any():
@@ -138,8 +141,12 @@ def label_centroids(labels: Any, values: Sequence[int] | None = None) -> dict[in
     wanted = [int(v) for v in values] if values else [int(v) for v in np.unique(flat) if v != 0]
     n = int(max(flat.max(initial=0), max(wanted, default=0))) + 1
     counts = np.bincount(flat, minlength=n)
-    idx = np.indices(lab.shape, dtype=np.float64).reshape(lab.ndim, -1)
-    sums = np.stack([np.bincount(flat, weights=i, minlength=n) for i in idx], axis=1)
+    sums = np.empty((n, lab.ndim))
+    for a, m in enumerate(lab.shape):  # one axis at a time: never the whole (ndim, *shape) index array
+        axis_shape = [1] * lab.ndim
+        axis_shape[a] = m
+        coord = np.broadcast_to(np.arange(m, dtype=np.float64).reshape(axis_shape), lab.shape)
+        sums[:, a] = np.bincount(flat, weights=coord.ravel(), minlength=n)
     aff = labels.grid.affine
     out = {}
     for v in wanted:
@@ -202,7 +209,11 @@ def load_aligned(
     n = max(len(images), len(labels))
     out_i, out_l = [], []
     for k in range(n):
-        weight = _weight_image(images[k] if images else None, labels[k] if labels else None, centroid_labels)
+        # the affine branch reads each label map once (its weight image, its centroids, the warp)
+        lab_img = load_labels(labels[k]) if labels and align == "affine" else None
+        weight = _weight_image(
+            images[k] if images else None, labels[k] if labels else None, centroid_labels, lab_img
+        )
         if align == "com":
             g = place_grid(grid, center_of_mass(weight))
             if images:
@@ -210,7 +221,7 @@ def load_aligned(
             if labels:
                 out_l.append(ld.load_volumes([labels[k]], g, labels=True)[0])
             continue
-        cents = label_centroids(load_labels(labels[k]), centroid_labels) if labels else {}
+        cents = label_centroids(lab_img, centroid_labels) if labels else {}
         if reference is None:
             reference = _Reference(weight, cents)
         g = place_grid(grid, center_of_mass(reference.weight))
@@ -225,7 +236,7 @@ def load_aligned(
         if images:
             out_i.append(np.asarray(warp(normalize_image(load_image(images[k])), a, g).data, np.float32))
         if labels:
-            out_l.append(np.asarray(warp_labels(load_labels(labels[k]), a, g).data, np.int32))
+            out_l.append(np.asarray(warp_labels(lab_img, a, g).data, np.int32))
     return (np.stack(out_i) if out_i else None), (np.stack(out_l) if out_l else None), reference
 
 
