@@ -508,14 +508,18 @@ class RigidAgent(_PoseMethod):
     Each iteration evaluates ``Q`` once at the current pose, takes the action ``a* = argmax_a Q_a`` (``+/-`` one
     parameter by ``scales[l]`` units; a unit is ``unit_degrees`` or ``unit_mm``), or, when ``Q_{a*} <= 0`` or
     ``a*`` undoes the previous action (oscillation), goes to the next scale without moving. The level ends when
-    the last scale ends (``converged``) or after ``iterations`` network evaluations. ``losses[k] = -Q_{a*}``, the
-    negated predicted improvement (mm) of step ``k``.
+    the last scale ends (``converged``) or after ``iterations`` network evaluations. Actions that would take a
+    parameter more than ``max_degrees`` / ``max_mm`` from the level's start are not taken (an agent never walks
+    out of the range it was trained on, where the images stop overlapping). ``losses[k] = -Q_{a*}``, the negated
+    predicted improvement (mm) of step ``k``.
 
     Args:
       model: a trained agent :class:`PoseNet` (``outputs = 2 * dof``, :func:`train_pose_net` ``kind="agent"``).
       scales: step multiples, coarse to fine.
       unit_degrees: the rotation unit (the network's training unit by default, 1 degree).
       unit_mm: the translation unit (1 mm).
+      max_degrees: largest rotation change from the level's start (each rotation parameter).
+      max_mm: largest translation change from the level's start (each axis).
     """
 
     graphdef: Any
@@ -526,8 +530,10 @@ class RigidAgent(_PoseMethod):
     scales: tuple
     unit_degrees: float
     unit_mm: float
+    max_degrees: float
+    max_mm: float
 
-    _settings = ("scales", "unit_degrees", "unit_mm")
+    _settings = ("scales", "unit_degrees", "unit_mm", "max_degrees", "max_mm")
 
     @staticmethod
     def _outputs(ndim: int) -> int:
@@ -540,6 +546,8 @@ class RigidAgent(_PoseMethod):
         scales: Sequence[float] = (8.0, 4.0, 2.0, 1.0, 0.5),
         unit_degrees: float = 1.0,
         unit_mm: float = 1.0,
+        max_degrees: float = 45.0,
+        max_mm: float = 45.0,
     ):
         if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
             raise ValueError(f"scales: expected a non-empty sequence of positive step multiples, got {scales!r}")
@@ -550,6 +558,8 @@ class RigidAgent(_PoseMethod):
                 scales=sc,
                 unit_degrees=_check_positive(unit_degrees, "unit_degrees"),
                 unit_mm=_check_positive(unit_mm, "unit_mm"),
+                max_degrees=_check_positive(max_degrees, "max_degrees"),
+                max_mm=_check_positive(max_mm, "max_mm"),
             ),
         )
 
@@ -569,6 +579,7 @@ class RigidAgent(_PoseMethod):
         n_scales = len(self.scales)
         # action a moves parameter a // 2 by +unit (a even) or -unit (a odd)
         moves = jnp.concatenate([jnp.diag(unit)[:, None, :], -jnp.diag(unit)[:, None, :]], axis=1).reshape(2 * dof, dof)
+        bound = jnp.asarray([self.max_degrees] * nr + [self.max_mm] * (dof - nr), jnp.float32)
 
         def kernel(method, params, fixed, moving, fmask, mmask, outer):
             del fmask, mmask
@@ -581,17 +592,18 @@ class RigidAgent(_PoseMethod):
 
             def body(carry):
                 i, th, level, prev, losses = carry
-                q = score(th[None])[0]
-                a = jnp.argmax(q)
-                stop = (q[a] <= 0) | (a == jnp.bitwise_xor(prev, 1))
                 step = scales[jnp.minimum(level, n_scales - 1)]
+                inside = jnp.all(jnp.abs(th + step * moves - theta) <= bound + 1e-6, axis=-1)
+                q = jnp.where(inside, score(th[None])[0], -jnp.inf)
+                a = jnp.argmax(q)
+                stop = ~(q[a] > 0) | (a == jnp.bitwise_xor(prev, 1))
                 th = jnp.where(stop, th, th + step * moves[a])
                 return (
                     i + 1,
                     th,
                     level + stop.astype(jnp.int32),
                     jnp.where(stop, -1, a).astype(jnp.int32),
-                    losses.at[i].set(-q[a]),
+                    losses.at[i].set(jnp.where(jnp.isfinite(q[a]), -q[a], jnp.nan)),
                 )
 
             carry = (jnp.zeros((), jnp.int32), theta, jnp.zeros((), jnp.int32), -jnp.ones((), jnp.int32),
@@ -660,6 +672,9 @@ def train_pose_net(
     hidden: int = 128,
     gamma_std: float = 0.3,
     noise_std: float = 0.03,
+    scale_range: float = 0.1,
+    deform_mm: float = 3.0,
+    deform_wavelength_mm: float = 80.0,
     foreground: float = 0.05,
     progress: bool = True,
     resume: bool = True,
@@ -669,8 +684,12 @@ def train_pose_net(
     Each training sample draws a pair ``i``, a pose ``theta = theta*_i + delta`` with
     ``delta = u^2 * s * (max_degrees, max_mm)`` per parameter (``u, s`` uniform in ``[0, 1]`` and ``{-1, 1}``: small
     misalignments as often as large ones), the pair's images with a random gamma ``exp(N(0, gamma_std))`` and
-    Gaussian noise ``noise_std`` per channel, and the target over the fixed foreground points ``p`` (normalised
-    fixed image above ``foreground``) of the pose grid, with ``D(theta) = mean_p ||T_theta(p) - T*_i(p)||`` mm:
+    Gaussian noise ``noise_std`` per channel, a random shape change of the moving image that has no rigid part
+    (new "subjects" from few: the moving image is read at ``phi(T_theta(x))``,
+    ``phi(y) = y* + S (y - y*) + u(y)`` with ``y* = T*_i(c)``, ``S`` diagonal with entries uniform in
+    ``1 +/- scale_range``, and ``u`` three random plane sine waves of wavelength ``deform_wavelength_mm`` and
+    amplitude about ``deform_mm``), and the target over the fixed foreground points ``p`` (normalised fixed image
+    above ``foreground``) of the pose grid, with ``D(theta) = mean_p ||T_theta(p) - T*_i(p)||`` mm:
 
     * metric: ``log(1 + D(theta))``, regressed by the mean squared error;
     * agent: ``r_a = D(theta) - D(theta + a)`` for the ``2 * dof`` unit actions (1 degree, 1 mm), by the mean
@@ -692,6 +711,7 @@ def train_pose_net(
       learning_rate: Adam's peak rate (cosine decay over ``steps``).
       widths, hidden: the :class:`PoseNet` architecture.
       gamma_std, noise_std: intensity augmentation.
+      scale_range, deform_mm, deform_wavelength_mm: shape augmentation (0 disables it).
       foreground: threshold of the normalised fixed image defining the error points.
       progress: show a progress bar.
       resume: continue from the newest checkpoint of ``workdir``.
@@ -712,6 +732,13 @@ def train_pose_net(
     _check_count(steps, "steps")
     _check_count(batch, "batch")
     max_degrees, max_mm = _check_positive(max_degrees, "max_degrees"), _check_positive(max_mm, "max_mm")
+    for name, v in (("gamma_std", gamma_std), ("noise_std", noise_std), ("scale_range", scale_range),
+                    ("deform_mm", deform_mm)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
+    if not scale_range < 1:
+        raise ValueError(f"scale_range: expected a number in [0, 1), got {scale_range!r}")
+    deform_wavelength_mm = _check_positive(deform_wavelength_mm, "deform_wavelength_mm")
     f_all, fgrid = _stack_images([_normalized(im) for im in fixed], "fixed")
     m_all, mgrid = _stack_images([_normalized(im) for im in moving], "moving")
     n = fgrid.ndim
@@ -737,12 +764,27 @@ def train_pose_net(
     moves = jnp.concatenate([jnp.diag(unit)[:, None, :], -jnp.diag(unit)[:, None, :]], axis=1).reshape(2 * dof, dof)
     p = len(fixed)
 
+    def shape_change(k, truth):
+        ks, kw, ka, kp = jax.random.split(k, 4)
+        y0 = truth(c)
+        s = 1.0 + scale_range * jax.random.uniform(ks, (n,), minval=-1.0, maxval=1.0)
+        w = jax.random.normal(kw, (3, n))
+        w = w / jnp.linalg.norm(w, axis=-1, keepdims=True) * (2 * math.pi / deform_wavelength_mm)
+        a = jax.random.normal(ka, (3, n)) * (deform_mm / math.sqrt(3.0))
+        ph = jax.random.uniform(kp, (3,), maxval=2 * math.pi)
+
+        def phi(y):
+            return y0 + s * (y - y0) + jnp.sin((y - y0) @ w.T + ph) @ a
+
+        return phi
+
     def sample(k, i):
-        k1, k2, k3, k4, k5 = jax.random.split(k, 5)
+        k1, k2, k3, k4, k5, k6 = jax.random.split(k, 6)
         u = jax.random.uniform(k1, (dof,)) ** 2 * jnp.where(jax.random.bernoulli(k2, 0.5, (dof,)), 1.0, -1.0)
         theta = theta_true[i] + u * scale
         truth = pose_rigid(theta_true[i], c)
-        f, m = _sample_pair(Image(f_all[i], fgrid), Image(m_all[i], mgrid), pose_rigid(theta, c), grid)
+        phi, pose = shape_change(k6, truth), pose_rigid(theta, c)
+        f, m = _sample_pair(Image(f_all[i], fgrid), Image(m_all[i], mgrid), lambda x: phi(pose(x)), grid)
         w = (f > foreground).astype(jnp.float32)
         g = jnp.exp(gamma_std * jax.random.normal(k3, (2,)))
         f = jnp.clip(f, 0, None) ** g[0] + noise_std * jax.random.normal(k4, f.shape)
@@ -786,6 +828,8 @@ def train_pose_net(
         "max_mm": max_mm,
         "pairs": p,
         "unit": [1.0, 1.0],
+        "augment": {"gamma_std": gamma_std, "noise_std": noise_std, "scale_range": scale_range,
+                    "deform_mm": deform_mm, "deform_wavelength_mm": deform_wavelength_mm},
     }
     return fit(
         model, loss_fn, optimizer, train_data, steps=int(steps), key=key, workdir=workdir, augment=augment,
