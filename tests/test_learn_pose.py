@@ -104,7 +104,7 @@ def test_pose_net_shapes_config_and_bad_inputs():
 
 
 # -- trained toys: a phantom aligned with itself, misaligned by up to 10 degrees and 10 mm -----------------------
-_TOY = dict(steps=300, batch=16, shape=(32, 32), spacing_mm=4.0, max_degrees=10.0, max_mm=10.0, progress=False)
+_TOY = dict(steps=300, batch=16, shape=(32, 32), spacing_mm=4.0, max_degrees=10.0, max_mm=10.0, shift_mm=8.0, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -340,10 +340,11 @@ class _PoseMethod:
         grid = pose_grid(fixed_grid.center, self.shape, self.spacing_mm)
         pts = grid.world_coords(jnp.float32)
 
+        centre = jnp.asarray(fixed_grid.center, jnp.float32)
+
         def prepare(method, params, fixed, moving, outer):
             net = nnx.merge(self.graphdef, method.state)
-            theta0, c = pose_theta(params)
-            c = c.astype(jnp.float32)
+            theta0, c = pose_theta(params, centre)  # rotations about the pose grid's centre, as in training
             f = _standardize(sample_points(Image(fixed, fixed_grid), pts, order=1, mode="constant", cval=0.0))
             mov = Image(moving, moving_grid)
 
@@ -616,11 +617,14 @@ class RigidAgent(_PoseMethod):
 
 
 def _as_params(params: Any, rigid: Rigid) -> Any:
-    """``rigid`` in the structure of the incoming ``params`` (a Rigid, or converted back to its family)."""
+    """``rigid`` in the structure of the incoming ``params`` (a Rigid about its own centre, or converted back to its
+    family)."""
     if isinstance(params, Rigid):
+        theta, c = pose_theta(rigid, params.center)
+        r = pose_rigid(theta, c)
         return Rigid(
-            jnp.asarray(rigid.rotation, params.rotation.dtype).reshape(params.rotation.shape),
-            rigid.translation.astype(params.translation.dtype),
+            jnp.asarray(r.rotation, params.rotation.dtype).reshape(params.rotation.shape),
+            r.translation.astype(params.translation.dtype),
             params.center,
         )
     family = {"Similarity": "similarity", "Affine": "affine"}.get(type(params).__name__)
@@ -674,6 +678,7 @@ def train_pose_net(
     noise_std: float = 0.03,
     scale_range: float = 0.1,
     deform_mm: float = 3.0,
+    shift_mm: float = 30.0,
     deform_wavelength_mm: float = 80.0,
     foreground: float = 0.05,
     progress: bool = True,
@@ -681,7 +686,9 @@ def train_pose_net(
 ) -> Any:
     """Train a learned pose metric (``kind="metric"``) or a registration agent (``kind="agent"``).
 
-    Each training sample draws a pair ``i``, a pose ``theta = theta*_i + delta`` with
+    Each training sample draws a pair ``i``, a pose grid centred ``shift_mm`` or less (uniform per axis) from the
+    fixed grid's centre (the networks see objects anywhere near the centre; rotations are about the grid's
+    centre, as in the methods), a pose ``theta = theta*_i + delta`` with
     ``delta = u^2 * s * (max_degrees, max_mm)`` per parameter (``u, s`` uniform in ``[0, 1]`` and ``{-1, 1}``: small
     misalignments as often as large ones), the pair's images with a random gamma ``exp(N(0, gamma_std))`` and
     Gaussian noise ``noise_std`` per channel, a random shape change of the moving image that has no rigid part
@@ -712,6 +719,7 @@ def train_pose_net(
       widths, hidden: the :class:`PoseNet` architecture.
       gamma_std, noise_std: intensity augmentation.
       scale_range, deform_mm, deform_wavelength_mm: shape augmentation (0 disables it).
+      shift_mm: largest offset of the pose grid from the fixed grid's centre (each axis).
       foreground: threshold of the normalised fixed image defining the error points.
       progress: show a progress bar.
       resume: continue from the newest checkpoint of ``workdir``.
@@ -733,7 +741,7 @@ def train_pose_net(
     _check_count(batch, "batch")
     max_degrees, max_mm = _check_positive(max_degrees, "max_degrees"), _check_positive(max_mm, "max_mm")
     for name, v in (("gamma_std", gamma_std), ("noise_std", noise_std), ("scale_range", scale_range),
-                    ("deform_mm", deform_mm)):
+                    ("deform_mm", deform_mm), ("shift_mm", shift_mm)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
             raise ValueError(f"{name}: expected a non-negative number, got {v!r}")
     if not scale_range < 1:
@@ -752,19 +760,19 @@ def train_pose_net(
     sig = spacing_mm / 2.0
     f_all = jnp.stack([gaussian_smooth(Image(x, fgrid), sig).data for x in f_all])
     m_all = jnp.stack([gaussian_smooth(Image(x, mgrid), sig).data for x in m_all])
-    grid = pose_grid(fgrid.center, shape, spacing_mm)
-    pts = grid.world_coords(jnp.float32)
-    c = jnp.asarray(fgrid.center, jnp.float32)
+    grid = pose_grid(np.zeros(n), shape, spacing_mm)
+    pts0 = grid.world_coords(jnp.float32)  # the pose grid about the origin; each sample shifts it
+    c0 = jnp.asarray(fgrid.center, jnp.float32)
     if truths is None:
         theta_true = jnp.zeros((len(fixed), dof), jnp.float32)
     else:
-        theta_true = jnp.stack([pose_theta(t, c)[0].astype(jnp.float32) for t in truths])
+        theta_true = jnp.stack([pose_theta(t, c0)[0].astype(jnp.float32) for t in truths])
     scale = jnp.asarray([max_degrees] * nr + [max_mm] * (dof - nr), jnp.float32)
     unit = jnp.ones((dof,), jnp.float32)
     moves = jnp.concatenate([jnp.diag(unit)[:, None, :], -jnp.diag(unit)[:, None, :]], axis=1).reshape(2 * dof, dof)
     p = len(fixed)
 
-    def shape_change(k, truth):
+    def shape_change(k, truth, c):
         ks, kw, ka, kp = jax.random.split(k, 4)
         y0 = truth(c)
         s = 1.0 + scale_range * jax.random.uniform(ks, (n,), minval=-1.0, maxval=1.0)
@@ -779,12 +787,16 @@ def train_pose_net(
         return phi
 
     def sample(k, i):
-        k1, k2, k3, k4, k5, k6 = jax.random.split(k, 6)
+        k1, k2, k3, k4, k5, k6, k7 = jax.random.split(k, 7)
+        c = c0 + shift_mm * jax.random.uniform(k7, (n,), minval=-1.0, maxval=1.0)
+        pts = pts0 + c
+        truth = pose_rigid(theta_true[i], c0)
+        th_true = pose_theta(truth, c)[0]  # the truth about this sample's centre
         u = jax.random.uniform(k1, (dof,)) ** 2 * jnp.where(jax.random.bernoulli(k2, 0.5, (dof,)), 1.0, -1.0)
-        theta = theta_true[i] + u * scale
-        truth = pose_rigid(theta_true[i], c)
-        phi, pose = shape_change(k6, truth), pose_rigid(theta, c)
-        f, m = _sample_pair(Image(f_all[i], fgrid), Image(m_all[i], mgrid), lambda x: phi(pose(x)), grid)
+        theta = th_true + u * scale
+        phi, pose = shape_change(k6, truth, c), pose_rigid(theta, c)
+        f = sample_points(Image(f_all[i], fgrid), pts, order=1, mode="constant", cval=0.0)
+        m = sample_points(Image(m_all[i], mgrid), phi(pose(pts)), order=1, mode="constant", cval=0.0)
         w = (f > foreground).astype(jnp.float32)
         g = jnp.exp(gamma_std * jax.random.normal(k3, (2,)))
         f = jnp.clip(f, 0, None) ** g[0] + noise_std * jax.random.normal(k4, f.shape)
@@ -829,7 +841,7 @@ def train_pose_net(
         "pairs": p,
         "unit": [1.0, 1.0],
         "augment": {"gamma_std": gamma_std, "noise_std": noise_std, "scale_range": scale_range,
-                    "deform_mm": deform_mm, "deform_wavelength_mm": deform_wavelength_mm},
+                    "deform_mm": deform_mm, "deform_wavelength_mm": deform_wavelength_mm, "shift_mm": shift_mm},
     }
     return fit(
         model, loss_fn, optimizer, train_data, steps=int(steps), key=key, workdir=workdir, augment=augment,
