@@ -106,12 +106,13 @@ def main() -> int:
     for kind in ("metric", "agent"):
         t0 = time.perf_counter()
         work = Path(args.workdir) / args.case / kind
-        shape = (64, 64) if args.case == "brain2d" else (40, 40, 40)
-        spacing = 4.0 if args.case == "brain2d" else 5.5
+        shape = (64, 64) if args.case == "brain2d" else (32, 32, 32)
+        spacing = 4.0 if args.case == "brain2d" else 7.0
         res = train_pose_net(
             kind, [f for f, _ in train], [m for _, m in train], truths if engine_truth else None,
             workdir=work, key=jax.random.key(0), steps=args.steps, batch=args.batch, shape=shape,
             spacing_mm=spacing, max_degrees=args.max_degrees, max_mm=args.max_mm, progress=False,
+            shift_mm=30.0 if args.case == "brain2d" else 15.0,
         )  # fmt: skip
         nets[kind], train_s[kind] = res.model, time.perf_counter() - t0
         h = res.history["train"]
