@@ -574,7 +574,7 @@ def _example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     "name",
     [
         "register_2d.py", "multimodal_2d.py", "greedy_demons_2d.py", "learn_unsupervised_2d.py", "learn_supervised_2d.py",
-        "learn_weakly_supervised_2d.py", "learn_synthmorph_2d.py",
+        "learn_weakly_supervised_2d.py", "learn_synthmorph_2d.py", "learned_rigid_2d.py",
     ],
 )
 def test_2d_examples_skip_without_shared_data(tmp_path, name):

@@ -22,6 +22,10 @@ as the iterative engine train it. The layers, from data to deployment:
   with orbax checkpoints, resumption, best-by-validation, CSV/PNG logs.
 * :mod:`~jaxreg.learn.neural_field`: :class:`NeuralField`, a SIREN displacement field optimised per pair (a
   method of :func:`jaxreg.optimize.register`, like the classical ones).
+* :mod:`~jaxreg.learn.pose`: deep iterative rigid registration, :class:`LearnedMetric` (a network predicting
+  the misalignment of a pose, the cost of a global search and a gradient refinement; Haskins et al. 2019) and
+  :class:`RigidAgent` (greedy-supervised action rewards, coarse-to-fine; Liao et al. 2017), methods of
+  :func:`jaxreg.optimize.register` trained by :func:`train_pose_net`.
 * :mod:`~jaxreg.learn.method`: :class:`Network`, a trained network as a method (a stage) of
   :func:`jaxreg.optimize.register`.
 * :mod:`~jaxreg.learn.inference`: ``predict`` on pairs of any grids, the pipeline "linear start -> network
@@ -49,6 +53,7 @@ from jaxreg.learn.losses import (
 from jaxreg.learn.method import Network
 from jaxreg.learn.modes import MODES, TrainingMode
 from jaxreg.learn.neural_field import NeuralField
+from jaxreg.learn.pose import LearnedMetric, PoseNet, RigidAgent, load_pose_net, train_pose_net
 from jaxreg.learn.networks import TRANSFORM_KINDS, Prediction, RegistrationNet, UNet
 from jaxreg.learn.synthesis import (
     augment_intensity,
@@ -79,12 +84,15 @@ __all__ = [
     "MODES",
     "TRANSFORM_KINDS",
     "FitResult",
+    "LearnedMetric",
     "Network",
     "NeuralField",
     "PairLoader",
+    "PoseNet",
     "Prediction",
     "RegistrationLoss",
     "RegistrationNet",
+    "RigidAgent",
     "TrainingMode",
     "UNet",
     "atlas_pairs",
@@ -100,6 +108,7 @@ __all__ = [
     "label_embedding",
     "list_images",
     "load_model",
+    "load_pose_net",
     "load_volumes",
     "make_eval_step",
     "make_mesh",
@@ -122,4 +131,5 @@ __all__ = [
     "shard_batch",
     "split_model",
     "synthesize_image",
+    "train_pose_net",
 ]

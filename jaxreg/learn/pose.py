@@ -22,7 +22,14 @@ vector in degrees); ``T_theta(x) = R(theta)(x - c) + c + t`` with ``c`` the stag
 grid of the network's ``shape`` and ``spacing_mm`` centred on the fixed image's grid centre, the fixed image
 sampled at its points ``x`` and the moving image pulled at ``T_theta(x)`` (the one pull sampler,
 :func:`jaxreg.warp.sample_points`), each channel standardised to zero mean and unit variance. Use a level that
-smooths by about half the pose-grid spacing (:meth:`PoseNet.level`), as the training images were.
+smooths by about half the pose-grid spacing (:meth:`PoseNet.level`), as the training images were. As the first
+stage of a pipeline, start them from a given transform (``register(..., transform=T)``) or with
+``Stage(..., init="com")`` / ``"moments"`` (``"auto"`` scores candidates with a similarity these methods do not
+have); a following rigid or affine :class:`~jaxreg.optimize.Gradient` stage continues their pose::
+
+    agent = RigidAgent.from_pretrained("work/agent")
+    pipeline = (Stage(agent, levels=(agent.level(200),), init="com"), *preset("rigid"))
+    result = register(fixed, moving, method=pipeline)
 
 Training (:func:`train_pose_net`) draws random poses around the known alignment of each training pair (a pair
 aligned by any means, e.g. an image with itself, or two subjects aligned by the intensity-based rigid stage),
@@ -178,6 +185,18 @@ def pose_input(fixed: Image, moving: Image, pose: Transform | None, grid: Grid) 
     return jnp.stack([_standardize(f), _standardize(m)], axis=-1)
 
 
+def _level(spacing_mm: float, iterations: int) -> Level:
+    """Full resolution smoothed by half the pose-grid spacing: the images the networks were trained on."""
+    return Level(1, float(spacing_mm) / 2.0, int(iterations))
+
+
+def _moves(unit: jax.Array) -> jax.Array:
+    """``(2 dof, dof)``: action ``a`` moves parameter ``a // 2`` by ``+unit`` (``a`` even) or ``-unit`` (odd)."""
+    dof = unit.shape[0]
+    eye = jnp.diag(unit)
+    return jnp.stack([eye, -eye], axis=1).reshape(2 * dof, dof)
+
+
 class PoseNet(nnx.Module):
     """A convolutional regressor of a pair on the pose grid: ``(B, *shape, 2) -> (B, outputs)``.
 
@@ -253,7 +272,7 @@ class PoseNet(nnx.Module):
 
     def level(self, iterations: int) -> Level:
         """The resolution level the network expects: full resolution smoothed by half the pose-grid spacing."""
-        return Level(1, self.spacing_mm / 2.0, int(iterations))
+        return _level(self.spacing_mm, iterations)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x`` ``(B, *shape, 2)`` (:func:`pose_input`) -> ``(B, outputs)``."""
@@ -320,7 +339,7 @@ class _PoseMethod:
 
     def level(self, iterations: int) -> Level:
         """The resolution level the network expects (:meth:`PoseNet.level`)."""
-        return Level(1, self.spacing_mm / 2.0, int(iterations))
+        return _level(self.spacing_mm, iterations)
 
     def resolved(self, grid: Grid) -> Any:
         """Nothing to resolve."""
@@ -343,6 +362,11 @@ class _PoseMethod:
         centre = jnp.asarray(fixed_grid.center, jnp.float32)
 
         def prepare(method, params, fixed, moving, outer):
+            if not isinstance(params, Rigid):
+                raise TypeError(
+                    f"transform: {type(self).__name__} optimises a rigid pose, got a {type(params).__name__} start "
+                    "(pass a Rigid, or a Stage with model=Linear('rigid') to convert it)"
+                )
             net = nnx.merge(self.graphdef, method.state)
             theta0, c = pose_theta(params, centre)  # rotations about the pose grid's centre, as in training
             f = _standardize(sample_points(Image(fixed, fixed_grid), pts, order=1, mode="constant", cval=0.0))
@@ -578,8 +602,7 @@ class RigidAgent(_PoseMethod):
         unit = jnp.asarray([self.unit_degrees] * nr + [self.unit_mm] * (dof - nr), jnp.float32)
         scales = jnp.asarray(self.scales, jnp.float32)
         n_scales = len(self.scales)
-        # action a moves parameter a // 2 by +unit (a even) or -unit (a odd)
-        moves = jnp.concatenate([jnp.diag(unit)[:, None, :], -jnp.diag(unit)[:, None, :]], axis=1).reshape(2 * dof, dof)
+        moves = _moves(unit)
         bound = jnp.asarray([self.max_degrees] * nr + [self.max_mm] * (dof - nr), jnp.float32)
 
         def kernel(method, params, fixed, moving, fmask, mmask, outer):
@@ -616,22 +639,15 @@ class RigidAgent(_PoseMethod):
         return kernel
 
 
-def _as_params(params: Any, rigid: Rigid) -> Any:
-    """``rigid`` in the structure of the incoming ``params`` (a Rigid about its own centre, or converted back to its
-    family)."""
-    if isinstance(params, Rigid):
-        theta, c = pose_theta(rigid, params.center)
-        r = pose_rigid(theta, c)
-        return Rigid(
-            jnp.asarray(r.rotation, params.rotation.dtype).reshape(params.rotation.shape),
-            r.translation.astype(params.translation.dtype),
-            params.center,
-        )
-    family = {"Similarity": "similarity", "Affine": "affine"}.get(type(params).__name__)
-    if family is None:
-        raise TypeError(f"model: expected a rigid, similarity or affine start, got {type(params).__name__}")
-    out = linear_as(rigid, family)
-    return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype).reshape(b.shape), out, params)
+def _as_params(params: Any, rigid: Rigid) -> Rigid:
+    """``rigid`` re-expressed about the incoming ``params``' own centre, with its dtypes and shapes."""
+    theta, c = pose_theta(rigid, params.center)
+    r = pose_rigid(theta, c)
+    return Rigid(
+        jnp.asarray(r.rotation, params.rotation.dtype).reshape(params.rotation.shape),
+        r.translation.astype(params.translation.dtype),
+        params.center,
+    )
 
 
 register_fields(LearnedMetric, ("state",))
@@ -768,8 +784,7 @@ def train_pose_net(
     else:
         theta_true = jnp.stack([pose_theta(t, c0)[0].astype(jnp.float32) for t in truths])
     scale = jnp.asarray([max_degrees] * nr + [max_mm] * (dof - nr), jnp.float32)
-    unit = jnp.ones((dof,), jnp.float32)
-    moves = jnp.concatenate([jnp.diag(unit)[:, None, :], -jnp.diag(unit)[:, None, :]], axis=1).reshape(2 * dof, dof)
+    moves = _moves(jnp.ones((dof,), jnp.float32))
     p = len(fixed)
 
     def shape_change(k, truth, c):
