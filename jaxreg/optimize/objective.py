@@ -11,7 +11,10 @@ callables. Three kinds of term exist, distinguished by what they read:
   :class:`~jaxreg.transforms.VelocityField`, the displacement of a
   :class:`~jaxreg.transforms.DisplacementField`, the sampled displacement of any other non-linear
   transform; linear transforms contribute 0: :meth:`~jaxreg.transforms.Transform.regularized_field`), in mm
-  on its grid with ``spacing`` its voxel size in mm, e.g. ``jaxreg.regularizers.diffusion``;
+  on its grid with ``spacing`` its voxel size in mm, e.g. ``jaxreg.regularizers.diffusion``. A field term
+  with an ``on_grid(grid)`` method (a term carrying a weight map in world coordinates,
+  :func:`jaxreg.regularizers.weight_mapped`) is first specialised to the grid of that field, which changes
+  from level to level;
 * ``transform``: ``fn(transform) -> scalar`` on the transform pytree itself (an analytic B-spline bending
   energy, a landmark distance).
 
@@ -168,7 +171,9 @@ class Objective:
                 if field[0] is None:
                     vals.append(jnp.zeros((), fixed.dtype))
                 else:
-                    vals.append(t.fn(field[0], spacing=tuple(float(s) for s in field[1].spacing)))
+                    on_grid = getattr(t.fn, "on_grid", None)
+                    fn = t.fn if on_grid is None else on_grid(field[1])
+                    vals.append(fn(field[0], spacing=tuple(float(s) for s in field[1].spacing)))
             else:
                 vals.append(t.fn(transform))
         return jnp.stack([jnp.asarray(v, fixed.dtype).reshape(()) for v in vals])
