@@ -109,7 +109,7 @@ def main() -> int:
         shape = (64, 64) if args.case == "brain2d" else (32, 32, 32)
         spacing = 4.0 if args.case == "brain2d" else 7.0
         res = train_pose_net(
-            kind, [f for f, _ in train], [m for _, m in train], truths if engine_truth else None,
+            kind, [f for f, _ in train], [m for _, m in train], truths=truths if engine_truth else None,
             workdir=work, key=jax.random.key(0), steps=args.steps, batch=args.batch, shape=shape,
             spacing_mm=spacing, max_degrees=args.max_degrees, max_mm=args.max_mm, progress=False,
             shift_mm=30.0 if args.case == "brain2d" else 15.0,

@@ -67,7 +67,7 @@ def main() -> int:
     nets = {}
     for kind in ("agent", "metric"):
         res = train_pose_net(
-            kind, [ims[a] for a, _ in train], [ims[b] for _, b in train], truths, workdir=out / f"learned_rigid_2d_{kind}",
+            kind, [ims[a] for a, _ in train], [ims[b] for _, b in train], truths=truths, workdir=out / f"learned_rigid_2d_{kind}",
             key=jax.random.key(0), steps=args.steps, progress=False,
         )  # fmt: skip
         nets[kind] = res.model

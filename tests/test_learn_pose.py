@@ -203,7 +203,7 @@ def test_training_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="fixed: every image must share one grid"):
         train_pose_net("metric", [im, other], [im, im], workdir=tmp_path, key=key)
     with pytest.raises(ValueError, match="truths"):
-        train_pose_net("metric", [im], [im], [None, None], workdir=tmp_path, key=key)
+        train_pose_net("metric", [im], [im], truths=[None, None], workdir=tmp_path, key=key)
     assert not any(tmp_path.iterdir())
 
 
