@@ -130,7 +130,7 @@ def _errors(im, res, c, n):
     return np.asarray([float(pose_error(res.pair(i).transform, ident, pts, w)) for i in range(n)])
 
 
-def test_training_lowers_the_loss_and_is_deterministic(toy, tmp_path):
+def _training_lowers_the_loss_and_is_deterministic(toy, tmp_path):
     im, nets = toy
     for kind, (res, _) in nets.items():
         loss = np.asarray(res.history["train"]["loss"])
@@ -142,7 +142,7 @@ def test_training_lowers_the_loss_and_is_deterministic(toy, tmp_path):
     np.testing.assert_array_equal(np.asarray(again.model(x)), np.asarray(first.model(x)))
 
 
-def test_learned_metric_ranks_misalignment_and_registers_the_toy(toy):
+def _learned_metric_ranks_misalignment_and_registers_the_toy(toy):
     im, nets = toy
     res, work = nets["metric"]
     net = load_pose_net(work, kind="metric")  # read back from the work folder
@@ -168,7 +168,7 @@ def test_learned_metric_ranks_misalignment_and_registers_the_toy(toy):
     assert isinstance(out.transform, Rigid)
 
 
-def test_agent_registers_the_toy_batched_equals_loop_and_compiles_once(toy):
+def _agent_registers_the_toy_batched_equals_loop_and_compiles_once(toy):
     im, nets = toy
     res, work = nets["agent"]
     agent = RigidAgent.from_pretrained(work)
@@ -190,6 +190,14 @@ def test_agent_registers_the_toy_batched_equals_loop_and_compiles_once(toy):
     assert RigidAgent.from_pretrained(work) == agent and hash(RigidAgent.from_pretrained(work)) == hash(agent)
     with pytest.raises(ValueError, match="holds a 'agent' pose network, expected 'metric'"):
         LearnedMetric.from_pretrained(work)
+
+
+def test_trained_toys(toy, tmp_path):
+    """One test for the three checks of the trained toys: the module fixture trains once per run, not once per
+    xdist worker (each training is ~45 s on a CPU core)."""
+    _training_lowers_the_loss_and_is_deterministic(toy, tmp_path)
+    _learned_metric_ranks_misalignment_and_registers_the_toy(toy)
+    _agent_registers_the_toy_batched_equals_loop_and_compiles_once(toy)
 
 
 def test_training_bad_inputs(tmp_path):
