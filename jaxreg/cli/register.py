@@ -55,6 +55,7 @@ level per stage, for tests and previews), the config file, and ``--pipeline``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -78,7 +79,8 @@ __all__ = [
     "QUICK_DEFORMABLE_LEVELS",
 ]
 
-PIPELINES = ("default", "multimodal", "affine", "rigid", "bspline", "dense")  # keys of jaxreg.optimize.PRESETS
+PRESET_PIPELINES = ("default", "multimodal", "affine", "rigid", "bspline", "dense")  # keys of jaxreg.optimize.PRESETS
+PIPELINES = PRESET_PIPELINES + ("organ",)  # "organ": jaxreg.radiotherapy.organ_aware, built from the CT's labels
 
 QUICK_LINEAR_LEVELS = ((2, 0.0, 40),)
 """``--quick`` levels of the linear stage ``(shrink, smooth_mm, iterations)``."""
@@ -93,7 +95,12 @@ _DESCRIPTION = (
     "affine -> cubic B-spline FFD at 40, 20, 10 mm; dense: affine -> variational displacement field) and write "
     "into OUTDIR: warped.nii.gz (moving on the fixed grid), affine.mat "
     "(ITK/ANTs), warp.nii.gz (ITK displacement field of the deformable part, on the fixed grid), report.json "
-    "and report.png; with --labels also warped_labels.nii.gz and dice.json. 'jaxreg apply --fixed FIXED "
+    "and report.png; with --labels also warped_labels.nii.gz and dice.json. organ: planning CT <-> daily MR "
+    "(adaptive radiotherapy): rigid (Mattes MI) -> stationary velocity field with multi-modal similarity, rigid "
+    "bones, an incompressible target and freely deforming organs from the CT's labels (--ct-labels, --ct-side, "
+    "--groups or --rigid/--incompressible/--compressible); it also writes organs.json and organs.csv (per organ: "
+    "Dice, HD95, centroid error, volume change, rigidity of bones and target) and draws the organs' contours on "
+    "report.png. 'jaxreg apply --fixed FIXED "
     "--moving MOVING -t OUTDIR/warp.nii.gz -t OUTDIR/affine.mat' (antsApplyTransforms order) reproduces "
     "warped.nii.gz. Inputs are checked first (a constant, complex or NaN image is an error); nothing is written "
     "unless the whole run succeeds."
@@ -144,6 +151,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config", metavar="TOML", help="pipeline options (levels, greedy step and sigmas, window)"
+    )
+    organ = p.add_argument_group("organ-aware pipeline (--pipeline organ, adaptive radiotherapy)")
+    organ.add_argument("--ct-labels", metavar="L", help="the CT's organ labels, on the CT's grid")
+    organ.add_argument(
+        "--ct-side",
+        choices=("moving", "fixed"),
+        default="moving",
+        help="which image is the CT: moving (default; the plan is carried onto the daily MR) or fixed",
+    )
+    organ.add_argument(
+        "--groups",
+        metavar="F",
+        help="TOML or JSON file with rigid = [...], incompressible = [...], compressible = [...] label lists",
+    )
+    for name, what in (
+        ("rigid", "bones (each moves rigidly)"),
+        ("incompressible", "the target, e.g. the prostate (volume kept)"),
+        ("compressible", "bladder, rectum, bowel (deform freely)"),
+    ):
+        organ.add_argument(f"--{name}", nargs="+", type=int, metavar="L", help=f"labels of {what}; overrides --groups")
+    organ.add_argument(
+        "--organ-similarity",
+        choices=("mind", "nmi", "ngf", "mi"),
+        default="mind",
+        help="similarity of the organ-aware deformable stage (default mind: MIND-SSC)",
     )
     p.add_argument(
         "--quick",
@@ -490,6 +522,60 @@ def check_output(outdir: str | os.PathLike, inputs: Sequence[str | os.PathLike])
         check_output_folder(outdir, inputs)
 
 
+def load_organ_inputs(args: argparse.Namespace, inp: RegistrationInputs) -> tuple[Any, Any]:
+    """The CT's labels and the organ groups of ``--pipeline organ``, checked (nothing is written).
+
+    Returns:
+      ``(ct_labels, groups)``: an :class:`~jaxreg.core.grid.Image` on the CT's grid and
+      :class:`~jaxreg.radiotherapy.OrganGroups`.
+
+    Raises:
+      ValueError: no ``--ct-labels``, no groups, labels on another grid than the CT (``--ct-side`` names which
+        image the CT is), a label in two groups, a group label absent from the labels (an empty organ mask).
+    """
+    from jaxreg.core.grid import Image
+    from jaxreg.io import load_labels
+    from jaxreg.radiotherapy import OrganGroups, load_groups
+
+    if args.ct_labels is None:
+        raise UsageError("--ct-labels: --pipeline organ needs the CT's organ labels")
+    ct_path = args.moving if args.ct_side == "moving" else args.fixed
+    ct_img = inp.moving if args.ct_side == "moving" else inp.fixed
+    with argument("--ct-labels"):
+        _require_file(args.ct_labels)
+        lab = load_labels(args.ct_labels)
+        _check_on_grid(lab, ct_img, "the CT's label map", args.ct_labels, f"CT ({args.ct_side} image)", ct_path)
+    lab = Image(lab.data, ct_img.grid)
+    flags = {k: getattr(args, k) for k in ("rigid", "incompressible", "compressible")}
+    if args.groups is not None:
+        with argument("--groups"):
+            _require_file(args.groups)
+            base = load_groups(args.groups)
+        flags = {k: (v if v is not None else getattr(base, k)) for k, v in flags.items()}
+    elif all(v is None for v in flags.values()):
+        raise UsageError("--groups: --pipeline organ needs --groups FILE or --rigid/--incompressible/--compressible")
+    with argument("--groups" if args.groups is not None and all(v is None for v in flags.values()) else "--rigid/--incompressible/--compressible"):
+        groups = OrganGroups.create(**{k: (v or ()) for k, v in flags.items()})
+    with argument("--ct-labels"):
+        groups.check(lab, name=f"--ct-labels {args.ct_labels}")
+    return lab, groups
+
+
+def _organ_csv(rows: Sequence[dict]) -> Callable[[str], None]:
+    import csv
+
+    from jaxreg.radiotherapy import ORGAN_COLUMNS
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(ORGAN_COLUMNS))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r[k]) for k in ORGAN_COLUMNS})
+
+    return write
+
+
 # -- run -------------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """Run ``jaxreg register`` with parsed arguments; returns the exit status (0).
@@ -515,23 +601,44 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
         label_list=args.label_list,
         labels_json=args.labels_json,
     )
+    with argument("--config"):
+        opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
+    organ = None
+    if opts["pipeline"] == "organ":
+        organ = load_organ_inputs(args, inp)
     all_inputs = list(inp.paths) + ([args.config] if args.config else [])
+    all_inputs += [p for p in (getattr(args, "ct_labels", None), getattr(args, "groups", None)) if p]
     check_output(args.output, all_inputs)
     t_load = time.perf_counter() - t0
     # every input is checked: only now is the registration engine imported
     from jaxreg.optimize import register
 
     with argument("--config"):
-        opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
-        stages = stages_from_options(opts)
+        if organ is not None:
+            from jaxreg.radiotherapy import organ_aware
+
+            kw = {}
+            if args.quick:
+                kw = {"linear_levels": opts["linear_levels"], "levels": opts["deformable_levels"]}
+            stages = organ_aware(organ[0], organ[1], side=args.ct_side, similarity=args.organ_similarity, **kw)
+        else:
+            stages = stages_from_options(opts)
     log(f"fixed:      {args.fixed}  ({_grid_text(inp.fixed.grid)})")
     log(f"moving:     {args.moving}  ({_grid_text(inp.moving.grid)})")
     log(f"pipeline:   {opts['pipeline']}: " + "; ".join(
         f"{st.name} levels {[list(lv) for lv in st.levels]}" for st in stages
     ))
+    reg_fixed, reg_moving = inp.fixed, inp.moving
+    if organ is not None:  # the CT is registered windowed (jaxreg.radiotherapy.ct_window); outputs use the original
+        from jaxreg.radiotherapy import ct_window
+
+        if args.ct_side == "moving":
+            reg_moving = ct_window(inp.moving)
+        else:
+            reg_fixed = ct_window(inp.fixed)
     result = register(
-        inp.fixed,
-        inp.moving,
+        reg_fixed,
+        reg_moving,
         method=stages,
         fixed_mask=inp.fixed_mask,
         moving_mask=inp.moving_mask,
@@ -550,18 +657,50 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
             "quick": bool(args.quick),
         },
     }
+    extra_files: list = []
+    contours = None
+    if organ is not None:
+        from jaxreg.radiotherapy import format_organ_table, organ_report
+        from jaxreg.warp import warp_labels
+
+        ct_labels, groups = organ
+        other = None
+        if inp.fixed_labels is not None:
+            other = inp.fixed_labels if args.ct_side == "moving" else inp.moving_labels
+        rows = organ_report(
+            result.transform, inp.fixed.grid, inp.moving.grid, ct_labels, groups, side=args.ct_side, reference=other
+        )
+        keep = np.isin(np.asarray(ct_labels.data), groups.labels)
+        kept = type(ct_labels)(np.where(keep, np.asarray(ct_labels.data), 0), ct_labels.grid)
+        carried = kept if args.ct_side == "fixed" else warp_labels(kept, result.transform, inp.fixed.grid)
+        contours = {"CT organs": np.asarray(carried.data)}
+        if other is not None and args.ct_side == "moving":
+            ref = np.where(np.isin(np.asarray(other.data), groups.labels), np.asarray(other.data), 0)
+            contours["fixed labels"] = ref
+        extra["organs"] = rows
+        extra["groups"] = groups._asdict()
+        extra["inputs"].update(ct_labels=args.ct_labels, ct_side=args.ct_side, groups=args.groups)
+        organ_text = json.dumps(rows, indent=2, allow_nan=False) + "\n"
+        extra_files = [
+            ("organs.json", lambda tmp: Path(tmp).write_text(organ_text)),
+            ("organs.csv", _organ_csv(rows)),
+        ]
     outs = summarize(
         inp,
         result,
         opts,
         title=f"jaxreg register ({opts['pipeline']}): {Path(args.moving).name} -> {Path(args.fixed).name}",
         extra=extra,
+        contours=contours,
     )
     for line in outs.text:
         log(line)
+    if organ is not None:
+        for line in format_organ_table(rows):
+            log(line)
     outs.report["timings"]["load"] = round(t_load, 3)
     outs.report["timings"]["total"] = round(time.perf_counter() - t_all, 3)
-    written = write_outputs(args.output, outs, inputs=all_inputs)
+    written = write_outputs(args.output, outs, inputs=all_inputs, extra_files=extra_files)
     log(f"wrote:      {', '.join(p.name for p in written)} in {args.output}")
     log(
         f"total:      {time.perf_counter() - t_all:.1f} s "

@@ -244,7 +244,7 @@ def options_json(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _figure_png(fixed, moving_before, warped, field, jac, losses, title) -> bytes | None:
+def _figure_png(fixed, moving_before, warped, field, jac, losses, title, contours=None) -> bytes | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -252,7 +252,7 @@ def _figure_png(fixed, moving_before, warped, field, jac, losses, title) -> byte
     from jaxreg.plot import _pyplot, registration_report
 
     fig = registration_report(
-        fixed, moving_before, warped, deformation=field, jacobian=jac, losses=losses, title=title
+        fixed, moving_before, warped, deformation=field, jacobian=jac, losses=losses, title=title, contours=contours
     )
     buf = io.BytesIO()
     try:
@@ -280,6 +280,7 @@ def summarize(
     *,
     title: str | None = None,
     extra: dict[str, Any] | None = None,
+    contours: dict[str, Any] | None = None,
 ) -> Any:
     """Compute every output of a registration run in memory (nothing is written).
 
@@ -290,6 +291,7 @@ def summarize(
       options: the options it ran with (see :func:`options_json`).
       title: figure title.
       extra: more ``report.json`` entries.
+      contours: ``{name: label map on the fixed grid}`` drawn as contours on the figure (organs).
 
     Returns:
       :class:`jaxreg.io.outputs.Outputs` (the warped image, transforms, labels, Dice summary, report, figure
@@ -357,7 +359,7 @@ def summarize(
     t_eval = time.perf_counter() - t0
     losses = {key: [np.asarray(lv.loss) for lv in st_.levels] for key, st_ in keyed.items()}
     t1 = time.perf_counter()
-    png = _figure_png(fixed, before, warped, field, jac, losses, title)
+    png = _figure_png(fixed, before, warped, field, jac, losses, title, contours)
     t_fig = time.perf_counter() - t1
 
     report: dict[str, Any] = {

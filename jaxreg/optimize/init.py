@@ -173,7 +173,9 @@ def candidate_starts(
 ) -> list[tuple[str, Rigid]]:
     """Named candidate starts of a linear registration, for scoring by the similarity.
 
-    ``"center"`` (grid centres), ``"com"`` (centres of mass, no rotation) and ``"principal(..., A deg)"`` for
+    ``"identity"`` (the headers' world frames as they are: right for scans of one patient in one frame, e.g. a
+    planning CT and a daily MR whose fields of view differ), ``"center"`` (grid centres), ``"com"`` (centres of
+    mass, no rotation) and ``"principal(..., A deg)"`` for
     every ordering and sign of the principal axes with det +1 (24 in 3D, 4 in 2D; the label lists, for each
     fixed eigenvector, the moving eigenvector and sign it is mapped to, and ``A`` the rotation angle of the
     start), the one closest to the identity first. Every candidate is
@@ -185,6 +187,10 @@ def candidate_starts(
     gf = np.asarray(fixed.grid.center, np.float64)
     gm = np.asarray(moving.grid.center, np.float64)
     # the grid-centre start about c_f: T(x) = x + (gm - gf), so T(c_f) = c_f + gm - gf
-    out = [("center", _rigid(np.eye(n), cf, cf + gm - gf)), ("com", _rigid(np.eye(n), cf, cm))]
+    out = [
+        ("identity", _rigid(np.eye(n), cf, cf)),
+        ("center", _rigid(np.eye(n), cf, cf + gm - gf)),
+        ("com", _rigid(np.eye(n), cf, cm)),
+    ]
     out += [(name, _rigid(r, cf, cm)) for name, r in _principal_rotations(sf, sm)]
     return out

@@ -233,7 +233,7 @@ class Gradient:
             if mmask is not None:
                 wm = _pull(mmask, moving_grid, pts)
                 mask = wm if mask is None else mask * wm
-            return method.objective(params, fixed, warped, mask, fixed_grid)
+            return method.objective(params, fixed, warped, mask, fixed_grid, outer)
 
         return loss
 

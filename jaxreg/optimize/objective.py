@@ -150,6 +150,7 @@ class Objective:
         warped: jax.Array,
         mask: jax.Array | None,
         grid: Grid,
+        outer: Transform | None = None,
     ) -> jax.Array:
         """Unweighted value of every term, ``(n_terms,)``.
 
@@ -159,6 +160,8 @@ class Objective:
           warped: moving image warped onto ``grid``.
           mask: optional ``(*grid.shape)`` weights.
           grid: the fixed grid of this level.
+          outer: the fixed transform applied after ``transform`` (earlier stages), or ``None``; a field term with
+            an ``on_grid(grid, outer)`` method (a weight map in the moving image's space) places itself with it.
         """
         vals = []
         field = None
@@ -172,16 +175,17 @@ class Objective:
                     vals.append(jnp.zeros((), fixed.dtype))
                 else:
                     on_grid = getattr(t.fn, "on_grid", None)
-                    fn = t.fn if on_grid is None else on_grid(field[1])
+                    fn = t.fn if on_grid is None else on_grid(field[1], outer)
                     vals.append(fn(field[0], spacing=tuple(float(s) for s in field[1].spacing)))
             else:
                 vals.append(t.fn(transform))
         return jnp.stack([jnp.asarray(v, fixed.dtype).reshape(()) for v in vals])
 
-    def __call__(self, transform, fixed, warped, mask, grid) -> jax.Array:
-        """Weighted sum ``sum_k w_k term_k`` (a scalar)."""
+    def __call__(self, transform, fixed, warped, mask, grid, outer=None) -> jax.Array:
+        """Weighted sum ``sum_k w_k term_k`` (a scalar); arguments as :meth:`terms_values`."""
         return jnp.dot(
-            jnp.asarray(self.weights, fixed.dtype), self.terms_values(transform, fixed, warped, mask, grid)
+            jnp.asarray(self.weights, fixed.dtype),
+            self.terms_values(transform, fixed, warped, mask, grid, outer),
         )
 
 

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxreg.core.grid import Image
+from jaxreg.core.grid import Grid, Image
 from jaxreg.plot import _PLANE_NAMES, _aspect, _pyplot, _slice, checkerboard, slice_planes
 from jaxreg.transforms.base import Transform
 
@@ -64,6 +64,23 @@ def _draw_grid(
     ax.set_ylim(-0.5, b_len - 0.5)
 
 
+def _draw_contours(ax: Any, contours: Mapping[str, np.ndarray], g: Grid, axis: Any, idx: Any) -> None:
+    colours = ("tab:red", "tab:orange", "yellow", "tab:green", "tab:cyan", "tab:blue", "tab:purple", "magenta")
+    for k, (_, lab) in enumerate(contours.items()):
+        lab = np.asarray(lab)
+        if lab.shape != g.shape:
+            raise ValueError(f"contours: expected label maps of the fixed grid's shape {g.shape}, got {lab.shape}")
+        sl = np.swapaxes(_slice(lab, g.ndim, axis, idx), 0, 1)
+        values = [v for v in np.unique(lab) if v != 0]
+        for i, v in enumerate(values):
+            m = (sl == v).astype(np.float32)
+            if m.any() and not m.all():
+                ax.contour(
+                    m, levels=[0.5], colors=colours[i % len(colours)], linewidths=0.6,
+                    linestyles="solid" if k == 0 else "dashed",
+                )
+
+
 def registration_report(
     fixed: Image,
     moving: Image,
@@ -75,6 +92,7 @@ def registration_report(
     title: str | None = None,
     index: Sequence[int] | None = None,
     panel_size: float = 2.0,
+    contours: Mapping[str, np.ndarray] | None = None,
 ) -> Any:
     """Draw the report figure of a registration (see the module docstring for the panels).
 
@@ -89,6 +107,9 @@ def registration_report(
       title: figure title.
       index: 3D only: voxel index where the three slices meet (default the centre of the fixed grid).
       panel_size: inches per panel.
+      contours: ``{name: label map on the fixed grid}`` whose label boundaries are drawn on the ``fixed`` and
+        ``warped`` panels, one colour per label value; the first map with solid lines, the others dashed (e.g.
+        the moving image's organs carried by the registration and the fixed image's own organs).
 
     Returns:
       The matplotlib figure (save it with :func:`jaxreg.plot.save_figure`).
@@ -158,6 +179,8 @@ def registration_report(
                 ax.set_title(name, fontsize=8)
             if c == 0 and axis is not None:
                 ax.set_ylabel(f"{_PLANE_NAMES.get(axis, f'axis {axis}')} {idx}", fontsize=8)
+            if contours and name in ("fixed", "warped"):
+                _draw_contours(ax, contours, g, axis, idx)
             if name == "deformation grid" and u is not None:
                 every = max(2, round(max(g.shape) / 20))
                 _draw_grid(ax, u, g, axis, idx, every)

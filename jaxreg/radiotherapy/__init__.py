@@ -5,5 +5,28 @@ anatomy; bones must stay rigid and the target (prostate) incompressible while bl
 """
 
 from jaxreg.radiotherapy.groups import GROUP_NAMES, OrganGroups, load_groups
+from jaxreg.radiotherapy.pipeline import (
+    CT_WINDOW,
+    ORGAN_DEFORMABLE_LEVELS,
+    ORGAN_LINEAR_LEVELS,
+    ct_window,
+    organ_aware,
+    organ_maps,
+)
+from jaxreg.radiotherapy.report import ORGAN_COLUMNS, format_organ_table, organ_report, rigid_fit_residual
 
-__all__ = ["GROUP_NAMES", "OrganGroups", "load_groups"]
+__all__ = [
+    "CT_WINDOW",
+    "GROUP_NAMES",
+    "ORGAN_COLUMNS",
+    "ORGAN_DEFORMABLE_LEVELS",
+    "ORGAN_LINEAR_LEVELS",
+    "OrganGroups",
+    "ct_window",
+    "format_organ_table",
+    "load_groups",
+    "organ_aware",
+    "organ_maps",
+    "organ_report",
+    "rigid_fit_residual",
+]

@@ -53,6 +53,7 @@ free-form deformations with a local rigidity constraint", MICCAI 2004.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -72,7 +73,7 @@ from jaxreg.regularizers.smoothness import (
     _forward_weights,
     _require_orthonormal,
 )
-from jaxreg.warp import resample
+from jaxreg.warp import resample, sample_points
 
 __all__ = ["WeightMapped", "incompressibility", "label_weight_map", "rigidity", "weight_mapped"]
 
@@ -371,21 +372,40 @@ class WeightMapped:
     given) and multiplied into ``mask``. :meth:`on_grid` is the protocol an objective uses: it returns the
     regulariser with the map on the grid of the field being regularised bound as its ``mask``.
 
-    Compares and hashes by identity (it holds an array): one object is one configuration, compiled once.
+    With ``side="moving"`` the map lies in the *moving* image's space (labels of the moving image): on a field
+    grid it is pulled through the registration's fixed outer transform (the linear stages before this one),
+    ``c_fixed(x) = c(A(x))``, so it covers the moving image's organs where the linear alignment puts them; dilate
+    the map by the deformation expected beyond that alignment.
+
+    Compares and hashes by value (``fn``, ``order``, ``side``, the map's grid and a SHA-1 digest of its data), so
+    two equal maps built independently share one compiled kernel.
 
     Attributes:
       fn: the regulariser ``fn(u, *, spacing, grid, mask) -> scalar``.
       weight_map: the map, float32 :class:`Image` (world coordinates).
       order: interpolation order of the resampling (0 nearest, 1 linear).
+      side: ``"fixed"`` (the map lies in the fixed image's space) or ``"moving"``.
     """
 
-    __slots__ = ("_cache", "fn", "order", "weight_map")
+    __slots__ = ("_cache", "_digest", "fn", "order", "side", "weight_map")
 
-    def __init__(self, fn: Callable, weight_map: Image, *, order: int = 1):
+    def __init__(self, fn: Callable, weight_map: Image, *, order: int = 1, side: str = "fixed"):
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "weight_map", weight_map)
         object.__setattr__(self, "order", order)
+        object.__setattr__(self, "side", side)
         object.__setattr__(self, "_cache", {})
+        data = np.ascontiguousarray(np.asarray(weight_map.data, np.float32))
+        object.__setattr__(self, "_digest", hashlib.sha1(data.tobytes()).hexdigest())
+
+    def _key(self) -> tuple:
+        return (self.fn, self.order, self.side, self.weight_map.grid, self._digest)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is WeightMapped and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __setattr__(self, attr: str, value: Any) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen")
@@ -395,7 +415,9 @@ class WeightMapped:
         return f"{getattr(self.fn, '__name__', 'regularizer')}[mapped]"
 
     def __repr__(self) -> str:
-        return f"weight_mapped({self.fn!r}, <map on {self.weight_map.grid!r}>, order={self.order})"
+        return (
+            f"weight_mapped({self.fn!r}, <map on {self.weight_map.grid!r}>, order={self.order}, side={self.side!r})"
+        )
 
     def map_on(self, grid: Grid) -> jax.Array:
         """The weight map resampled onto ``grid`` (``(*grid.shape)`` float32; cached, a constant under jit)."""
@@ -415,8 +437,29 @@ class WeightMapped:
             self._cache[grid] = hit
         return jnp.asarray(hit)
 
-    def on_grid(self, grid: Grid) -> Callable:
-        """``fn`` with the map on ``grid`` bound as ``mask``: ``f(u, *, spacing) -> scalar`` for a field on ``grid``."""
+    def map_through(self, grid: Grid, outer: Any) -> jax.Array:
+        """The map sampled at ``outer(x)`` for the voxel centres ``x`` of ``grid``: ``(*grid.shape)`` (traced).
+
+        The gradient does not flow into ``outer`` through the map (``stop_gradient``): the map places the
+        penalty, it is not a term to optimise.
+        """
+        if outer is None:
+            return self.map_on(grid)
+        with jax.ensure_compile_time_eval():
+            pts = jnp.asarray(grid.world_coords(jnp.float32))
+        pts = jax.lax.stop_gradient(outer(pts))
+        return sample_points(self.weight_map, pts, order=self.order)
+
+    def on_grid(self, grid: Grid, outer: Any = None) -> Callable:
+        """``fn`` with the map on ``grid`` bound as ``mask``: ``f(u, *, spacing) -> scalar`` for a field on ``grid``.
+
+        Args:
+          grid: the grid of the regularised field.
+          outer: the registration's fixed transform applied after the optimised one (used when
+            ``side="moving"``; ``None`` means the identity).
+        """
+        if self.side == "moving":
+            return functools.partial(self.fn, mask=self.map_through(grid, outer))
         return functools.partial(self.fn, mask=self.map_on(grid))
 
     def __call__(
@@ -448,7 +491,7 @@ class WeightMapped:
         return self.fn(u, mask=c, **kw)
 
 
-def weight_mapped(fn: Any, weight_map: Image, *, order: int = 1) -> WeightMapped:
+def weight_mapped(fn: Any, weight_map: Image, *, order: int = 1, side: str = "fixed") -> WeightMapped:
     """A field regulariser whose ``mask`` is a weight map in world coordinates, for any field grid.
 
     Use it as a field term of an objective: ``field_term(weight_mapped("rigidity", c), 0.1)``. The objective
@@ -461,6 +504,9 @@ def weight_mapped(fn: Any, weight_map: Image, *, order: int = 1) -> WeightMapped
         ``"incompressibility(form='log')"``, ``{"name": "bending"}``).
       weight_map: non-negative weights as an :class:`Image` (e.g. :func:`label_weight_map`), concrete.
       order: 0 (nearest) or 1 (linear) resampling onto field grids.
+      side: ``"fixed"``: the map lies in the fixed image's space (labels of the fixed image); ``"moving"``: in the
+        moving image's space, pulled through the linear stages' transform on each level (see
+        :class:`WeightMapped`).
 
     Returns:
       A :class:`WeightMapped` term.
@@ -480,4 +526,6 @@ def weight_mapped(fn: Any, weight_map: Image, *, order: int = 1) -> WeightMapped
         raise ValueError("weight_map: the map is empty (all weights 0)")
     if order not in (0, 1):
         raise ValueError(f"order: expected 0 (nearest) or 1 (linear), got {order!r}")
-    return WeightMapped(fn, Image(jnp.asarray(data, jnp.float32), weight_map.grid), order=order)
+    if side not in ("fixed", "moving"):
+        raise ValueError(f"side: expected 'fixed' or 'moving', got {side!r}")
+    return WeightMapped(fn, Image(jnp.asarray(data, jnp.float32), weight_map.grid), order=order, side=side)
