@@ -8,10 +8,18 @@ from hypothesis import HealthCheck, settings
 
 # keep tests hermetic: the command line's persistent compilation cache stays off unless a test turns it on
 os.environ.setdefault("JAXREG_CACHE_DIR", "")
-# tests run tiny arrays, so XLA's compile time dominates: skip LLVM's most expensive optimisation passes (about
-# 15 % less suite time on 2 cores; the programs and their floating-point semantics are the same, only less
-# optimised machine code). Set XLA_FLAGS yourself to test with the defaults.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+# tests run tiny arrays, so XLA's compile time dominates (backend compilation is ~85 % of the CPU time of
+# test_transforms.py): skip LLVM's most expensive optimisation passes (about 15 % less suite time on 2 cores), emit
+# fusions with XLA's classic elemental emitters instead of the MLIR fusion emitters (backend compile time of
+# test_transforms.py 45 s -> 15-19 s, its CPU time 53 s -> 34 s; test_learn_pose.py 79 s -> 48 s), and run Eigen
+# single-threaded (two xdist workers share two cores; less system time). The programs and their floating-point
+# semantics are the same, only less optimised machine code. Subprocesses (CLI, examples) inherit these flags. Set
+# XLA_FLAGS yourself to test with the defaults.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    " --xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false",
+)
 
 # "ci" (the default) explores: every run draws fresh examples (not derandomised), so a property keeps finding new
 # inputs over many runs; no example database is written (runs stay hermetic, a failure prints its reproducing
