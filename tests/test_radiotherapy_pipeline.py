@@ -208,7 +208,7 @@ def _phantom_case():
 def phantom_runs():
     ct, lab, mr, mr_lab, truth = _phantom_case()
     g = OrganGroups.create([BONE], [PROSTATE], [BLADDER])
-    kw = dict(linear_levels=(Level(2, 0.0, 40), Level(1, 0.0, 30)), levels=(Level(2, 0.0, 40), Level(1, 0.0, 40)))
+    kw = dict(linear_levels=(Level(1, 0.0, 40),), levels=(Level(1, 0.0, 60),))
     stages = organ_aware(lab, g, side="moving", similarity="mind", **kw)
     res = register(mr, ct, method=stages)
     again = register(mr, ct, method=organ_aware(lab, g, side="moving", similarity="mind", **kw))

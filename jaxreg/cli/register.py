@@ -633,9 +633,9 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
         from jaxreg.radiotherapy import ct_window
 
         if args.ct_side == "moving":
-            reg_moving = ct_window(inp.moving)
+            reg_moving = ct_window(inp.moving, labels=organ[0], groups=organ[1])
         else:
-            reg_fixed = ct_window(inp.fixed)
+            reg_fixed = ct_window(inp.fixed, labels=organ[0], groups=organ[1])
     result = register(
         reg_fixed,
         reg_moving,

@@ -4,9 +4,11 @@
 entry point, :func:`jaxreg.optimize.register`::
 
     stages = organ_aware(ct_labels, groups, side="moving")      # CT moving, daily MR fixed
-    result = register(mr, ct_window(ct), method=stages)          # result.transform: MR mm -> CT mm
+    ct_reg = ct_window(ct, labels=ct_labels, groups=groups)    # windowed, the prostate's contour painted in
+    result = register(mr, ct_reg, method=stages)                # result.transform: MR mm -> CT mm
 
-The CT is registered windowed (:func:`ct_window`, -1000 to 1500 HU): pass ``ct_window(ct)`` to ``register``.
+The CT is registered as :func:`ct_window` prepares it (clipped to -1000..1500 HU, the target's contour painted in
+at 400 HU: the prostate is invisible on CT): pass ``ct_window(ct, labels=ct_labels, groups=groups)``.
 
 1. **rigid** -- Mattes mutual information (multi-modal), best of the candidate starts (``init="auto"``), 2 levels.
    The planning CT and the daily MR are the same patient: the linear part is rigid, not affine.
@@ -64,16 +66,32 @@ ORGAN_DEFORMABLE_LEVELS = (Level(4, 0.0, 60), Level(2, 0.0, 40))
 _SIMILARITIES = {"mind": "mind", "nmi": "nmi(bins=32)", "ngf": "ngf", "mi": "mi(bins=32)"}
 
 
-def ct_window(ct: Image, window: tuple[float, float] = CT_WINDOW) -> Image:
-    """The CT clipped to a Hounsfield window, the image the organ-aware pipeline registers.
+def ct_window(
+    ct: Image,
+    window: tuple[float, float] = CT_WINDOW,
+    *,
+    labels: Image | None = None,
+    groups: OrganGroups | None = None,
+    target_hu: float | None = 400.0,
+) -> Image:
+    """The CT as the organ-aware pipeline registers it: clipped to a HU window, the target's contour painted in.
 
     Histogram similarities spread their bins over the image's range; a few metal or noise voxels at 3000 HU and
-    more would squeeze soft tissue and bone into a handful of bins (on the shared pelvis CT the unclipped range
-    made the rigid stage miss the prostate by 5 mm). Clipping to ``[-1000, 1500]`` HU keeps every tissue apart.
+    more would squeeze soft tissue and bone into a handful of bins. Clipping to ``[-1000, 1500]`` HU keeps every
+    tissue apart.
+
+    The prostate has almost no contrast on CT (its HU are those of the muscle around it) while the daily MR shows
+    it; the planning contour does. With ``labels`` and ``groups``, the incompressible organs (the target) are set
+    to ``target_hu`` (between soft tissue and cortical bone), so the similarity sees the outline the contour gives
+    ("controlling structures" of commercial deformable registration). Without it the deformable stage has no
+    evidence of the target's own motion and it follows the bones.
 
     Args:
       ct: CT in HU.
       window: ``(low, high)`` in HU.
+      labels: the CT's labels (on its grid), to paint the incompressible organs.
+      groups: the organ groups (checked against ``labels``).
+      target_hu: the value painted inside the incompressible organs; ``None`` paints nothing.
 
     Returns:
       float32 :class:`Image` on the same grid.
@@ -83,7 +101,14 @@ def ct_window(ct: Image, window: tuple[float, float] = CT_WINDOW) -> Image:
     lo, hi = (float(v) for v in window)
     if not lo < hi:
         raise ValueError(f"window: expected (low, high) with low < high in HU, got {window!r}")
-    return Image(jnp.clip(jnp.asarray(ct.data, jnp.float32), lo, hi), ct.grid)
+    data = jnp.clip(jnp.asarray(ct.data, jnp.float32), lo, hi)
+    if (labels is None) != (groups is None):
+        raise ValueError("labels: pass the CT's labels and the organ groups together (or neither)")
+    if labels is not None and target_hu is not None and groups.incompressible:
+        groups.check(labels, name="labels", image=ct)
+        target = np.isin(np.asarray(labels.data), groups.incompressible)
+        data = jnp.where(jnp.asarray(target), jnp.float32(np.clip(target_hu, lo, hi)), data)
+    return Image(data, ct.grid)
 
 
 def organ_maps(
