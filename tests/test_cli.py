@@ -310,7 +310,7 @@ def demo_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JAXREG_CACHE_DIR", "")  # no persistent compilation cache from tests
         with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
-            rc = main(["demo", "-o", str(root / "demo_out"), "--resolution", "6", "--seed", "1"])
+            rc = main(["demo", "-o", str(root / "demo_out"), "--resolution", "8", "--seed", "1"])
     return root, rc, buf_out.getvalue(), buf_err.getvalue()
 
 
@@ -335,7 +335,7 @@ def _demo_writes_files_and_reports(demo_run):
         "warped.nii.gz",
     ]
     assert (d / "report.png").read_bytes()[:4] == b"\x89PNG"
-    assert "34x40x33 voxels, 6x6x6 mm" in out
+    assert "26x30x25 voxels, 8x8x8 mm" in out
     for name in ("grey matter", "white matter", "brain"):  # Dice before/after: registration helps
         m = re.search(rf"{name}\s+([\d.]+)\s+([\d.]+)", out)
         assert m, (name, out)
