@@ -100,7 +100,7 @@ def main(argv=None) -> None:
 
     def measure(name: str, case, transform, seconds: float) -> None:
         rows = organ_report(
-            transform, case.mr.grid, case.ct.grid, case.ct_labels, groups, side="moving",
+            transform, case.ct_labels, groups, fixed_grid=case.mr.grid, moving_grid=case.ct.grid, side="moving",
             reference=case.mr_labels, truth=case.truth,
         )
         by = {r["label"]: r for r in rows}

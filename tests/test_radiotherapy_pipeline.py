@@ -155,7 +155,7 @@ def test_organ_report_on_closed_form_transforms():
     c = jnp.asarray(grid.center, jnp.float32)
     rig = Rigid(jnp.asarray(0.05), jnp.asarray([2.0, 1.0]), c)
     # CT fixed: organs are the CT's own labels; a rigid map is rigid, volume-preserving and orthonormal
-    rows = {r["label"]: r for r in organ_report(rig, grid, grid, lab, g, side="fixed", truth=rig)}
+    rows = {r["label"]: r for r in organ_report(rig, lab, g, fixed_grid=grid, moving_grid=grid, side="fixed", truth=rig)}
     for v in (BONE, PROSTATE, BLADDER):
         assert rows[v]["rigid_residual_mm"] < 1e-3
         assert abs(rows[v]["volume_change_pct"]) < 1e-3
@@ -164,7 +164,7 @@ def test_organ_report_on_closed_form_transforms():
         assert rows[v]["voxels"] == int((np.asarray(lab.data) == v).sum())
     # a scaling by 1.05: det J = 1.05^2, singular values 1.05, error |0.05 (x - c)| against the rigid truth
     sc = Affine(jnp.eye(2) * 1.05, jnp.zeros(2), c)
-    rows = {r["label"]: r for r in organ_report(sc, grid, grid, lab, g, side="fixed", truth=Affine.identity(2, center=c))}
+    rows = {r["label"]: r for r in organ_report(sc, lab, g, fixed_grid=grid, moving_grid=grid, side="fixed", truth=Affine.identity(2, center=c))}
     assert rows[BONE]["volume_change_pct"] == pytest.approx(100 * (1.05**2 - 1), rel=1e-3)
     assert rows[BONE]["orthonormality_pct"] == pytest.approx(5.0, rel=1e-3)
     pts = np.asarray(grid.world_coords())[np.asarray(lab.data) == BONE]
@@ -172,13 +172,13 @@ def test_organ_report_on_closed_form_transforms():
     assert rows[BONE]["rigid_residual_mm"] > 0.1
     # CT moving with the MR's labels made by the same transform: Dice 1, HD95 0, centroid error ~0
     mr_labels = warp_labels(lab, rig, grid)
-    rows = organ_report(rig, grid, grid, lab, g, side="moving", reference=mr_labels, names={BONE: "bone"})
+    rows = organ_report(rig, lab, g, fixed_grid=grid, moving_grid=grid, side="moving", reference=mr_labels, names={BONE: "bone"})
     by = {r["label"]: r for r in rows}
     assert by[BONE]["dice"] == 1.0 and by[BONE]["hd95_mm"] == 0.0 and by[BONE]["centroid_error_mm"] < 1e-4
     assert by[BONE]["name"] == "bone" and by[BLADDER]["group"] == "compressible"
     assert any("bone" in line for line in format_organ_table(rows))
     with pytest.raises(ValueError, match="ct_labels: expected the moving image's grid"):
-        organ_report(rig, grid, Grid.from_spacing((30, 30), (2.0, 2.0)), lab, g, side="moving")
+        organ_report(rig, lab, g, fixed_grid=grid, moving_grid=Grid.from_spacing((30, 30), (2.0, 2.0)), side="moving")
 
 
 # -- the pipeline on a 2-D phantom ----------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def _phantom_case():
 def phantom_runs():
     ct, lab, mr, mr_lab, truth = _phantom_case()
     g = OrganGroups.create([BONE], [PROSTATE], [BLADDER])
-    kw = dict(linear_levels=(Level(1, 0.0, 40),), levels=(Level(1, 0.0, 60),))
+    kw = dict(linear_levels=(Level(2, 0.0, 40), Level(1, 0.0, 30)), levels=(Level(1, 0.0, 60),))
     stages = organ_aware(lab, g, side="moving", similarity="mind", **kw)
     res = register(mr, ct, method=stages)
     again = register(mr, ct, method=organ_aware(lab, g, side="moving", similarity="mind", **kw))
@@ -220,9 +220,9 @@ def phantom_runs():
 
 def test_organ_pipeline_keeps_bones_rigid_and_follows_the_bladder(phantom_runs):
     p = phantom_runs
-    rows = {r["label"]: r for r in organ_report(p["res"].transform, p["mr"].grid, p["ct"].grid, p["lab"], p["g"],
+    rows = {r["label"]: r for r in organ_report(p["res"].transform, p["lab"], p["g"], fixed_grid=p["mr"].grid, moving_grid=p["ct"].grid,
                                                  side="moving", reference=p["mr_lab"], truth=p["truth"])}
-    plain = {r["label"]: r for r in organ_report(p["plain"].transform, p["mr"].grid, p["ct"].grid, p["lab"], p["g"],
+    plain = {r["label"]: r for r in organ_report(p["plain"].transform, p["lab"], p["g"], fixed_grid=p["mr"].grid, moving_grid=p["ct"].grid,
                                                   side="moving", reference=p["mr_lab"], truth=p["truth"])}
     assert rows[BONE]["error_mm"] < 1.0, rows[BONE]
     assert rows[BONE]["rigid_residual_mm"] < 0.1 and rows[BONE]["orthonormality_pct"] < 1.0, rows[BONE]

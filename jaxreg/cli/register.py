@@ -668,7 +668,8 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
         if inp.fixed_labels is not None:
             other = inp.fixed_labels if args.ct_side == "moving" else inp.moving_labels
         rows = organ_report(
-            result.transform, inp.fixed.grid, inp.moving.grid, ct_labels, groups, side=args.ct_side, reference=other
+            result.transform, ct_labels, groups, fixed_grid=inp.fixed.grid, moving_grid=inp.moving.grid,
+            side=args.ct_side, reference=other,
         )
         keep = np.isin(np.asarray(ct_labels.data), groups.labels)
         kept = type(ct_labels)(np.where(keep, np.asarray(ct_labels.data), 0), ct_labels.grid)

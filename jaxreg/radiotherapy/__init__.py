@@ -14,9 +14,11 @@ from jaxreg.radiotherapy.pipeline import (
     organ_maps,
 )
 from jaxreg.radiotherapy.report import ORGAN_COLUMNS, format_organ_table, organ_report, rigid_fit_residual
+from jaxreg.radiotherapy.synthesis import T2_TISSUES, DailyCase, save_case, synthesize_daily_case
 
 __all__ = [
     "CT_WINDOW",
+    "DailyCase",
     "GROUP_NAMES",
     "ORGAN_COLUMNS",
     "ORGAN_DEFORMABLE_LEVELS",
@@ -29,4 +31,7 @@ __all__ = [
     "organ_maps",
     "organ_report",
     "rigid_fit_residual",
+    "save_case",
+    "synthesize_daily_case",
+    "T2_TISSUES",
 ]

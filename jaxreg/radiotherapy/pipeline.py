@@ -68,8 +68,8 @@ _SIMILARITIES = {"mind": "mind", "nmi": "nmi(bins=32)", "ngf": "ngf", "mi": "mi(
 
 def ct_window(
     ct: Image,
-    window: tuple[float, float] = CT_WINDOW,
     *,
+    window: tuple[float, float] = CT_WINDOW,
     labels: Image | None = None,
     groups: OrganGroups | None = None,
     target_hu: float | None = 400.0,

@@ -99,11 +99,11 @@ def _centroid(mask: np.ndarray, grid: Grid) -> np.ndarray | None:
 
 def organ_report(
     transform: Transform,
-    fixed_grid: Grid,
-    moving_grid: Grid,
     ct_labels: Image,
     groups: OrganGroups,
     *,
+    fixed_grid: Grid,
+    moving_grid: Grid,
     side: str = "moving",
     reference: Image | None = None,
     truth: Transform | None = None,
@@ -114,10 +114,10 @@ def organ_report(
 
     Args:
       transform: the registration's pull transform, fixed world mm -> moving world mm.
-      fixed_grid: the fixed image's grid.
-      moving_grid: the moving image's grid.
       ct_labels: the CT's labels (on the moving grid when ``side="moving"``, on the fixed grid otherwise).
       groups: the organ groups; each of their labels gets a row (in group order), then ``extra_labels``.
+      fixed_grid: the fixed image's grid.
+      moving_grid: the moving image's grid.
       side: ``"moving"`` (CT moving) or ``"fixed"`` (CT fixed).
       reference: the other image's labels in the same label space (on its grid), for Dice, HD95 and centroids.
       truth: a ground-truth pull transform fixed -> moving, for ``error_mm``.
