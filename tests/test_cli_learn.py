@@ -77,7 +77,8 @@ def test_example_config_is_valid_toml_with_every_section(capsys):
 
 def test_train_resume_and_predict(dataset, tmp_path, capsys, monkeypatch):
     # the command line's default persistent compilation cache, in a folder of this test (hermetic): the resumed
-    # run and predict read the first run's programs instead of compiling them again (about a third of the time)
+    # run and predict read the first run's programs instead of compiling them again (about a third of the time).
+    # Under tests/conftest.py's session cache (JAX_COMPILATION_CACHE_DIR) the command line uses that one instead.
     monkeypatch.setenv("JAXREG_CACHE_DIR", str(tmp_path / "jax_cache"))
     cfg = _config(dataset, "synthesis")
     assert main(["train", "--config", str(cfg), "--quiet"]) == 0

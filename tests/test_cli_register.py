@@ -486,7 +486,7 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert cache_dir() == str(tmp_path / "home" / ".cache" / "jaxreg" / "jax")
 
 
-def test_cache_is_used_by_commands_and_restored(tmp_path, capsys, monkeypatch):
+def test_cache_is_used_by_commands_and_restored(tmp_path, capsys, monkeypatch, without_jax_cache):
     if jax.config.jax_compilation_cache_dir:
         pytest.skip("JAX's own compilation cache is configured (JAX_COMPILATION_CACHE_DIR); jaxreg leaves it alone")
     old_min = jax.config.jax_persistent_cache_min_compile_time_secs
