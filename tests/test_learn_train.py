@@ -393,7 +393,8 @@ def test_fit_argument_errors(tmp_path):
 CHILD = textwrap.dedent(
     """
     import os, sys, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    # four CPU devices, plus the compile flags of the test run (tests/conftest.py), handed over by the parent
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 " + os.environ.pop("PARENT_XLA_FLAGS", "")
     os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, sys.argv[1])
     import jax, numpy as np
@@ -433,6 +434,7 @@ CHILD = textwrap.dedent(
 
 def test_data_parallel_over_four_cpu_devices_matches_one_device(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PARENT_XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(REPO), str(tmp_path / "dp")],
         check=False,
