@@ -263,6 +263,14 @@ def test_cli_organ_pipeline_writes_the_organ_report_and_rejects_bad_input(tmp_pa
     assert json.loads((out / "report.json").read_text())["groups"]["rigid"] == [BONE]
     assert "rigid" in text and "organ" in text
     assert nib.load(out / "warp.nii.gz").shape[:2] == mr.grid.shape
+    # the CT as the fixed image: its own labels are the organs; bones stay rigid
+    rc = main([str(a) for a in ["register", tmp_path / "ct.nii.gz", tmp_path / "mr.nii.gz", "--pipeline", "organ",
+                                "--quick", "-o", tmp_path / "fixed_ct", "--ct-labels", tmp_path / "ct_labels.nii.gz",
+                                "--ct-side", "fixed", "--rigid", BONE, "--compressible", BLADDER]])
+    capsys.readouterr()
+    assert rc == 0
+    rows = json.loads((tmp_path / "fixed_ct" / "organs.json").read_text())
+    assert [r["label"] for r in rows] == [BONE, BLADDER] and rows[0]["rigid_residual_mm"] < 0.2
     # bad inputs: one-line errors naming the argument, nothing written
     bad = [
         (["--ct-labels", tmp_path / "mr_labels_small.nii.gz", "--groups", tmp_path / "groups.toml"], "--ct-labels"),

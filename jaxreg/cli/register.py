@@ -526,8 +526,8 @@ def load_organ_inputs(args: argparse.Namespace, inp: RegistrationInputs) -> tupl
     """The CT's labels and the organ groups of ``--pipeline organ``, checked (nothing is written).
 
     Returns:
-      ``(ct_labels, groups)``: an :class:`~jaxreg.core.grid.Image` on the CT's grid and
-      :class:`~jaxreg.radiotherapy.OrganGroups`.
+      ``(ct_labels, groups, names)``: an :class:`~jaxreg.core.grid.Image` on the CT's grid,
+      :class:`~jaxreg.radiotherapy.OrganGroups` and label names (from a groups JSON's ``labels`` table).
 
     Raises:
       ValueError: no ``--ct-labels``, no groups, labels on another grid than the CT (``--ct-side`` names which
@@ -558,7 +558,25 @@ def load_organ_inputs(args: argparse.Namespace, inp: RegistrationInputs) -> tupl
         groups = OrganGroups.create(**{k: (v or ()) for k, v in flags.items()})
     with argument("--ct-labels"):
         groups.check(lab, name=f"--ct-labels {args.ct_labels}")
-    return lab, groups
+    return lab, groups, _label_names(args.groups)
+
+
+def _label_names(path: str | None) -> dict[int, str]:
+    """Label names of a groups JSON with a ``labels`` table (TotalSegmentator's labels.json), else none."""
+    if path is None or not str(path).endswith(".json"):
+        return {}
+    with open(path) as fh:
+        data = json.load(fh)
+    table = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        return {}
+    out = {}
+    for k, v in table.items():
+        try:
+            out[int(k)] = str(v)
+        except ValueError:
+            continue
+    return out
 
 
 def _organ_csv(rows: Sequence[dict]) -> Callable[[str], None]:
@@ -663,13 +681,13 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
         from jaxreg.radiotherapy import format_organ_table, organ_report
         from jaxreg.warp import warp_labels
 
-        ct_labels, groups = organ
+        ct_labels, groups, names = organ
         other = None
         if inp.fixed_labels is not None:
             other = inp.fixed_labels if args.ct_side == "moving" else inp.moving_labels
         rows = organ_report(
             result.transform, ct_labels, groups, fixed_grid=inp.fixed.grid, moving_grid=inp.moving.grid,
-            side=args.ct_side, reference=other,
+            side=args.ct_side, reference=other, names={**names, **(inp.names or {})},
         )
         keep = np.isin(np.asarray(ct_labels.data), groups.labels)
         kept = type(ct_labels)(np.where(keep, np.asarray(ct_labels.data), 0), ct_labels.grid)
