@@ -193,7 +193,8 @@ def main(argv=None) -> None:
         ab = os.path.join(DATA, "abdomen_ct_mr")
         mr, act = load_image(os.path.join(ab, "mr.nii.gz")), load_image(os.path.join(ab, "ct.nii.gz"))
         mr_l, ct_l = load_labels(os.path.join(ab, "mr_labels.nii.gz")), load_labels(os.path.join(ab, "ct_labels.nii.gz"))
-        ev = json.load(open(os.path.join(ab, "labels.json")))["eval_labels"]
+        with open(os.path.join(ab, "labels.json")) as fh:
+            ev = json.load(fh)["eval_labels"]
         present = [v for v in ev if v in set(np.unique(np.asarray(ct_l.data)).tolist())]
 
         def ab_dice(t) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import jax
 import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
@@ -31,7 +30,7 @@ from jaxreg.radiotherapy import (
     rigid_fit_residual,
 )
 from jaxreg.regularizers.organ import label_weight_map, weight_mapped
-from jaxreg.transforms import Affine, Rigid, compose
+from jaxreg.transforms import Affine, Rigid
 from jaxreg.transforms.dense import DisplacementField
 from jaxreg.warp import warp, warp_labels
 
@@ -215,7 +214,8 @@ def phantom_runs():
     plain = organ_aware(lab, g, side="moving", similarity="mind", rigidity_weight=0.0, target_rigidity=0.0,
                         incompressibility_weight=0.0, smoothness=0.05, **kw)
     res_plain = register(mr, ct, method=plain)
-    return dict(ct=ct, lab=lab, mr=mr, mr_lab=mr_lab, truth=truth, g=g, res=res, again=again, plain=res_plain)
+    return {"ct": ct, "lab": lab, "mr": mr, "mr_lab": mr_lab, "truth": truth, "g": g, "res": res, "again": again,
+            "plain": res_plain}
 
 
 def test_organ_pipeline_keeps_bones_rigid_and_follows_the_bladder(phantom_runs):

@@ -42,7 +42,6 @@ References: M. Staring, S. Klein, J.P.W. Pluim, Med. Phys. 34(11), 2007; C. Zach
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

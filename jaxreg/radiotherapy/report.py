@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg.core.diff import spatial_gradient
 from jaxreg.core.grid import Grid, Image
 from jaxreg.evaluation.distance import hd95_per_label
 from jaxreg.radiotherapy.groups import GROUP_NAMES, OrganGroups
