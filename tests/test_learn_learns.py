@@ -63,7 +63,7 @@ def test_small_3d_network_recovers_half_of_a_known_deformation():
     np.testing.assert_allclose(e0, size, rtol=0.02)  # the initial network is the identity (flow init ~1e-5)
     assert size > 1.0  # mm (half a voxel): a deformation worth recovering
     losses = []
-    for s in range(40):
+    for s in range(25):  # recovered 67 % after 20 steps, 68 % after 25 (loss ratio 0.10): the 50 % bar holds with margin
         params, state, m = step(params, state, batch, jax.random.key(s))
         losses.append(float(m["loss"]))
     e1, _ = error(params)
