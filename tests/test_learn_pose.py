@@ -113,7 +113,10 @@ def toy(tmp_path_factory):
     nets = {}
     for kind in ("metric", "agent"):
         work = tmp_path_factory.mktemp(kind)
-        res = train_pose_net(kind, [im], [im], workdir=work, key=jax.random.key(0), **_TOY)
+        # the metric learns the toy in 100 steps (Spearman 0.89, loss ratio 0.12); the agent needs 200 (at 100 it
+        # stalls on two of the four starts)
+        steps = 100 if kind == "metric" else _TOY["steps"]
+        res = train_pose_net(kind, [im], [im], workdir=work, key=jax.random.key(0), **{**_TOY, "steps": steps})
         nets[kind] = (res, work)
     return im, nets
 
