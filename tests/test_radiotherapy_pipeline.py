@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
@@ -287,3 +288,55 @@ def test_cli_organ_pipeline_writes_the_organ_report_and_rejects_bad_input(tmp_pa
         err = capsys.readouterr().err
         assert rc == 2 and frag in err, (extra, err)
         assert not o.exists()
+
+
+# -- region-rigid transform and its stage ----------------------------------------------------------------------
+def test_region_rigid_is_rigid_inside_identity_outside_and_blends_between():
+    from jaxreg.transforms import RegionRigid
+
+    grid = Grid.from_spacing((30, 30), (2.0, 2.0))
+    x = np.asarray(grid.world_coords())
+    w = np.clip(1.0 - (np.linalg.norm(x - [30.0, 30.0], axis=-1) - 8.0) / 10.0, 0.0, 1.0)
+    c = jnp.asarray([30.0, 30.0])
+    t = RegionRigid(jnp.asarray(0.1 * 50.0), jnp.asarray([2.0, -1.0]), c, jnp.asarray(w, jnp.float32), grid, 50.0)
+    rig = Rigid(jnp.asarray(0.1), jnp.asarray([2.0, -1.0]), c)
+    out, ref = np.asarray(t(jnp.asarray(x))), np.asarray(rig(jnp.asarray(x)))
+    inside, outside = w == 1.0, w == 0.0
+    np.testing.assert_allclose(out[inside], ref[inside], atol=1e-4)
+    np.testing.assert_allclose(out[outside], x[outside], atol=1e-5)
+    mid = (w > 0) & (w < 1)
+    np.testing.assert_allclose(out[mid], x[mid] + w[mid, None] * (ref[mid] - x[mid]), atol=1e-4)
+    # the map is frozen: no gradient reaches it, the motion parameters get one
+    g = jax.grad(lambda p: jnp.sum(p(jnp.asarray(x)) ** 2))(t)
+    assert float(jnp.abs(g.weight).max()) == 0.0 and float(jnp.abs(g.translation).max()) > 0
+
+
+def test_region_stage_searches_past_a_local_minimum_and_leaves_the_rest_in_place():
+    """A 2-D blob that moved 6 mm on its own inside a static frame with a decoy edge: the lattice search starts
+    the region stage in the right basin; the rest of the image does not move."""
+    from jaxreg.optimize import Gradient, Optimizer, Region, Stage, Stopping
+    from jaxreg.optimize.objective import objective, similarity_term
+
+    grid = Grid.from_spacing((48, 48), (2.0, 2.0))
+    x = np.asarray(grid.world_coords())
+    frame = ((np.abs(x[..., 0] - 47) < 40) & (np.abs(x[..., 1] - 47) < 40)).astype(np.float32)
+    blob = lambda cx, cy: (np.linalg.norm(x - [cx, cy], axis=-1) < 7).astype(np.float32)  # noqa: E731
+    moving = Image(jnp.asarray(0.3 * frame + 0.7 * blob(47, 47)), grid)
+    fixed = Image(jnp.asarray(1.0 - (0.3 * frame + 0.7 * blob(47, 53))), grid)  # other contrast, blob +6 mm in y
+    lab = Image(jnp.asarray(blob(47, 47).astype(np.int32) * PROSTATE), grid)
+    d = np.linalg.norm(x - [47, 47], axis=-1)
+    region = Image(jnp.asarray(np.clip(1 - (d - 12) / 10, 0, 1), jnp.float32), grid)
+    focus = label_weight_map(lab, [PROSTATE], dilate_mm=8.0)
+    method = Gradient(
+        objective(similarity_term(weight_mapped("nmi(bins=16)", focus, side="moving", kind="similarity"))),
+        Optimizer("adam", 0.1),
+        Stopping(tol=1e-6),
+    )
+    stage = Stage(method, Region(region, side="moving", search_mm=(8.0, 2.0)), (Level(1, 0.0, 40),), name="target")
+    res = register(fixed, moving, method=(stage,))
+    assert res.stages[0].start.startswith("search(")
+    t = res.transform
+    np.testing.assert_allclose(np.asarray(t(jnp.asarray([[47.0, 53.0]]))), [[47.0, 47.0]], atol=1.0)
+    np.testing.assert_allclose(np.asarray(t(jnp.asarray([[10.0, 10.0]]))), [[10.0, 10.0]], atol=1e-4)
+    with pytest.raises(ValueError, match="model.search_mm"):
+        register(fixed, moving, method=(stage._replace(model=Region(region, search_mm=(1.0, -1.0))),))

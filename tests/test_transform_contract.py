@@ -29,6 +29,7 @@ from jaxreg.transforms import (
     LinearTransform,
     NumericalInverse,
     Polynomial,
+    RegionRigid,
     Rigid,
     Similarity,
     Transform,
@@ -154,6 +155,16 @@ def make_composite(ndim, k, field):
     return compose(make_rigid(ndim, k, field), make_displacement(ndim, k, field))
 
 
+def make_region(ndim, k, field):
+    g = GRIDS[ndim]
+    x = np.asarray(g.world_coords())
+    c = x.reshape(-1, ndim).mean(0)
+    w = np.clip(1.5 - np.linalg.norm(x - c, axis=-1) / (0.3 * np.abs(np.asarray(g.extent)).max()), 0.0, 1.0)
+    rng = np.random.default_rng(60 + k)
+    rot = _f32(rng.normal(size=()) * 2.0) if ndim == 2 else _f32(rng.normal(size=3) * 2.0)
+    return RegionRigid(rot, _f32(rng.normal(size=ndim)), _f32(c), _f32(w), g, 50.0)
+
+
 def make_numerical_inverse(ndim, k, field):
     return NumericalInverse(make_polynomial(ndim, k, field), 20)
 
@@ -181,6 +192,7 @@ CASES = {
     "VelocityField": Case(VelocityField, make_velocity, "velocity"),
     "Composite": Case(Composite, make_composite, "dense"),
     "NumericalInverse": Case(NumericalInverse, make_numerical_inverse, "world"),
+    "RegionRigid": Case(RegionRigid, make_region, "world"),
 }
 
 

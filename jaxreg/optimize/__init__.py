@@ -21,11 +21,12 @@ Example::
 from jaxreg.optimize.engine import Level, LevelResult, Registration, Stage, StageResult, register
 from jaxreg.optimize.init import candidate_starts, center_init, center_of_mass, image_moments, moments_init
 from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
-from jaxreg.optimize.models import BSpline, Field, Linear, linear_as
+from jaxreg.optimize.models import BSpline, Field, Linear, Region, linear_as
 from jaxreg.optimize.objective import Objective, Term, field_term, objective, similarity_term, transform_term
 from jaxreg.optimize.presets import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS, PRESETS, preset
 
 __all__ = [
+    "Region",
     "DEFAULT_GREEDY_LEVELS",
     "DEFAULT_LINEAR_LEVELS",
     "PRESETS",

@@ -25,6 +25,7 @@ wall and compile times).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -361,6 +362,32 @@ def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level_dat
     return jax.tree_util.tree_map(lambda x: x[int(best)], params), names[0][int(best)]
 
 
+def _search_start(model, method, p0, level_data, outer):
+    """The best of ``p0`` moved by each of ``model.candidate_translations(p0)``, scored by the stage's loss at its
+    first level (sequentially, ``lax.map``), and its name; ``p0`` unchanged when the model has no lattice."""
+    trans = model.candidate_translations(p0)
+    if trans is None or not hasattr(method, "loss_fn"):
+        return p0, None
+    fa, fg, ma, mg, fma, mma = level_data
+
+    def make():
+        loss = method.loss_fn(fg, mg)
+
+        def score(method, p0, trans, fa, ma, fma, mma, outer):
+            one = lambda t: loss(method, dataclasses.replace(p0, translation=t), fa, ma, fma, mma, outer)  # noqa: E731
+            return jax.lax.map(one, trans)
+
+        return score
+
+    args = (method, p0, jnp.asarray(trans), fa, ma, fma, mma, outer)
+    exe, _ = _compiled(("search", fg, mg, trans.shape), make, args)
+    scores = np.asarray(exe(*args))
+    scores = np.where(np.isfinite(scores), scores, np.inf)
+    best = int(np.argmin(scores))
+    t = trans[best]
+    return dataclasses.replace(p0, translation=jnp.asarray(t)), f"search({', '.join(f'{v:+g}' for v in t)} mm)"
+
+
 def _stack_data(images: Sequence[Image | None], batch: bool) -> Any:
     if images[0] is None:
         return None
@@ -524,13 +551,16 @@ def register(
                     sweep,
                 )
             else:
-                p0 = model.start(fgrid, None)
+                start_after = getattr(model, "start_after", None)  # a model placed through the earlier stages
+                p0 = start_after(fgrid, stage_outer) if (start_after and not batch) else model.start(fgrid, None)
+                start = None
+                if hasattr(model, "candidate_translations") and not batch:
+                    p0, start = _search_start(model, method_s, p0, level_data(stage.levels[0]), stage_outer)
                 params = (
                     jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (b, *jnp.shape(x))), p0)
                     if batch
                     else p0
                 )
-                start = None
         records = []
         uses_mmask = getattr(method_s, "uses_moving_mask", True)
         for li, level in enumerate(stage.levels):

@@ -148,3 +148,81 @@ class Field(NamedTuple):
         if isinstance(previous, Field) and previous.kind == self.kind:
             return transform
         return None
+
+
+class Region(NamedTuple):
+    """A rigid motion of one region on top of the earlier stages (:class:`~jaxreg.transforms.RegionRigid`).
+
+    Attributes:
+      weight_map: the region's weights in ``[0, 1]`` (an :class:`~jaxreg.core.grid.Image` in world coordinates):
+        1 where the region moves rigidly, 0 where nothing moves, a smooth fall-off between.
+      side: ``"moving"``: the map lies in the moving image's space and is pulled onto the fixed grid through the
+        earlier stages' transform when the stage starts; ``"fixed"``: it lies in the fixed image's space.
+      search_mm: ``(half_width, step)`` of the lattice of translations scored at the stage's first level before
+        the gradient descent (the region's similarity has local minima a few mm apart); ``None``: no search.
+      radius_mm: scale of the rotation parameter (mm of arc at this radius per radian).
+    """
+
+    weight_map: Any
+    side: str = "moving"
+    search_mm: Any = (6.0, 3.0)
+    radius_mm: float = 50.0
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` for a bad configuration."""
+        from jaxreg.core.grid import Image
+
+        if not isinstance(self.weight_map, Image):
+            raise ValueError(f"model.weight_map: expected a jaxreg Image, got {type(self.weight_map).__name__}")
+        if self.side not in ("fixed", "moving"):
+            raise ValueError(f"model.side: expected 'fixed' or 'moving', got {self.side!r}")
+        if self.search_mm is not None and not (
+            len(self.search_mm) == 2 and self.search_mm[0] >= 0 and self.search_mm[1] > 0
+        ):
+            raise ValueError(f"model.search_mm: expected None or (half_width, step) in mm, got {self.search_mm!r}")
+        if not (isinstance(self.radius_mm, (int, float)) and self.radius_mm > 0):
+            raise ValueError(f"model.radius_mm: expected a positive number of mm, got {self.radius_mm!r}")
+
+    @property
+    def is_linear(self) -> bool:
+        """False."""
+        return False
+
+    def start(self, grid: Grid, initial: Transform | None) -> Transform:
+        """``initial``, or no motion of the region placed on ``grid`` through the identity."""
+        return initial if initial is not None else self.start_after(grid, None)
+
+    def start_after(self, grid: Grid, outer: Transform | None) -> Transform:
+        """No motion, the region's map placed on the fixed ``grid`` (pulled through ``outer`` if moving-side)."""
+        from jaxreg.transforms.region import RegionRigid
+        from jaxreg.warp import resample, warp
+
+        # edge values beyond the map's grid: a region at the edge of its image's field of view (the prostate of a
+        # CT cut just below it) must not fall to 0 there, which would make the blend fold
+        if self.side == "moving" and outer is not None:
+            w = warp(self.weight_map, outer, grid, mode="nearest").data
+        elif self.weight_map.grid == grid:
+            w = self.weight_map.data
+        else:
+            w = resample(self.weight_map, grid, mode="nearest").data
+        w = jnp.clip(jnp.asarray(w, jnp.float32), 0.0, 1.0)
+        total = float(jnp.sum(w))
+        if total <= 0:
+            raise ValueError("model.weight_map: the region is empty on the fixed grid")
+        pts = grid.world_coords(jnp.float32)
+        center = jnp.sum(pts * w[..., None], axis=tuple(range(grid.ndim))) / total
+        return RegionRigid.identity(w, grid, center=center, radius_mm=float(self.radius_mm))
+
+    def candidate_translations(self, start: Transform) -> np.ndarray | None:
+        """The translations (mm, ``(m, ndim)``) of the search lattice scored before the descent, or ``None``."""
+        if self.search_mm is None:
+            return None
+        half, step = (float(v) for v in self.search_mm)
+        k = int(np.floor(half / step + 1e-9))
+        axis = np.arange(-k, k + 1) * step
+        n = start.ndim
+        return np.stack(np.meshgrid(*([axis] * n), indexing="ij"), axis=-1).reshape(-1, n).astype(np.float32)
+
+    def continue_from(self, previous: Any, transform: Transform) -> Transform | None:
+        """Continue a previous region stage; else stack."""
+        return transform if isinstance(previous, Region) else None

@@ -167,7 +167,12 @@ class Objective:
         field = None
         for t in self.terms:
             if t.kind == "similarity":
-                vals.append(t.fn(fixed, warped, mask))
+                mapped = getattr(t.fn, "mask_on_grid", None)
+                if mapped is None:
+                    vals.append(t.fn(fixed, warped, mask))
+                else:  # a weight-mapped similarity: its map, on this level's grid, is (part of) the mask
+                    m = mapped(grid, outer).astype(fixed.dtype)
+                    vals.append(t.fn.fn(fixed, warped, m if mask is None else m * mask))
             elif t.kind == "field":
                 if field is None:
                     field = transform.regularized_field(grid)

@@ -387,10 +387,13 @@ class WeightMapped:
       side: ``"fixed"`` (the map lies in the fixed image's space) or ``"moving"``.
     """
 
-    __slots__ = ("_cache", "_digest", "fn", "order", "side", "weight_map")
+    __slots__ = ("_cache", "_digest", "fn", "kind", "order", "side", "weight_map")
 
-    def __init__(self, fn: Callable, weight_map: Image, *, order: int = 1, side: str = "fixed"):
+    def __init__(
+        self, fn: Callable, weight_map: Image, *, order: int = 1, side: str = "fixed", kind: str = "regularizer"
+    ):
         object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "weight_map", weight_map)
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "side", side)
@@ -399,7 +402,7 @@ class WeightMapped:
         object.__setattr__(self, "_digest", hashlib.sha1(data.tobytes()).hexdigest())
 
     def _key(self) -> tuple:
-        return (self.fn, self.order, self.side, self.weight_map.grid, self._digest)
+        return (self.fn, self.kind, self.order, self.side, self.weight_map.grid, self._digest)
 
     def __eq__(self, other: object) -> bool:
         return type(other) is WeightMapped and self._key() == other._key()
@@ -448,7 +451,11 @@ class WeightMapped:
         with jax.ensure_compile_time_eval():
             pts = jnp.asarray(grid.world_coords(jnp.float32))
         pts = jax.lax.stop_gradient(outer(pts))
-        return sample_points(self.weight_map, pts, order=self.order)
+        return sample_points(self.weight_map, pts, order=self.order, mode="nearest")  # edge values beyond the grid
+
+    def mask_on_grid(self, grid: Grid, outer: Any = None) -> jax.Array:
+        """The map on ``grid`` (``side="fixed"``) or pulled through ``outer`` (``side="moving"``): ``(*grid.shape)``."""
+        return self.map_through(grid, outer) if self.side == "moving" else self.map_on(grid)
 
     def on_grid(self, grid: Grid, outer: Any = None) -> Callable:
         """``fn`` with the map on ``grid`` bound as ``mask``: ``f(u, *, spacing) -> scalar`` for a field on ``grid``.
@@ -471,6 +478,11 @@ class WeightMapped:
         mask: jax.Array | None = None,
     ) -> jax.Array:
         """``fn(u, spacing=..., grid=..., mask=map * mask)`` with the map on the field's grid."""
+        if self.kind == "similarity":
+            raise TypeError(
+                "a weight-mapped similarity is evaluated inside an objective (it needs the level's grid): use it as "
+                "similarity_term(weight_mapped(sim, map, kind='similarity'))"
+            )
         n = check_field(u)
         shape = tuple(u.shape[:n])
         if grid is not None:
@@ -491,7 +503,9 @@ class WeightMapped:
         return self.fn(u, mask=c, **kw)
 
 
-def weight_mapped(fn: Any, weight_map: Image, *, order: int = 1, side: str = "fixed") -> WeightMapped:
+def weight_mapped(
+    fn: Any, weight_map: Image, *, order: int = 1, side: str = "fixed", kind: str = "regularizer"
+) -> WeightMapped:
     """A field regulariser whose ``mask`` is a weight map in world coordinates, for any field grid.
 
     Use it as a field term of an objective: ``field_term(weight_mapped("rigidity", c), 0.1)``. The objective
@@ -507,12 +521,17 @@ def weight_mapped(fn: Any, weight_map: Image, *, order: int = 1, side: str = "fi
       side: ``"fixed"``: the map lies in the fixed image's space (labels of the fixed image); ``"moving"``: in the
         moving image's space, pulled through the linear stages' transform on each level (see
         :class:`WeightMapped`).
+      kind: ``"regularizer"`` (a field term) or ``"similarity"``: a similarity ``fn(fixed, warped, mask)`` whose
+        mask is the map on each level's fixed grid (pulled through the earlier stages' transform for
+        ``side="moving"``), for a ``similarity_term`` that looks at one region only (a stage aligning one organ).
 
     Returns:
       A :class:`WeightMapped` term.
     """
+    if kind not in ("regularizer", "similarity"):
+        raise ValueError(f"kind: expected 'regularizer' or 'similarity', got {kind!r}")
     if not callable(fn) or isinstance(fn, (str, Mapping)):
-        fn = parse(fn, "regularizer", argument="fn")
+        fn = parse(fn, kind, argument="fn")
     if not isinstance(weight_map, Image):
         raise TypeError(
             f"weight_map: expected a jaxreg Image (weights on a Grid), got {type(weight_map).__name__}"
@@ -528,4 +547,6 @@ def weight_mapped(fn: Any, weight_map: Image, *, order: int = 1, side: str = "fi
         raise ValueError(f"order: expected 0 (nearest) or 1 (linear), got {order!r}")
     if side not in ("fixed", "moving"):
         raise ValueError(f"side: expected 'fixed' or 'moving', got {side!r}")
-    return WeightMapped(fn, Image(jnp.asarray(data, jnp.float32), weight_map.grid), order=order, side=side)
+    return WeightMapped(
+        fn, Image(jnp.asarray(data, jnp.float32), weight_map.grid), order=order, side=side, kind=kind
+    )

@@ -43,8 +43,10 @@ from jaxreg.transforms.linear import (
     rotation_vector,
 )
 from jaxreg.transforms.polynomial import Polynomial, monomial_exponents
+from jaxreg.transforms.region import RegionRigid
 
 __all__ = [
+    "RegionRigid",
     "Transform",
     "LinearTransform",
     "Translation",
