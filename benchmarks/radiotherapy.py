@@ -4,7 +4,8 @@ For ``--days`` seeded synthetic treatment days (:func:`jaxreg.radiotherapy.synth
 ``shared/data/pelvis_ct``: a daily MR of the CT's patient under a known mapping with rigid bones, a rigidly moved
 prostate, a filled or emptied bladder and deformed bowel), the CT (moving) is registered to the MR (fixed) by
 
-* ``jaxreg organ``: :func:`jaxreg.radiotherapy.organ_aware` (rigid MI -> velocity field with MIND-SSC, rigid bones,
+* ``jaxreg organ``: :func:`jaxreg.radiotherapy.organ_aware` (rigid MI -> the prostate's own rigid motion -> velocity field
+  with NMI, rigid bones,
   incompressible prostate, free bladder/bowel) through :func:`jaxreg.optimize.register`, on the CT windowed to
   -1000..1500 HU with the prostate's contour painted in (:func:`jaxreg.radiotherapy.ct_window`, part of the
   pipeline's documented use);

@@ -96,7 +96,8 @@ _DESCRIPTION = (
     "into OUTDIR: warped.nii.gz (moving on the fixed grid), affine.mat "
     "(ITK/ANTs), warp.nii.gz (ITK displacement field of the deformable part, on the fixed grid), report.json "
     "and report.png; with --labels also warped_labels.nii.gz and dice.json. organ: planning CT <-> daily MR "
-    "(adaptive radiotherapy): rigid (Mattes MI) -> stationary velocity field with multi-modal similarity, rigid "
+    "(adaptive radiotherapy): rigid (Mattes MI) -> the target's own rigid motion -> stationary velocity field "
+    "with multi-modal similarity, rigid "
     "bones, an incompressible target and freely deforming organs from the CT's labels (--ct-labels, --ct-side, "
     "--groups or --rigid/--incompressible/--compressible); it also writes organs.json and organs.csv (per organ: "
     "Dice, HD95, centroid error, volume change, rigidity of bones and target) and draws the organs' contours on "
@@ -174,8 +175,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     organ.add_argument(
         "--organ-similarity",
         choices=("mind", "nmi", "ngf", "mi"),
-        default="mind",
-        help="similarity of the organ-aware deformable stage (default mind: MIND-SSC)",
+        default="nmi",
+        help="similarity of the organ-aware deformable stage (default nmi: normalised MI; mind: MIND-SSC)",
     )
     p.add_argument(
         "--quick",
