@@ -555,7 +555,7 @@ def load_organ_inputs(args: argparse.Namespace, inp: RegistrationInputs) -> tupl
         flags = {k: (v if v is not None else getattr(base, k)) for k, v in flags.items()}
     elif all(v is None for v in flags.values()):
         raise UsageError("--groups: --pipeline organ needs --groups FILE or --rigid/--incompressible/--compressible")
-    with argument("--groups" if args.groups is not None and all(v is None for v in flags.values()) else "--rigid/--incompressible/--compressible"):
+    with argument("--rigid/--incompressible/--compressible"):  # the file's own groups were checked by load_groups
         groups = OrganGroups.create(**{k: (v or ()) for k, v in flags.items()})
     with argument("--ct-labels"):
         groups.check(lab, name=f"--ct-labels {args.ct_labels}")

@@ -26,7 +26,6 @@ from jaxreg.optimize.objective import Objective, Term, field_term, objective, si
 from jaxreg.optimize.presets import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS, PRESETS, preset
 
 __all__ = [
-    "Region",
     "DEFAULT_GREEDY_LEVELS",
     "DEFAULT_LINEAR_LEVELS",
     "PRESETS",
@@ -39,6 +38,7 @@ __all__ = [
     "Linear",
     "Objective",
     "Optimizer",
+    "Region",
     "Registration",
     "Stage",
     "StageResult",

@@ -23,6 +23,7 @@ registration over bones).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from jaxreg.core.grid import Grid, Image
 from jaxreg.evaluation.distance import hd95_per_label
 from jaxreg.radiotherapy.groups import GROUP_NAMES, OrganGroups
 from jaxreg.transforms.base import Transform
+from jaxreg.transforms.jacobian import jacobian
 from jaxreg.warp import warp_labels
 
 __all__ = ["ORGAN_COLUMNS", "format_organ_table", "organ_report", "rigid_fit_residual"]
@@ -79,12 +81,10 @@ def rigid_fit_residual(points: np.ndarray, mapped: np.ndarray) -> tuple[float, n
     return float(np.sqrt(np.mean(np.sum(res**2, axis=1)))), r, t
 
 
-@jax.jit
-def _jacobian_stats(mapped: jax.Array, affine_inv: jax.Array) -> tuple[jax.Array, jax.Array]:
-    from jaxreg.core.diff import index_gradient
-
-    n = mapped.shape[-1]
-    j = index_gradient(mapped, n) @ affine_inv  # (*shape, n, n): d T_i / d x_j
+@functools.partial(jax.jit, static_argnums=1)
+def _jacobian_stats(transform: Transform, grid: Grid) -> tuple[jax.Array, jax.Array]:
+    """``det J`` and ``max_k |sigma_k(J) - 1|`` of ``transform`` at the voxels of ``grid``."""
+    j = jacobian(transform, grid)
     s = jnp.linalg.svd(j, compute_uv=False)
     return jnp.linalg.det(j), jnp.max(jnp.abs(s - 1.0), axis=-1)
 
@@ -145,7 +145,7 @@ def organ_report(
 
     pts = fixed_grid.world_coords(jnp.float32)
     mapped = transform.sample_grid(fixed_grid, jnp.float32)
-    detj, ortho = _jacobian_stats(mapped, jnp.asarray(fixed_grid.inverse_affine[:-1, :-1], jnp.float32))
+    detj, ortho = _jacobian_stats(transform, fixed_grid)
     detj, ortho = np.asarray(detj), np.asarray(ortho)
     pts_np, mapped_np = np.asarray(pts), np.asarray(mapped)
     err = None if truth is None else np.linalg.norm(mapped_np - np.asarray(truth.sample_grid(fixed_grid, jnp.float32)), axis=-1)

@@ -465,9 +465,7 @@ class WeightMapped:
           outer: the registration's fixed transform applied after the optimised one (used when
             ``side="moving"``; ``None`` means the identity).
         """
-        if self.side == "moving":
-            return functools.partial(self.fn, mask=self.map_through(grid, outer))
-        return functools.partial(self.fn, mask=self.map_on(grid))
+        return functools.partial(self.fn, mask=self.mask_on_grid(grid, outer))
 
     def __call__(
         self,

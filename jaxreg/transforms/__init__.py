@@ -46,7 +46,6 @@ from jaxreg.transforms.polynomial import Polynomial, monomial_exponents
 from jaxreg.transforms.region import RegionRigid
 
 __all__ = [
-    "RegionRigid",
     "Transform",
     "LinearTransform",
     "Translation",
@@ -55,6 +54,7 @@ __all__ = [
     "Affine",
     "AffineComponents",
     "Polynomial",
+    "RegionRigid",
     "BSplineTransform",
     "DisplacementField",
     "VelocityField",
