@@ -500,7 +500,10 @@ def surface_distances_per_label(
       a: integer label map (e.g. fixed segmentation), 1-D to 3-D.
       b: integer label map of the same shape (e.g. warped moving segmentation).
       labels: label values to evaluate, ``(L,)``.
-      spacing, percentile, connectivity, pooled: as :func:`surface_distances`.
+      spacing: as :func:`surface_distances`.
+      percentile: as :func:`surface_distances`.
+      connectivity: as :func:`surface_distances`.
+      pooled: as :func:`surface_distances`.
 
     Returns:
       :class:`SurfaceDistances` of ``(L,)`` float32 arrays in mm: NaN for labels in neither map, inf for

@@ -214,8 +214,7 @@ def load_image(
       ndim: required number of spatial dimensions, 2 or 3; ``None`` infers it (a single slice ``(X, Y, 1)``
         is 2-D). ``ndim=3`` loads a single slice as a 3-D grid with one voxel along z.
       channels: load the 4th (or 5th, for ``(X, Y, Z, 1, C)``) dimension as a trailing channel axis. When
-      False
-        (default) such files raise unless that dimension has size 1.
+        False (default) such files raise unless that dimension has size 1.
       dtype: NumPy/JAX dtype of ``data``; default the stored dtype (after scaling), as far as JAX allows.
 
     Returns:
@@ -380,8 +379,7 @@ def save_image(
 
     Args:
       image: 2-D or 3-D image; ``data`` ``(*grid.shape)`` or ``(*grid.shape, C)``. Channel images are stored
-      as
-        ``(X, Y, Z, 1, C)`` (``(X, Y, 1, 1, C)`` in 2-D) with intent vector (1007), as ITK/ANTs do.
+        as ``(X, Y, Z, 1, C)`` (``(X, Y, 1, 1, C)`` in 2-D) with intent vector (1007), as ITK/ANTs do.
       path: destination; ``.nii.gz`` is gzip-compressed.
       dtype: stored dtype; default the data's (bool becomes uint8, float16 float32). Converting floats to an
         integer dtype requires integer values in range.

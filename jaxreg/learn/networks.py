@@ -531,7 +531,8 @@ class RegistrationNet(nnx.Module):
         """The affine part alone, ``(B, ndim + 1, ndim + 1)`` (normalised coordinates; affine models only).
 
         Args:
-          fixed, moving: as for :meth:`__call__`.
+          fixed: as for :meth:`__call__`.
+          moving: as for :meth:`__call__`.
         """
         if self.affine_net is None:
             raise ValueError(f"transform: the {self.transform!r} model predicts no affine")
@@ -543,7 +544,8 @@ class RegistrationNet(nnx.Module):
         for an ``"affine+..."`` model the affine network is skipped and ``moving`` is taken as warped by it).
 
         Args:
-          fixed, moving: as for :meth:`__call__`.
+          fixed: as for :meth:`__call__`.
+          moving: as for :meth:`__call__`.
 
         Returns:
           ``(B, *(spatial / field_factor), ndim)`` field (voxels of the field grid).

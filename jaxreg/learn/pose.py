@@ -730,11 +730,16 @@ def train_pose_net(
       batch: samples per update.
       shape: the pose grid's shape (default 64 per axis in 2D, 40 in 3D).
       spacing_mm: the pose grid's spacing; images are smoothed by half of it (:meth:`PoseNet.level`).
-      max_degrees, max_mm: the largest misalignment drawn per parameter.
+      max_degrees: the largest rotation drawn per parameter (degrees).
+      max_mm: the largest translation drawn per parameter (mm).
       learning_rate: Adam's peak rate (cosine decay over ``steps``).
-      widths, hidden: the :class:`PoseNet` architecture.
-      gamma_std, noise_std: intensity augmentation.
-      scale_range, deform_mm, deform_wavelength_mm: shape augmentation (0 disables it).
+      widths: the :class:`PoseNet` convolution widths.
+      hidden: the :class:`PoseNet` hidden layer sizes.
+      gamma_std: intensity augmentation (log-gamma standard deviation).
+      noise_std: intensity augmentation (noise standard deviation).
+      scale_range: shape augmentation, scaling range (0 disables it).
+      deform_mm: shape augmentation, deformation amplitude in mm (0 disables it).
+      deform_wavelength_mm: shape augmentation, deformation wavelength in mm.
       shift_mm: largest offset of the pose grid from the fixed grid's centre (each axis).
       foreground: threshold of the normalised fixed image defining the error points.
       progress: show a progress bar.

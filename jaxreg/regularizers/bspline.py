@@ -72,7 +72,8 @@ def bspline_gram_matrix(count: int, order: int, lo: float, hi: float) -> np.ndar
     Args:
       count: number of control points along the axis.
       order: derivative order, 0, 1 or 2.
-      lo, hi: the integration interval in control-index units (``lo < hi``).
+      lo: start of the integration interval in control-index units (``lo < hi``).
+      hi: end of the integration interval in control-index units.
 
     Returns:
       ``(count, count)`` float64, symmetric, banded (bandwidth 3), read-only.
