@@ -295,10 +295,12 @@ def test_text_file_and_directory(tmp_path):
         load_image(tmp_path)
 
 
-def test_non_nifti_format_rejected(tmp_path):
+def test_non_nifti_content_behind_a_nifti_suffix_rejected(tmp_path):
+    # .mgz files load (tests/test_formats.py); an MGH file named .nii is not taken for NIfTI
     nib.save(nib.MGHImage(np.zeros((3, 3, 3), np.float32), np.eye(4)), tmp_path / "x.mgz")
-    with pytest.raises(ValueError, match="not a readable NIfTI file.*MGHImage"):
-        load_image(tmp_path / "x.mgz")
+    (tmp_path / "x.mgz").rename(tmp_path / "x.nii")
+    with pytest.raises(ValueError, match="x.nii: not a readable NIfTI file"):
+        load_image(tmp_path / "x.nii")
 
 
 def test_nan_and_inf_rejected(tmp_path):
@@ -337,8 +339,9 @@ def test_singular_affine(tmp_path):
 
 
 def test_save_rejects_bad_suffix(tmp_path):
-    with pytest.raises(ValueError, match=r"\.nii or \.nii\.gz"):
+    with pytest.raises(ValueError, match=r"x\.png: expected a file name ending in \.nii, \.nii\.gz, .*got suffix '\.png'"):
         save_image(Image(jnp.zeros((2, 3)), Grid((2, 3))), tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- atomic writes -------------------------------------------------------------------------------------------

@@ -65,20 +65,23 @@ def _file_layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int | None]:
 
 
 def image_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Geometry and value summary of a NIfTI file, as plain Python values (what ``jaxreg info`` prints).
+    """Geometry and value summary of an image file (any format of :func:`jaxreg.io.load_image`), as plain Python
+    values (what ``jaxreg info`` prints).
 
     Returns:
       dict with ``path``, ``shape`` (spatial), ``ndim``, ``components`` (or None), ``spacing`` (mm),
       ``axcodes``, ``origin`` (mm, world position of voxel 0), ``affine`` (the file's 4x4), ``dtype`` (stored),
       ``loaded_dtype``, ``real_valued`` (False for complex or RGB voxels, which jaxreg does not load; their
       ``min``/``max`` are NaN), ``min``, ``max``, ``n_labels`` (distinct values of an integer image, else None), ``n_nonfinite``,
-      ``sform_code``, ``qform_code``.
+      ``format`` (``nifti``, ``mgh`` or ``itk``), ``sform_code``, ``qform_code`` (NIfTI only, else None).
     """
-    from jaxreg.io.nifti import load_nifti, nifti_grid
+    from jaxreg.io.formats import read_volume
+    from jaxreg.io.nifti import nifti_grid
 
-    img, data = load_nifti(path)
+    vol = read_volume(path)
+    data = vol.data
     spatial, comps = _file_layout(tuple(data.shape))
-    affine = np.asarray(img.header.get_best_affine(), dtype=np.float64)
+    affine = np.asarray(vol.affine, dtype=np.float64)
     grid = nifti_grid(affine, spatial)
     real = np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
     real = real or data.dtype == np.bool_
@@ -94,7 +97,8 @@ def image_info(path: str | os.PathLike) -> dict[str, Any]:
     else:
         lo, hi = data.min().item(), data.max().item()
     n_labels = int(np.unique(data).size) if np.issubdtype(data.dtype, np.integer) else None
-    hdr = img.header
+    hdr = vol.image.header if vol.image is not None else None
+    nifti = vol.format == "nifti"
     return {
         "path": os.fspath(path),
         "shape": list(grid.shape),
@@ -104,15 +108,16 @@ def image_info(path: str | os.PathLike) -> dict[str, Any]:
         "axcodes": "".join(grid.axcodes),
         "origin": [float(o) for o in grid.origin],
         "affine": affine.tolist(),
-        "dtype": str(hdr.get_data_dtype()),
+        "dtype": str(hdr.get_data_dtype()) if hdr is not None else str(data.dtype),
         "loaded_dtype": str(data.dtype),
         "real_valued": bool(real),
         "min": lo,
         "max": hi,
         "n_labels": n_labels,
         "n_nonfinite": n_bad,
-        "sform_code": int(hdr["sform_code"]),
-        "qform_code": int(hdr["qform_code"]),
+        "format": vol.format,
+        "sform_code": int(hdr["sform_code"]) if nifti else None,
+        "qform_code": int(hdr["qform_code"]) if nifti else None,
     }
 
 
@@ -133,7 +138,9 @@ def format_info(info: dict[str, Any]) -> str:
         f"origin:      ({', '.join(_fmt(o) for o in info['origin'])}) mm (world position of voxel 0's centre)",
         "affine:      voxel-to-world, mm (sform_code {}, qform_code {})".format(
             info["sform_code"], info["qform_code"]
-        ),
+        )
+        if info.get("format", "nifti") == "nifti"
+        else f"affine:      voxel-to-world, mm (RAS+, converted from the {info['format'].upper()} file's geometry)",
     ]
     for row in info["affine"]:
         lines.append("             [" + " ".join(f"{v:10.4f}" for v in row) + " ]")
@@ -186,11 +193,6 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def _is_nifti_name(path: str | os.PathLike) -> bool:
-    name = Path(path).name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
 def load_transforms(specs: Sequence[str]) -> Any:
     """Read ``-t`` transform files and compose them as ``antsApplyTransforms`` does.
 
@@ -219,8 +221,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for p in inputs:
         if _same_file(args.output, p):
             raise ValueError(f"-o {args.output}: refusing to overwrite the input file {p}")
-    if not _is_nifti_name(args.output):
-        raise ValueError(f"-o {args.output}: expected a .nii or .nii.gz file name")
+    from jaxreg.io.formats import WRITE_SUFFIXES, split_suffix
+
+    if split_suffix(args.output)[1].lower() not in WRITE_SUFFIXES:
+        raise ValueError(f"-o {args.output}: expected an image file name ending in {', '.join(WRITE_SUFFIXES)}")
     out_dir = Path(args.output).parent
     if not out_dir.is_dir():
         raise FileNotFoundError(2, f"-o {args.output}: the output directory does not exist")
@@ -378,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print shape, spacing (mm), orientation codes, origin, the 4x4 voxel-to-world "
         "affine, dtype, value range and (integer images) the number of distinct labels.",
     )
-    pi.add_argument("image", metavar="IMAGE", help="a .nii or .nii.gz file")
+    pi.add_argument("image", metavar="IMAGE", help="an image file (.nii/.nii.gz, .mgz/.mgh, .nrrd, .mha/.mhd) or a DICOM folder")
     pi.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     pi.set_defaults(func=cmd_info)
 

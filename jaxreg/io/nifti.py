@@ -46,6 +46,7 @@ import numpy as np
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.io._atomic import PathLike, atomic_write, split_suffix
+from jaxreg.io.formats import check_write_suffix, read_volume, write_volume
 
 __all__ = [
     "check_registrable",
@@ -207,10 +208,14 @@ def load_image(
     channels: bool = False,
     dtype: Any = None,
 ) -> Image:
-    """Read a NIfTI image (``.nii``/``.nii.gz``) as an :class:`Image` on its world grid.
+    """Read an image file as an :class:`Image` on its world grid.
+
+    NIfTI (``.nii``/``.nii.gz``) and FreeSurfer ``.mgz``/``.mgh`` are read with nibabel; NRRD (``.nrrd``,
+    ``.nhdr``), MetaImage (``.mha``, ``.mhd``) and DICOM (a folder holding one series, or a ``.dcm`` file) with
+    SimpleITK (``pip install 'jaxreg[itk]'``), their LPS geometry converted to RAS+ (:mod:`jaxreg.io.formats`).
 
     Args:
-      path: the file.
+      path: the file (or DICOM folder).
       ndim: required number of spatial dimensions, 2 or 3; ``None`` infers it (a single slice ``(X, Y, 1)``
         is 2-D). ``ndim=3`` loads a single slice as a 3-D grid with one voxel along z.
       channels: load the 4th (or 5th, for ``(X, Y, Z, 1, C)``) dimension as a trailing channel axis. When
@@ -227,7 +232,8 @@ def load_image(
         NaN/Inf values, a singular or non-finite affine, or values that do not fit ``dtype``. Messages start
         with the path.
     """
-    img, data = load_nifti(path)
+    vol = read_volume(path)
+    data = vol.data
     _check_real(data, path)
     spatial, comps = _split_layout(data.shape, path, ndim=ndim, channels=channels)
     data = data.reshape(spatial + ((comps,) if comps is not None else ()))
@@ -240,7 +246,7 @@ def load_image(
                 f"{path}: contains {int(bad.sum())} NaN/Inf values (first at voxel "
                 f"{tuple(int(i) for i in np.argwhere(bad)[0])}); replace them before loading"
             )
-    grid = nifti_grid(_affine_or_error(img, path), spatial)
+    grid = nifti_grid(vol.affine, spatial)
     return Image(_to_jax(data, dtype, path), grid)
 
 
@@ -250,7 +256,7 @@ def load_labels(path: PathLike, *, ndim: int | None = None, dtype: Any = jnp.int
     Label maps stored as floats (common after some pipelines) are accepted when every value is an integer.
 
     Args:
-      path: ``.nii``/``.nii.gz`` file with one label per voxel.
+      path: image file with one label per voxel, any format of :func:`load_image`.
       ndim: required number of spatial dimensions (see :func:`load_image`).
       dtype: integer dtype of the returned labels (default int32).
 
@@ -263,7 +269,8 @@ def load_labels(path: PathLike, *, ndim: int | None = None, dtype: Any = jnp.int
     """
     if not np.issubdtype(np.dtype(dtype), np.integer):
         raise ValueError(f"dtype: expected an integer dtype for labels, got {np.dtype(dtype)}")
-    img, data = load_nifti(path)
+    vol = read_volume(path)
+    data = vol.data
     _check_real(data, path)
     spatial, _ = _split_layout(data.shape, path, ndim=ndim, channels=False)
     data = data.reshape(spatial)
@@ -279,7 +286,7 @@ def load_labels(path: PathLike, *, ndim: int | None = None, dtype: Any = jnp.int
                     f"{path}: not a label map: {int(nonint.sum())} voxels have non-integer values "
                     f"(e.g. {data[first]!r} at voxel {first})"
                 )
-    grid = nifti_grid(_affine_or_error(img, path), spatial)
+    grid = nifti_grid(vol.affine, spatial)
     return Image(_to_jax(data, dtype, path), grid)
 
 
@@ -375,7 +382,9 @@ def save_image(
     xform_code: int = 1,
     inputs: Iterable[PathLike] = (),
 ) -> None:
-    """Write an :class:`Image` as NIfTI-1 (``.nii`` or ``.nii.gz``), atomically.
+    """Write an :class:`Image` atomically, as NIfTI-1 (``.nii`` or ``.nii.gz``) or by the suffix as FreeSurfer
+    ``.mgz``/``.mgh`` (nibabel; stored as uint8, int16, int32 or float32) or NRRD ``.nrrd`` / MetaImage ``.mha``
+    (SimpleITK, LPS geometry; no shear).
 
     Args:
       image: 2-D or 3-D image; ``data`` ``(*grid.shape)`` or ``(*grid.shape, C)``. Channel images are stored
@@ -383,7 +392,7 @@ def save_image(
       path: destination; ``.nii.gz`` is gzip-compressed.
       dtype: stored dtype; default the data's (bool becomes uint8, float16 float32). Converting floats to an
         integer dtype requires integer values in range.
-      xform_code: code of both the sform and the qform: 1 (scanner anatomical, ITK's choice) or 2 (aligned),
+      xform_code: NIfTI only: code of both the sform and the qform: 1 (scanner anatomical, ITK's choice) or 2 (aligned),
         3 (Talairach), 4 (MNI).
       inputs: paths that must not be overwritten (ValueError), e.g. the inputs of the run.
 
@@ -392,7 +401,7 @@ def save_image(
     """
     if not isinstance(image, Image):
         raise TypeError(f"image: expected a jaxreg Image, got {type(image).__name__}")
-    _check_suffix(path)
+    fmt = check_write_suffix(path)
     if int(xform_code) not in (1, 2, 3, 4):
         raise ValueError(
             f"xform_code: expected 1 (scanner), 2 (aligned), 3 (Talairach) or 4 (MNI), got {xform_code}"
@@ -409,6 +418,13 @@ def save_image(
         info = np.iinfo(store)
         if data.min() < info.min or data.max() > info.max:
             raise ValueError(f"{path}: values in [{data.min()}, {data.max()}] do not fit in {store}")
+    if fmt != "nifti":
+        a = grid.affine
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{path}: non-finite grid affine")
+        out = data.astype(store, copy=False)
+        atomic_write(path, lambda tmp: write_volume(tmp, out, a, grid.ndim, path), inputs=inputs)
+        return
     intent = 0
     if image.has_channels:
         c = data.shape[-1]
