@@ -174,6 +174,36 @@ def test_apply_matches_python_on_another_grid(pair, tmp_path, capsys):
         np.testing.assert_allclose(got.data, want.data, atol=1e-5)
 
 
+def test_apply_h5_composite_like_sitk(pair, tmp_path, capsys):
+    """An ITK HDF5 composite (ANTs' Composite.h5 layout) written by SimpleITK, applied like sitk.Resample."""
+    moving, fixed = load_image(pair["moving"]), load_image(pair["fixed"])
+    g = fixed.grid
+    rng = np.random.default_rng(3)
+    u = (rng.normal(scale=1.0, size=g.shape + (3,)) * np.array([-1.0, -1.0, 1.0])).astype(np.float64)
+    field = jaxreg.DisplacementField(jnp.asarray(ndi.gaussian_filter(u, (2, 2, 2, 0))), g)
+    write_transform(field, tmp_path / "w.nii.gz")
+    aff = sitk.Euler3DTransform((1.0, -2.0, 3.0), 0.05, -0.04, 0.1, (1.5, 0.5, -1.0))
+    disp = sitk.DisplacementFieldTransform(sitk.ReadImage(str(tmp_path / "w.nii.gz"), sitk.sitkVectorFloat64))
+    sitk.WriteTransform(sitk.CompositeTransform([aff, disp]), str(tmp_path / "Composite.h5"))
+    out = tmp_path / "out.nii.gz"
+    rc, _, err = run(capsys, "apply", "--fixed", pair["fixed"], "--moving", pair["moving"],
+                     "-t", tmp_path / "Composite.h5", "-o", out)
+    assert rc == 0, err
+    want = sitk.Resample(sitk.ReadImage(str(pair["moving"]), sitk.sitkFloat64),
+                         sitk.ReadImage(str(pair["fixed"]), sitk.sitkFloat64),
+                         sitk.CompositeTransform([aff, disp]), sitk.sitkLinear, 0.0)
+    want = sitk.GetArrayFromImage(want).transpose(2, 1, 0)
+    got = np.asarray(load_image(out).data)
+    inner = (slice(3, -3),) * 3  # ITK and jaxreg differ only in the half-voxel rim of the moving image
+    rng_ = float(np.ptp(np.asarray(moving.data)))
+    assert np.abs(got[inner] - want[inner]).max() <= 1e-3 * rng_
+    (tmp_path / "bad.h5").write_text("no HDF5 here")
+    rc, _, err = run(capsys, "apply", "--fixed", pair["fixed"], "--moving", pair["moving"],
+                     "-t", tmp_path / "bad.h5", "-o", tmp_path / "bad_out.nii.gz")
+    assert rc == 2 and "bad.h5: not an HDF5 file" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad_out.nii.gz").exists()
+
+
 def test_apply_order_follows_ants_and_inverse(pair, tmp_path, capsys):
     a = jaxreg.Rigid(jnp.array([0.0, 0.0, 0.3]), jnp.zeros(3), jnp.zeros(3))
     b = jaxreg.Translation(jnp.array([3.0, 0.0, 0.0]))

@@ -427,6 +427,117 @@ def test_field_in_itk_text_format(tmp_path):
     )
 
 
+# -- ITK HDF5 (.h5): what antsRegistration --write-composite-transform writes -----------------------------------
+def _sitk_composite_with_field(rng, n: int):
+    field_img, _ = _sitk_field(rng, n)
+    members = [_LINEAR[f"affine{n}d"], sitk.DisplacementFieldTransform(field_img)]
+    if n == 3:
+        members.append(_LINEAR["euler3d"])
+    return sitk.CompositeTransform(members)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_read_h5_composite_written_by_sitk(tmp_path, n):
+    """A composite of linear transforms and a displacement field, written by ITK's HDF5TransformIO."""
+    rng = np.random.default_rng(21 + n)
+    comp = _sitk_composite_with_field(rng, n)
+    sitk.WriteTransform(comp, str(tmp_path / "Composite.h5"))
+    ts = read_itk_transforms(tmp_path / "Composite.h5")
+    assert [type(t).__name__ for t in ts][:2] == ["Affine", "DisplacementField"]
+    t = read_transform(tmp_path / "Composite.h5")
+    pts = _points_around(ts[1].grid, rng)
+    np.testing.assert_allclose(np.asarray(t(jnp.asarray(pts))), sitk_points(comp, pts), atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_write_h5_read_by_sitk_and_jaxreg(tmp_path, n):
+    rng = np.random.default_rng(31 + n)
+    field_img, _ = _sitk_field(rng, n)
+    sitk.WriteImage(field_img, str(tmp_path / "warp.nii.gz"))
+    t = compose(_jlinear(f"affine{n}d"), read_transform(tmp_path / "warp.nii.gz"))
+    write_transform(t, tmp_path / "c.h5")
+    tx = sitk.ReadTransform(str(tmp_path / "c.h5"))
+    assert tx.GetName() == "CompositeTransform"
+    pts = _points_around(t.transforms[1].grid, rng)
+    want = np.asarray(t(jnp.asarray(pts)))
+    np.testing.assert_allclose(sitk_points(tx, pts), want, atol=1e-9)
+    back = read_transform(tmp_path / "c.h5")
+    assert isinstance(back, Composite) and len(back.transforms) == 2
+    np.testing.assert_allclose(np.asarray(back(jnp.asarray(pts))), want, atol=1e-12)
+    # one linear transform: a plain (non-composite) file, as ITK writes it
+    write_transform(_jlinear(f"affine{n}d"), tmp_path / "a.hdf5")
+    single = sitk.ReadTransform(str(tmp_path / "a.hdf5"))
+    np.testing.assert_allclose(
+        sitk_points(single, pts), np.asarray(_jlinear(f"affine{n}d")(jnp.asarray(pts))), atol=1e-9
+    )
+
+
+def test_resample_h5_composite_matches_sitk(tmp_path):
+    """Every file jaxreg writes is applied by SimpleITK to the same image (1e-4 of a [0, 1] range)."""
+    rng = np.random.default_rng(41)
+    moving, fixed = _resample_setup(rng)
+    u = rng.normal(scale=1.5, size=(8, 9, 7, 3))
+    field = read_transform(_write_sitk_field(tmp_path, u, rng))
+    t = compose(_jlinear("rigid3d"), field)
+    write_transform(t, tmp_path / "Composite.h5")
+    _compare_resample(moving, fixed, sitk.ReadTransform(str(tmp_path / "Composite.h5")), t)
+
+
+def _write_sitk_field(tmp_path, u, rng):
+    img = sitk.Cast(
+        sitk_image(u, (1.6, 1.5, 2.0), (-5.0, 0.0, -9.0), _random_direction(rng, 3), vector=True),
+        sitk.sitkVectorFloat64,
+    )
+    sitk.WriteImage(img, str(tmp_path / "field.nii.gz"))
+    return tmp_path / "field.nii.gz"
+
+
+def test_read_h5_itk4_spelling(tmp_path):
+    """ITK 4 wrote ``TranformParameters`` / ``TranformFixedParameters`` (sic); both spellings are read."""
+    import h5py
+
+    tx = _LINEAR["affine3d"]
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        g = f.create_group("TransformGroup/0")
+        g.create_dataset("TransformType", data=np.array([b"AffineTransform_double_3_3"], dtype=object),
+                         dtype=h5py.string_dtype("ascii"))
+        g.create_dataset("TranformParameters", data=np.array(tx.GetParameters()))
+        g.create_dataset("TranformFixedParameters", data=np.array(tx.GetFixedParameters()))
+    pts = _random_points(np.random.default_rng(5), 3)
+    np.testing.assert_allclose(np.asarray(read_transform(tmp_path / "old.h5")(jnp.asarray(pts))),
+                               sitk_points(tx, pts), atol=1e-9)
+
+
+def test_errors_h5_files(tmp_path):
+    import h5py
+
+    (tmp_path / "text.h5").write_text("not HDF5\n")
+    with pytest.raises(ValueError, match=r"text\.h5: not an HDF5 file"):
+        read_transform(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f.create_group("Other")
+    with pytest.raises(ValueError, match=r"empty\.h5: not an ITK HDF5 transform file \(no /TransformGroup\)"):
+        read_transform(tmp_path / "empty.h5")
+    with h5py.File(tmp_path / "noparams.h5", "w") as f:
+        g = f.create_group("TransformGroup/0")
+        g.create_dataset("TransformType", data=np.array([b"AffineTransform_double_3_3"], dtype=object),
+                         dtype=h5py.string_dtype("ascii"))
+    with pytest.raises(ValueError, match=r"noparams\.h5: transform 0: .*no 'Parameters:'"):
+        read_transform(tmp_path / "noparams.h5")
+    with h5py.File(tmp_path / "gap.h5", "w") as f:
+        f.create_group("TransformGroup/1")
+    with pytest.raises(ValueError, match=r"gap\.h5: /TransformGroup must hold groups 0, 1"):
+        read_transform(tmp_path / "gap.h5")
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        read_transform(tmp_path / "missing.h5")
+    field = DisplacementField(jnp.zeros((2, 2, 2, 3)), Grid((2, 2, 2)))
+    write_transform(compose(_jlinear("affine3d"), field), tmp_path / "ok.h5")
+    with pytest.raises(ValueError, match="refusing to overwrite an input file"):
+        write_transform(_jlinear("affine3d"), tmp_path / "ok.h5", inputs=[tmp_path / "ok.h5"])
+    assert sitk.ReadTransform(str(tmp_path / "ok.h5")).GetName() == "CompositeTransform"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp.h5")]
+
+
 # -- resampling against sitk.Resample ------------------------------------------------------------------------
 def _interior_mask(moving_grid: Grid, transform, fixed_grid: Grid, tol: float = 1e-6) -> np.ndarray:
     """Fixed voxels whose mapped point is not in the moving image's outer half-voxel rim.
@@ -651,8 +762,8 @@ def test_errors_mat_and_misc(tmp_path):
         read_transform(tmp_path / "novar.mat")
     with pytest.raises(FileNotFoundError, match="missing.mat"):
         read_transform(tmp_path / "missing.mat")
-    with pytest.raises(ValueError, match=r"unsupported transform file suffix '\.h5'"):
-        read_transform(tmp_path / "x.h5")
+    with pytest.raises(ValueError, match=r"unsupported transform file suffix '\.xfm'"):
+        read_transform(tmp_path / "x.xfm")
     with pytest.raises(ValueError, match="a .mat file holds one linear transform"):
         field = DisplacementField(jnp.zeros((2, 2, 2, 3)), Grid((2, 2, 2)))
         write_transform(field, tmp_path / "f.mat")

@@ -73,7 +73,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "'name': ...}, ...]} or {'2': 'name', ...}",
     )
     p.add_argument(
-        "--transform", "-t", metavar="T", help="transform file (ITK/ANTs .mat/.tfm/.txt, field .nii.gz)"
+        "--transform", "-t", metavar="T", help="transform file (ITK/ANTs .mat/.tfm/.txt/.h5, field .nii.gz)"
     )
     p.add_argument("--grid", metavar="IMAGE", help="image whose grid the Jacobian of T is evaluated on")
     p.add_argument(

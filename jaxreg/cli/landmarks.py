@@ -27,7 +27,7 @@ from jaxreg.cli._args import UsageError, argument
 
 __all__ = ["add_parser", "parse_weights", "run"]
 
-_SUFFIXES = (".mat", ".tfm", ".txt")
+_SUFFIXES = (".mat", ".tfm", ".txt", ".h5")
 
 
 def parse_weights(spec: str, count: int) -> np.ndarray:
@@ -75,7 +75,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", choices=MODELS, default="rigid", help="transform family (default rigid)")
     p.add_argument(
-        "-o", "--output", required=True, metavar="T", help="output transform: .mat (ANTs), .tfm or .txt (ITK)"
+        "-o", "--output", required=True, metavar="T", help="output transform: .mat (ANTs), .tfm/.txt (ITK text) or .h5 (ITK HDF5)"
     )
     p.add_argument(
         "--weights",
@@ -102,7 +102,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _check_output(path: str, inputs: list[str]) -> None:
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise UsageError(f"-o {path}: expected a .mat, .tfm or .txt transform file name")
+        raise UsageError(f"-o {path}: expected a .mat, .tfm, .txt or .h5 transform file name")
     for q in inputs:
         a, b = Path(path), Path(q)
         if a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b)):

@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with -t T1 -t T2 the moving image is sampled at T2(T1(x)) for each fixed point x (the fixed point goes "
         "through the first listed transform first; the image through the last), so the output of "
         "antsRegistration is applied as -t 1Warp.nii.gz -t 0GenericAffine.mat. Transform files: ANTs/ITK .mat, "
-        "ITK .tfm/.txt, ITK displacement-field NIfTI. OUT is written atomically and never over an input.",
+        "ITK .tfm/.txt, ITK HDF5 .h5 (e.g. antsRegistration's Composite.h5), ITK displacement-field NIfTI. OUT is written atomically and never over an input.",
     )
     pa.add_argument(
         "--fixed", "-r", required=True, metavar="F", help="reference image: its grid is the output grid"

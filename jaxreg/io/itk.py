@@ -8,6 +8,12 @@ Formats:
 * ``.tfm`` / ``.txt``: ITK's text format (``#Insight Transform File V1.0``, then ``Transform:``,
   ``Parameters:``, ``FixedParameters:`` per transform). A ``CompositeTransform_*`` line is followed by its
   members, listed in ITK queue order.
+* ``.h5`` / ``.hdf5``: ITK's HDF5 transform format (``HDF5TransformIO``; what ``antsRegistration
+  --write-composite-transform 1`` writes as ``*Composite.h5`` / ``*InverseComposite.h5``): groups
+  ``/TransformGroup/0``, ``/1``, ... in ITK queue order, each with the datasets ``TransformType`` (a string),
+  ``TransformParameters`` and ``TransformFixedParameters`` (ITK 4 spelled the last two ``Tranform...``; both
+  are read). A composite's group 0 holds only ``TransformType: CompositeTransform_double_N_N``. Read and written
+  through h5py.
 * ``.nii`` / ``.nii.gz``: displacement fields as ITK/ANTs write them (``*Warp.nii.gz``,
   ``sitk.WriteImage`` of a vector image): 5-D ``(X, Y, Z, 1, 3)`` (2-D: ``(X, Y, 1, 1, 2)``), intent
   ``NIFTI_INTENT_VECTOR`` (1007), float32/64, displacement vectors in ITK's LPS world frame.
@@ -89,6 +95,7 @@ _TEXT_HEADER = "#Insight Transform File V1.0"
 _TYPE_RE = re.compile(r"^(?P<kind>[A-Za-z0-9]+)_(?P<prec>double|float)_(?P<n>\d)_(?P<m>\d)$")
 _TEXT_SUFFIXES = (".tfm", ".txt")
 _FIELD_SUFFIXES = (".nii", ".nii.gz")
+_H5_SUFFIXES = (".h5", ".hdf5")
 DISPVECT_INTENTS = (0, 1006, NIFTI_INTENT_VECTOR)  # none, NIFTI_INTENT_DISPVECT, NIFTI_INTENT_VECTOR
 
 
@@ -658,6 +665,83 @@ def _write_mat(
     atomic_write(path, write, inputs=inputs)
 
 
+# -- HDF5 (.h5 / .hdf5) -------------------------------------------------------------------------------------
+_H5_PARAMS = ("TransformParameters", "TranformParameters")  # ITK >= 5 spelling first, then ITK 4's
+_H5_FIXED = ("TransformFixedParameters", "TranformFixedParameters")
+
+
+def _h5py(path: PathLike) -> Any:
+    try:
+        import h5py
+    except ImportError as e:  # a dependency of jaxreg; only a broken installation lacks it
+        raise ValueError(f"{path}: reading or writing ITK .h5 transforms needs h5py (pip install h5py)") from e
+    return h5py
+
+
+def _read_h5_blocks(path: PathLike) -> list[tuple[str, np.ndarray | None, np.ndarray | None]]:
+    h5py = _h5py(path)
+    try:
+        f = h5py.File(os.fspath(path), "r")
+    except OSError as e:
+        raise ValueError(f"{path}: not an HDF5 file ({e})") from e
+    with f:
+        group = f.get("TransformGroup")
+        if not isinstance(group, h5py.Group):
+            raise ValueError(f"{path}: not an ITK HDF5 transform file (no /TransformGroup)")
+        keys = sorted(group, key=lambda k: int(k) if k.isdigit() else -1)
+        if not keys or not all(k.isdigit() for k in keys) or [int(k) for k in keys] != list(range(len(keys))):
+            raise ValueError(f"{path}: /TransformGroup must hold groups 0, 1, ..., got {sorted(group)}")
+        blocks: list[tuple[str, Any, Any]] = []
+        for k in keys:
+            g = group[k]
+            if "TransformType" not in g:
+                raise ValueError(f"{path}: /TransformGroup/{k} has no TransformType")
+            raw = np.asarray(g["TransformType"][()]).ravel()
+            name = raw[0] if raw.size else b""
+            name = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+
+            def numbers(names: tuple[str, str], g: Any = g) -> np.ndarray | None:
+                for n in names:
+                    if n in g:
+                        return np.asarray(g[n][()], dtype=np.float64).ravel()
+                return None
+
+            blocks.append((name.strip(), numbers(_H5_PARAMS), numbers(_H5_FIXED)))
+    return blocks
+
+
+def _write_h5(entries: list[_Entry], path: PathLike, inputs: Iterable[PathLike], composite: bool) -> None:
+    import platform
+
+    h5py = _h5py(path)
+    text = h5py.string_dtype("ascii")
+    groups: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
+    if composite:
+        n = entries[0][0][-1]
+        groups.append((f"CompositeTransform_double_{n}_{n}", None, None))
+    groups += [(name, params, fixed) for name, params, fixed in entries]
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            # The provenance strings ITK writes; its reader does not require them.
+            for key, value in (
+                ("HDFVersion", f"HDF5 library version: {h5py.version.hdf5_version}"),
+                ("ITKVersion", "jaxreg"),
+                ("OSName", platform.system()),
+                ("OSVersion", platform.release()),
+            ):
+                f.create_dataset(key, data=np.array([value], dtype=object), dtype=text)
+            root = f.create_group("TransformGroup")
+            for i, (name, params, fixed) in enumerate(groups):
+                g = root.create_group(str(i))
+                g.create_dataset("TransformType", data=np.array([name], dtype=object), dtype=text)
+                if params is not None:
+                    g.create_dataset("TransformParameters", data=np.asarray(params, np.float64).ravel())
+                    g.create_dataset("TransformFixedParameters", data=np.asarray(fixed, np.float64).ravel())
+
+    atomic_write(path, write, inputs=inputs)
+
+
 # -- public entry points -------------------------------------------------------------------------------------
 def _kind_of(path: PathLike) -> str:
     suffix = split_suffix(path)[1].lower()
@@ -667,9 +751,11 @@ def _kind_of(path: PathLike) -> str:
         return "text"
     if suffix in _FIELD_SUFFIXES:
         return "field"
+    if suffix in _H5_SUFFIXES:
+        return "h5"
     raise ValueError(
         f"{path}: unsupported transform file suffix {suffix!r}; expected .mat (ITK/ANTs MATLAB), .tfm/.txt "
-        "(ITK text) or .nii/.nii.gz (displacement field)"
+        "(ITK text), .h5/.hdf5 (ITK HDF5, e.g. ANTs' Composite.h5) or .nii/.nii.gz (displacement field)"
     )
 
 
@@ -680,7 +766,7 @@ def read_itk_transforms(path: PathLike) -> list[Transform]:
     ``T0(T1(...(p)))``; a single transform, a ``.mat`` file or a displacement field yields a one-element list.
 
     Args:
-      path: ``.mat``, ``.tfm``, ``.txt``, ``.nii`` or ``.nii.gz``.
+      path: ``.mat``, ``.tfm``, ``.txt``, ``.h5``, ``.hdf5``, ``.nii`` or ``.nii.gz``.
 
     Returns:
       List of jaxreg transforms (linear ones as :class:`Affine`, RAS world mm).
@@ -696,14 +782,16 @@ def read_itk_transforms(path: PathLike) -> list[Transform]:
         return [read_displacement_field(path)]
     if kind == "mat":
         return _read_mat(path)
+    if kind == "h5":
+        return _decode_blocks(_read_h5_blocks(path), path)
     return _decode_blocks(_read_text_blocks(path), path)
 
 
 def read_transform(path: PathLike) -> Transform:
     """Read one transform file (dispatch on the suffix) as a single jaxreg transform.
 
-    ``.mat`` (ITK/ANTs MATLAB v4), ``.tfm``/``.txt`` (ITK text; a composite becomes
-    ``compose(T0, T1, ...)``, the ITK order), ``.nii``/``.nii.gz`` (ITK displacement field). The result maps
+    ``.mat`` (ITK/ANTs MATLAB v4), ``.tfm``/``.txt`` (ITK text) and ``.h5``/``.hdf5`` (ITK HDF5; a composite
+    becomes ``compose(T0, T1, ...)``, the ITK order), ``.nii``/``.nii.gz`` (ITK displacement field). The result maps
     fixed-space RAS world points (mm) to moving-space points, exactly as ITK maps the LPS-flipped points.
 
     Args:
@@ -824,6 +912,8 @@ def write_transform(transform: Transform, path: PathLike, *, inputs: Iterable[Pa
     * ``.tfm``/``.txt``: a linear transform as ``AffineTransform_double_N_N``; a ``Composite`` as
       ``CompositeTransform_double_N_N`` with its members in jaxreg (= ITK) order; members may be linear or
       displacement fields (ITK's text field format);
+    * ``.h5``/``.hdf5``: as ``.tfm`` in ITK's HDF5 layout (a ``Composite`` as ANTs'
+      ``--write-composite-transform`` writes one: displacement fields are stored as their parameters);
     * ``.nii``/``.nii.gz``: a ``DisplacementField`` (see :func:`write_displacement_field`).
 
     Parameters are converted from RAS to ITK's LPS (see the module docstring), so ITK/ANTs/SimpleITK map the
@@ -853,4 +943,7 @@ def write_transform(transform: Transform, path: PathLike, *, inputs: Iterable[Pa
         _write_mat(*transform_to_itk(linear), path, inputs)
         return
     fmt = _itk_text_format(transform, path)
+    if kind == "h5":
+        _write_h5(fmt.entries(transform, path), path, inputs, composite=fmt.composite)
+        return
     _write_text(fmt.entries(transform, path), path, inputs, composite=fmt.composite)
