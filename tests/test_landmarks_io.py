@@ -364,7 +364,7 @@ def test_cli_weights_models_and_errors(tmp_path, capsys):
         _cli(base + ["-o", str(tmp_path / "r.mat"), "--weights", "1,2"])
     with pytest.raises(ValueError, match="non-negative"):
         _cli(base + ["-o", str(tmp_path / "r.mat"), "--weights", "1,2,-1,1,1"])
-    with pytest.raises(ValueError, match=r"\.mat, \.tfm or \.txt"):
+    with pytest.raises(ValueError, match=r"\.mat, \.tfm, \.txt or \.h5"):
         _cli(base + ["-o", str(tmp_path / "r.nii.gz")])
     with pytest.raises(ValueError, match="refusing to overwrite"):
         _cli(base + ["-o", str(tmp_path / "w.txt"), "--weights", str(tmp_path / "w.txt")])
