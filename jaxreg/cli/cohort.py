@@ -164,6 +164,7 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
     """Run ``jaxreg template`` with parsed arguments; returns 0."""
     import jax.numpy as jnp
 
+    from jaxreg.cli.register import pipeline_options, stages_from_options
     from jaxreg.core.grid import Image
     from jaxreg.io import check_registrable, load_image
     from jaxreg.optimize.template import build_template, write_template
@@ -199,13 +200,17 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
     with argument("IMAGE"):
         if len({im.data.ndim for im in ims}) != 1:
             raise ValueError("the images mix 2-D and 3-D")
+    opts = pipeline_options(pipeline="default", quick=args.quick)
+    stages = stages_from_options(opts)
+    affine = stages_from_options({**opts, "pipeline": "affine"})
     initialize_distributed()
     mesh = _mesh(args.devices)
     result = build_template(
         ims,
         iterations=args.iterations,
         initial=initial,
-        quick=args.quick,
+        method=stages,
+        affine_method=affine,
         mesh=mesh if mesh.devices.size > 1 else None,
         log=log,
     )
