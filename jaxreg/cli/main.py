@@ -10,6 +10,9 @@ Subcommands:
 * ``jaxreg landmarks`` -- fit a rigid/similarity/affine transform to landmark files (:mod:`jaxreg.cli.landmarks`);
 * ``jaxreg register FIXED MOVING -o OUTDIR`` -- register two images, write the warped image, the transforms and a
   report (:mod:`jaxreg.cli.register`);
+* ``jaxreg register-many (--csv F | --fixed F --moving-dir D) -o OUTDIR`` -- many pairs, batched and sharded over
+  devices, one folder per pair, resumable; ``jaxreg template IMAGES... -o OUTDIR`` -- an unbiased template
+  (:mod:`jaxreg.cli.cohort`);
 * ``jaxreg train --config cfg.toml`` -- train a registration network (:mod:`jaxreg.cli.learn`);
 * ``jaxreg predict --model DIR FIXED MOVING -o OUTDIR`` -- register two images with a trained network
   (:mod:`jaxreg.cli.learn`).
@@ -358,7 +361,8 @@ _positive_int = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxreg`` argument parser (``info``, ``apply``, ``demo``, ``evaluate``, ``landmarks``, ``register``, ``train``, ``predict``)."""
+    """The ``jaxreg`` argument parser (``info``, ``apply``, ``demo``, ``evaluate``, ``landmarks``, ``register``,
+    ``register-many``, ``template``, ``train``, ``predict``)."""
     from jaxreg import __version__
 
     p = _Parser(
@@ -469,11 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pd.set_defaults(func=cmd_demo)
 
-    from jaxreg.cli import evaluate, landmarks, learn, register  # subcommands kept in their own modules
+    from jaxreg.cli import cohort, evaluate, landmarks, learn, register  # subcommands kept in their own modules
 
     evaluate.add_parser(sub)
     landmarks.add_parser(sub)
     register.add_parser(sub)
+    cohort.add_parsers(sub)
     learn.add_parsers(sub)
     return p
 
@@ -493,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(e.code or 0) if not isinstance(e.code, str) else 2
         if getattr(args, "func", None) is None:
             print(
-                f"{PROG}: error: a command is required: info, apply, demo, evaluate, landmarks, register, train or predict "
+                f"{PROG}: error: a command is required: info, apply, demo, evaluate, landmarks, register, register-many, "
+                f"template, train or predict "
                 f"(see '{PROG} --help')",
                 file=sys.stderr,
             )

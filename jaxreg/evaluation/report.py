@@ -281,6 +281,7 @@ def summarize(
     title: str | None = None,
     extra: dict[str, Any] | None = None,
     contours: dict[str, Any] | None = None,
+    figure: bool = True,
 ) -> Any:
     """Compute every output of a registration run in memory (nothing is written).
 
@@ -292,6 +293,7 @@ def summarize(
       title: figure title.
       extra: more ``report.json`` entries.
       contours: ``{name: label map on the fixed grid}`` drawn as contours on the figure (organs).
+      figure: draw ``report.png`` (``False``: no figure, e.g. for many pairs).
 
     Returns:
       :class:`jaxreg.io.outputs.Outputs` (the warped image, transforms, labels, Dice summary, report, figure
@@ -359,7 +361,7 @@ def summarize(
     t_eval = time.perf_counter() - t0
     losses = {key: [np.asarray(lv.loss) for lv in st_.levels] for key, st_ in keyed.items()}
     t1 = time.perf_counter()
-    png = _figure_png(fixed, before, warped, field, jac, losses, title, contours)
+    png = _figure_png(fixed, before, warped, field, jac, losses, title, contours) if figure else None
     t_fig = time.perf_counter() - t1
 
     report: dict[str, Any] = {
@@ -392,6 +394,6 @@ def summarize(
     )
     if dice is not None:
         text.append(format_dice_table(dice))
-    if png is None:
+    if png is None and figure:
         text.append("report.png: skipped (matplotlib is not installed: pip install 'jaxreg[plot]')")
     return Outputs(warped, linear, field, warped_labels, dice, report, png, text)

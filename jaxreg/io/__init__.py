@@ -8,7 +8,8 @@ Nothing in the JAX core imports this package, so nibabel and scipy.io stay optio
 * :mod:`jaxreg.io.landmarks`: landmark files in world mm: plain CSV (RAS), 3D Slicer ``.fcsv`` (RAS/LPS) and
   ANTs CSV (LPS).
 * :mod:`jaxreg.io.outputs`: the files of a registration run (warped image, ``affine.mat``, ``warp.nii.gz``,
-  labels, ``dice.json``, ``report.json``/``.png``) written all or nothing (:func:`write_outputs`).
+  labels, ``dice.json``, ``report.json``/``.png``) written all or nothing (:func:`write_outputs`), or as a new
+  folder that appears whole (:func:`write_outputs_folder`).
 * :func:`atomic_write`: every writer writes a temporary file next to the destination and renames it.
 * :func:`check_registrable`: the checks of an image before it is registered (finite, not constant).
 """
@@ -27,7 +28,15 @@ from jaxreg.io.itk import (
 )
 from jaxreg.io.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
 from jaxreg.io.nifti import check_registrable, load_image, load_labels, save_image
-from jaxreg.io.outputs import OUTPUT_NAMES, Outputs, check_output_folder, output_paths, write_outputs
+from jaxreg.io.outputs import (
+    OUTPUT_NAMES,
+    Outputs,
+    check_output_folder,
+    is_complete,
+    output_paths,
+    write_outputs,
+    write_outputs_folder,
+)
 
 __all__ = [
     "Landmarks",
@@ -39,6 +48,7 @@ __all__ = [
     "check_output_folder",
     "check_registrable",
     "compose_files",
+    "is_complete",
     "itk_to_transform",
     "load_image",
     "load_labels",
@@ -53,5 +63,6 @@ __all__ = [
     "transform_to_itk",
     "write_displacement_field",
     "write_outputs",
+    "write_outputs_folder",
     "write_transform",
 ]

@@ -24,13 +24,19 @@ not a file, and none of its output names is an input of the run); every file is 
 (:func:`jaxreg.io.atomic_write`: a temporary file renamed into place); if any write fails, the files this call
 created are removed again, files that existed before are left whole (old or new, never half-written), and a
 folder this call created is removed if it is empty. ``report.json`` is written last, so its presence marks a
-complete result.
+complete result (:func:`is_complete`).
+
+:func:`write_outputs_folder` writes a whole *new* folder atomically: into a hidden temporary folder next to it
+(``.NAME.tmp-XXXX``), renamed into place when complete, so the folder either exists whole or not at all (many-pair
+runs resume by skipping the folders that exist, :func:`jaxreg.optimize.cohort.register_pairs`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,7 +45,15 @@ from jaxreg.io._atomic import PathLike, atomic_write, check_not_input
 from jaxreg.io.itk import write_transform
 from jaxreg.io.nifti import save_image
 
-__all__ = ["OUTPUT_NAMES", "Outputs", "check_output_folder", "output_paths", "write_outputs"]
+__all__ = [
+    "OUTPUT_NAMES",
+    "Outputs",
+    "check_output_folder",
+    "is_complete",
+    "output_paths",
+    "write_outputs",
+    "write_outputs_folder",
+]
 
 OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
@@ -179,3 +193,60 @@ def write_outputs(
                 pass
         raise
     return written
+
+
+TEMP_MARK = ".tmp-"
+"""Infix of the temporary folders of :func:`write_outputs_folder` (``.NAME.tmp-XXXX``, next to ``NAME``)."""
+
+
+def is_complete(outdir: PathLike) -> bool:
+    """Whether ``outdir`` holds a complete run (its ``report.json``, written last, exists)."""
+    return output_paths(outdir)["report_json"].is_file()
+
+
+def write_outputs_folder(
+    outdir: PathLike,
+    outputs: Outputs,
+    *,
+    inputs: Sequence[PathLike] = (),
+    extra_files: Sequence[tuple[str, Callable[[str], None]]] = (),
+) -> list[Path]:
+    """Write :class:`Outputs` as a new folder ``outdir`` that appears complete or not at all.
+
+    The files are written (:func:`write_outputs`) into a temporary folder ``.NAME.tmp-XXXX`` beside ``outdir``,
+    which is then renamed to ``outdir`` (one ``os.rename``, atomic within a file system). An interrupted call
+    leaves at most that temporary folder, never a partial ``outdir``; a later run removes such leftovers
+    (:func:`jaxreg.optimize.cohort.register_pairs`).
+
+    Args:
+      outdir: the folder to create; its parent is created if needed. It must not exist.
+      outputs: what the run computed.
+      inputs: the run's input files (never overwritten).
+      extra_files: more ``(file name, writer(tmp_path))`` pairs (see :func:`write_outputs`).
+
+    Returns:
+      The paths of the files in ``outdir`` (``report.json`` last).
+
+    Raises:
+      FileExistsError: ``outdir`` exists.
+      OSError: a write failed (the temporary folder is removed).
+    """
+    out = Path(outdir)
+    if out.exists():
+        raise FileExistsError(17, f"{os.fspath(outdir)}: exists already", os.fspath(outdir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TEMP_MARK}"))
+    try:
+        written = write_outputs(tmp, outputs, inputs=inputs, extra_files=extra_files)
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / p.name for p in written]
+
+
+def _umask() -> int:
+    from jaxreg.io._atomic import _UMASK
+
+    return _UMASK

@@ -10,7 +10,8 @@ pytrees that merges them back inside ``jit``:
   metrics)``; :func:`make_eval_step` turns ``eval_fn(model, batch) -> metrics`` into
   ``eval_step(params, batch) -> metrics``.
 * Data parallelism uses :mod:`jax.sharding`: a 1D :class:`~jax.sharding.Mesh` over ``jax.devices()`` with the
-  axis ``"data"`` (:func:`make_mesh`); parameters and optimiser state are replicated (``P()``) and every batch
+  axis ``"data"`` (:func:`jaxreg.parallel.make_mesh`, re-exported here with
+  :func:`~jaxreg.parallel.initialize_distributed`); parameters and optimiser state are replicated (``P()``) and every batch
   array is split along its leading axis (``P("data")``, :func:`shard_batch`). One device is the same code path.
 * :func:`fit` is the stateful edge: it feeds batches, derives the key of step ``s`` as
   ``jax.random.fold_in(key, s)`` (so a resumed run follows the uninterrupted trajectory), evaluates, logs to
@@ -49,6 +50,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxreg._models import available_models, shipped_model
+from jaxreg.parallel import DATA_AXIS, initialize_distributed, make_mesh
 
 __all__ = [
     "FitResult",
@@ -72,7 +74,6 @@ LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, Mapping[str, 
 AugmentFn = Callable[[jax.Array, Batch], Batch]
 EvalFn = Callable[[nnx.Module, Batch], Mapping[str, jax.Array]]
 
-DATA_AXIS = "data"
 _SCHEDULES = ("constant", "cosine", "warmup_cosine")
 _PLOT_INTERVAL_S = (
     30.0  # metrics.png is re-drawn at a log point at most this often, and after the last update
@@ -187,21 +188,6 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
             "function's `key`."
         )
     return graphdef, params
-
-
-def make_mesh(*, devices: Iterable[jax.Device] | None = None) -> Mesh:
-    """A 1D device mesh with the axis ``"data"`` for data parallelism.
-
-    Args:
-      devices: the devices; default ``jax.devices()`` (all devices of all processes).
-
-    Returns:
-      ``Mesh(devices, ("data",))``.
-    """
-    devs = list(jax.devices() if devices is None else devices)
-    if not devs:
-        raise ValueError("devices must not be empty")
-    return Mesh(np.array(devs), (DATA_AXIS,))
 
 
 def _replicated(mesh: Mesh) -> NamedSharding:
@@ -401,57 +387,6 @@ def make_eval_step(
     eval_step.__doc__ = "eval_step(params, batch) -> metrics"
     eval_step.jitted = jitted  # type: ignore[attr-defined]
     return eval_step
-
-
-# --------------------------------------------------------------------------------------------------------------
-# distributed
-# --------------------------------------------------------------------------------------------------------------
-
-
-def initialize_distributed() -> bool:
-    """Initialise multi-host JAX (``jax.distributed.initialize``) when the environment asks for it.
-
-    Call it first, before any other JAX call. It initialises when
-
-    * ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0) is set, with ``JAX_NUM_PROCESSES`` and
-      ``JAX_PROCESS_ID`` (read here) when given, otherwise JAX's cluster auto-detection; or
-    * a multi-task SLURM job (``SLURM_NTASKS`` > 1) or an Open MPI launch (``OMPI_COMM_WORLD_SIZE`` > 1) is
-      detected, using JAX's auto-detection for that cluster;
-
-    otherwise (and when JAX is already initialised) it does nothing, so single-host runs take the same path.
-
-    Returns:
-      ``True`` if this call initialised the distributed runtime.
-
-    Raises:
-      ValueError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an integer.
-    """
-    env = os.environ
-    if jax.distributed.is_initialized():
-        return False
-    if env.get("JAX_COORDINATOR_ADDRESS"):
-        kwargs: dict[str, Any] = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"]}
-        for var, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
-            if env.get(var):
-                try:
-                    kwargs[arg] = int(env[var])
-                except ValueError:
-                    raise ValueError(
-                        f"environment variable {var} must be an integer, got {env[var]!r}"
-                    ) from None
-        jax.distributed.initialize(**kwargs)
-        return True
-
-    def more_than_one(var: str) -> bool:
-        try:
-            return int(env.get(var, "1")) > 1
-        except ValueError:
-            return False
-
-    if more_than_one("SLURM_NTASKS") or more_than_one("OMPI_COMM_WORLD_SIZE"):
-        jax.distributed.initialize()
-        return True
-    return False
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -269,8 +269,20 @@ def _compiled(key: tuple, make: Callable[[], Callable], args: tuple) -> tuple[An
     return exe, seconds
 
 
-def _run_level(method, fgrid, mgrid, cap, batch, sweep, args):
-    """Run one level's kernel (vmapped over the batch): ``(params, losses, iterations, converged), compile_s``."""
+def _mesh_key(mesh: Any) -> Any:
+    return None if mesh is None else (mesh.axis_names, tuple(int(d.id) for d in mesh.devices.flat))
+
+
+def _run_level(method, fgrid, mgrid, cap, batch, sweep, args, mesh=None):
+    """Run one level's kernel (vmapped over the batch): ``(params, losses, iterations, converged), compile_s``.
+
+    With a ``mesh`` the batched arguments (everything but the method) are split over its devices along the pair
+    axis (:func:`jaxreg.parallel.shard_leading`) and XLA partitions the vmapped kernel: each device runs its rows.
+    """
+    if mesh is not None:
+        from jaxreg.parallel import shard_leading
+
+        args = (args[0], *shard_leading(args[1:], mesh))
 
     def make():
         kernel = method.level_kernel(fgrid, mgrid, cap)
@@ -279,7 +291,8 @@ def _run_level(method, fgrid, mgrid, cap, batch, sweep, args):
         axes = (0 if sweep else None, 0, 0, 0, 0, 0, 0)
         return jax.vmap(kernel, in_axes=axes)
 
-    exe, compile_s = _compiled(("level", fgrid, mgrid, int(cap), bool(batch), bool(sweep)), make, args)
+    key = ("level", fgrid, mgrid, int(cap), bool(batch), bool(sweep), _mesh_key(mesh))
+    exe, compile_s = _compiled(key, make, args)
     return exe(*args), compile_s
 
 
@@ -447,6 +460,7 @@ def register(
     fixed_mask: Image | Sequence[Image] | None = None,
     moving_mask: Image | Sequence[Image] | None = None,
     sweep: bool = False,
+    mesh: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: the one entry point of every method and pipeline.
@@ -470,6 +484,11 @@ def register(
       moving_mask: optional mask on the moving grid, warped with the image (gradient methods).
       sweep: the method's numeric weights carry a leading batch axis ``B`` (a hyperparameter sweep in one
         vmapped call); images not given as sequences are shared by all members.
+      mesh: a 1-D device mesh (:func:`jaxreg.parallel.make_mesh`) to split a batch of pairs over: each level's
+        vmapped kernel runs with its pair axis sharded over the mesh's devices (``NamedSharding``, ``jax.sharding``);
+        a batch that does not divide the device count is padded with copies of its last pair, dropped from the
+        result. The transforms equal those of the unsharded batch to float tolerance. Needs a batch (lists of
+        images); not with ``sweep``.
       log: called with one line per level (progress), outside the compiled code.
 
     Returns:
@@ -497,6 +516,19 @@ def register(
         else [None] * b
     )
     _check_inputs(fixed_l, moving_l, fm_l, mm_l, transform, outer)
+    b_out = b
+    if mesh is not None:
+        from jaxreg.parallel import padded_size
+
+        if not batch_in or sweep:
+            raise ValueError("mesh: shards the pairs of a batch; pass lists of images (and no sweep)")
+        if not hasattr(mesh, "devices") or len(getattr(mesh, "axis_names", ())) != 1:
+            raise ValueError(f"mesh: expected a 1-D jax.sharding.Mesh (jaxreg.parallel.make_mesh), got {mesh!r}")
+        b = padded_size(b_out, mesh)
+        fixed_l, moving_l, fm_l, mm_l = (_pad_list(x, b) for x in (fixed_l, moving_l, fm_l, mm_l))
+        transform = None if transform is None else _pad_rows(transform, b_out, b)
+        if outer is not None and _has_batch(outer, b_out):
+            outer = _pad_rows(outer, b_out, b)
     fgrid, mgrid = fixed_l[0].grid, moving_l[0].grid
     f_all, m_all = _stack_data(fixed_l, batch), _stack_data(moving_l, batch)
     fm_all, mm_all = _stack_data(fm_l, batch), _stack_data(mm_l, batch)
@@ -570,13 +602,13 @@ def register(
             params = _on_grid_batched(params, fg, batch)
             args = (method_s, params, f, m, fmk, mmk, stage_outer)
             (params, losses, its, conv), compile_s = _run_level(
-                method_s, fg, mg, int(level.iterations), batch, sweep, args
+                method_s, fg, mg, int(level.iterations), batch, sweep, args, mesh
             )
-            losses = np.asarray(losses)
+            losses = _host(losses, b_out) if batch else np.asarray(losses)
             rec = LevelResult(
                 losses,
-                np.asarray(its) if batch else int(its),
-                np.asarray(conv) if batch else bool(conv),
+                _host(its, b_out) if batch else int(its),
+                _host(conv, b_out) if batch else bool(conv),
                 time.perf_counter() - t0,
                 compile_s,
                 level,
@@ -595,7 +627,44 @@ def register(
         )
         results.append(res)
         prev_model, prev_params, prev_outer, prev_full = model, params, stage_outer, res.full
+    if mesh is not None:  # back to one device (uncommitted), without the padding rows
+        results = [
+            st._replace(
+                transform=_rows(st.transform, b_out),
+                outer=None if st.outer is None else _rows(st.outer, b_out),
+                start=st.start[:b_out] if isinstance(st.start, tuple) else st.start,
+            )
+            for st in results
+        ]
+        prev_full = _rows(prev_full, b_out)
     return Registration(prev_full, tuple(results), time.perf_counter() - t_start)
+
+
+def _pad_list(items: list, b: int) -> list:
+    return items + [items[-1]] * (b - len(items))
+
+
+def _pad_rows(tree: Any, b: int, size: int) -> Any:
+    """``tree`` (leading axis ``b`` on every leaf) padded to ``size`` rows with copies of its last row."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], size - b, axis=0)]) if size > b else x, tree
+    )
+
+
+def _rows(tree: Any, b: int) -> Any:
+    """The first ``b`` rows of every leaf of a sharded result, gathered onto the default device (uncommitted, so
+    the result mixes with any other array, as an unsharded run's does)."""
+    from jaxreg.parallel import gather
+
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(gather(x)[:b]), tree)
+
+
+def _host(x: Any, b: int) -> np.ndarray:
+    """A level's per-pair record on the host, without padding rows."""
+    from jaxreg.parallel import gather
+
+    out = gather(x)
+    return out[:b] if np.ndim(out) else out
 
 
 def _as_list(x: Any, name: str) -> list:
