@@ -25,12 +25,13 @@ from jaxreg.io.itk import (
     write_displacement_field,
     write_transform,
 )
-from jaxreg.io.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
+from jaxreg.io.landmarks import Landmarks, landmark_format, match_landmarks, read_landmarks, write_landmarks
 from jaxreg.io.nifti import check_registrable, load_image, load_labels, save_image
 from jaxreg.io.outputs import OUTPUT_NAMES, Outputs, check_output_folder, output_paths, write_outputs
 
 __all__ = [
     "Landmarks",
+    "landmark_format",
     "match_landmarks",
     "read_landmarks",
     "write_landmarks",
