@@ -358,6 +358,7 @@ def _demo_writes_files_and_reports(demo_run):
     assert sorted(p.name for p in d.iterdir()) == [
         "affine.mat",
         "fixed.nii.gz",
+        "inverse_warp.nii.gz",
         "moving.nii.gz",
         "report.json",
         "report.png",

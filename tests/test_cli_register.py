@@ -127,6 +127,7 @@ def test_outputs_exist_and_are_valid(registered):
             "warped.nii.gz",
             "affine.mat",
             "warp.nii.gz",
+            "inverse_warp.nii.gz",
             "warped_labels.nii.gz",
             "dice.json",
             "report.json",
@@ -188,6 +189,27 @@ def test_apply_reproduces_warped(registered, capsys, tmp_path):
     a = np.asarray(load_labels(check_l).data)
     b = np.asarray(load_labels(out / "warped_labels.nii.gz").data)
     assert np.mean(a != b) < 0.002  # nearest neighbour: ties at voxel boundaries may flip
+
+
+def test_inverse_warp_carries_fixed_labels_to_the_moving_space(registered, capsys, tmp_path):
+    """``-t [affine.mat,1] -t inverse_warp.nii.gz`` (antsApplyTransforms order) brings the fixed labels onto the
+    moving grid as well as the forward chain brings the moving labels onto the fixed grid."""
+    out, paths = registered["out"], registered["paths"]
+    rep = json.loads((out / "report.json").read_text())["inverse_warp"]
+    assert rep["method"] == "exp(-v)" and rep["mean_mm"] < 0.02 and rep["max_mm"] < 0.2
+    back = tmp_path / "fixed_labels_in_moving.nii.gz"
+    rc, _, err = run(
+        capsys, "apply", "--fixed", paths["moving"], "--moving", paths["fixed_labels"], "--labels",
+        "-t", f"[{out / 'affine.mat'},1]", "-t", out / "inverse_warp.nii.gz", "-o", back,
+    )  # fmt: skip
+    assert rc == 0, err
+    got = load_labels(back)
+    ref = load_labels(paths["moving_labels"])
+    assert got.grid == ref.grid
+    a, b = np.asarray(got.data), np.asarray(ref.data)
+    dice = [2 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k)) for k in range(1, 7)]
+    forward = json.loads((out / "dice.json").read_text())["mean_dice"]
+    assert np.mean(dice) > forward - 0.05 and np.mean(dice) > 0.85, (dice, forward)
 
 
 def test_dice_table_and_json(registered):
@@ -381,7 +403,7 @@ def test_failed_write_removes_created_files(tmp_path, monkeypatch):
     from jaxreg.io import Outputs, write_outputs
 
     fixed = phantom((16, 12))
-    outs = Outputs(fixed, Affine.identity(2), None, None, {"labels": []}, {"pipeline": "affine"}, b"png", [])
+    outs = Outputs(fixed, Affine.identity(2), None, None, {"labels": []}, {"pipeline": "affine"}, b"png", [], None)
 
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")

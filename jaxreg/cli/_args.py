@@ -14,9 +14,20 @@ import argparse
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-__all__ = ["Parser", "UsageError", "argument", "int_at_least", "one_line", "positive_float"]
+__all__ = [
+    "Parser",
+    "UsageError",
+    "argument",
+    "int_at_least",
+    "load_transforms",
+    "one_line",
+    "parse_transform_spec",
+    "positive_float",
+]
 
 
 class UsageError(ValueError):
@@ -96,3 +107,35 @@ def positive_float(text: str) -> float:
     if not v > 0 or not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
+
+
+# -- transform files (-t), shared by apply and apply-points ------------------------------------------------------
+_INVERSE_SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
+
+
+def parse_transform_spec(spec: str) -> tuple[str, bool]:
+    """``path`` or ANTs-style ``[path,1]`` (use the inverse) / ``[path,0]`` -> ``(path, invert)``."""
+    m = _INVERSE_SPEC.match(spec.strip())
+    if m:
+        return m.group("path"), m.group("flag") == "1"
+    if spec.strip().startswith("["):
+        raise UsageError(f"-t {spec}: expected a file name or [file,0] / [file,1] (1 = use the inverse)")
+    return spec, False
+
+
+def load_transforms(specs: Sequence[str]) -> Any:
+    """Read ``-t`` transform files and compose them as ``antsApplyTransforms`` does.
+
+    ANTs' convention (see :func:`jaxreg.io.compose_files`): with ``-t T1 -t T2 ... -t Tn`` the fixed point
+    ``x`` goes through the *first* listed transform first, and the moving image is sampled at
+    ``Tn(...T2(T1(x)))``, i.e. ``jaxreg.compose(Tn, ..., T1)``. For ``antsRegistration`` output,
+    ``-t 1Warp.nii.gz -t 0GenericAffine.mat`` samples at ``affine(warp(x))``. ``[file,1]`` uses the inverse of a
+    linear transform (``jaxreg.invert``).
+
+    Returns:
+      A single transform (a ``Composite`` when there are several).
+    """
+    from jaxreg.io import compose_files
+
+    parsed = [parse_transform_spec(s) for s in specs]
+    return compose_files([p for p, _ in parsed], invert=[inv for _, inv in parsed])

@@ -20,7 +20,8 @@ Steps (each timed; JAX times include compilation unless the persistent cache alr
    result (before registration: Dice of ``m`` and ``m_moving``); the mean distance ``|T_hat(x) - T(x)|`` (mm)
    over the brain mask; the folding fraction of the deformable part; the time;
 6. write the inputs ``fixed.nii.gz`` (template) and ``moving.nii.gz`` and everything ``jaxreg register`` writes
-   (``warped.nii.gz``, ``affine.mat``, ``warp.nii.gz``, ``report.json`` with a ``demo`` section, ``report.png``;
+   (``warped.nii.gz``, ``affine.mat``, ``warp.nii.gz``, ``inverse_warp.nii.gz``, ``report.json`` with a ``demo``
+   section, ``report.png``;
    :func:`jaxreg.evaluation.summarize` computes them, :func:`jaxreg.io.write_outputs` writes them all or nothing).
 
 ``jaxreg apply --fixed fixed.nii.gz --moving moving.nii.gz -t warp.nii.gz -t affine.mat -o check.nii.gz``

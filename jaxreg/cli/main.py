@@ -5,6 +5,10 @@ Subcommands:
 * ``jaxreg info IMAGE [--json]`` -- geometry and values of a NIfTI image;
 * ``jaxreg apply --fixed F --moving M -t T1 [-t T2 ...] -o OUT`` -- warp an image through transform files
   (``antsApplyTransforms`` order: the moving image is sampled at ``T2(T1(x))``, see :func:`load_transforms`);
+* ``jaxreg apply-points -i POINTS -t T1 [-t T2 ...] [-o OUT] [--reference-points R]`` -- map landmark files
+  through transform files (``antsApplyTransformsToPoints`` convention: the ``-t`` list that warps the moving
+  image onto the fixed grid maps fixed-space points to the moving space), with TRE against reference points
+  (:mod:`jaxreg.cli.points`);
 * ``jaxreg demo [-o DIR] [--seed N]`` -- register the MNI152 template to a known deformation of itself;
 * ``jaxreg evaluate`` -- Dice/HD95 of label maps, Jacobian statistics of a transform (:mod:`jaxreg.cli.evaluate`);
 * ``jaxreg landmarks`` -- fit a rigid/similarity/affine transform to landmark files (:mod:`jaxreg.cli.landmarks`);
@@ -35,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,7 +47,15 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jaxreg.cli._args import Parser as _Parser
-from jaxreg.cli._args import UsageError, argument, int_at_least, one_line, positive_float
+from jaxreg.cli._args import (  # noqa: F401 (parse_transform_spec, load_transforms: re-exported)
+    UsageError,
+    argument,
+    int_at_least,
+    load_transforms,
+    one_line,
+    parse_transform_spec,
+    positive_float,
+)
 
 __all__ = ["main", "build_parser", "cache_dir", "compilation_cache"]
 
@@ -173,19 +184,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- apply ------------------------------------------------------------------------------------------------------
-_INVERSE_SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
-
-
-def parse_transform_spec(spec: str) -> tuple[str, bool]:
-    """``path`` or ANTs-style ``[path,1]`` (use the inverse) / ``[path,0]`` -> ``(path, invert)``."""
-    m = _INVERSE_SPEC.match(spec.strip())
-    if m:
-        return m.group("path"), m.group("flag") == "1"
-    if spec.strip().startswith("["):
-        raise UsageError(f"-t {spec}: expected a file name or [file,0] / [file,1] (1 = use the inverse)")
-    return spec, False
-
-
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     pa, pb = Path(a), Path(b)
     if pa.resolve() == pb.resolve():
@@ -194,24 +192,6 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
     except OSError:
         return False
-
-
-def load_transforms(specs: Sequence[str]) -> Any:
-    """Read ``-t`` transform files and compose them as ``antsApplyTransforms`` does.
-
-    ANTs' convention (see :func:`jaxreg.io.compose_files`): with ``-t T1 -t T2 ... -t Tn`` the fixed point
-    ``x`` goes through the *first* listed transform first, and the moving image is sampled at
-    ``Tn(...T2(T1(x)))``, i.e. ``jaxreg.compose(Tn, ..., T1)``. For ``antsRegistration`` output,
-    ``-t 1Warp.nii.gz -t 0GenericAffine.mat`` samples at ``affine(warp(x))``. ``[file,1]`` uses the inverse of a
-    linear transform (``jaxreg.invert``).
-
-    Returns:
-      A single transform (a ``Composite`` when there are several).
-    """
-    from jaxreg.io import compose_files
-
-    parsed = [parse_transform_spec(s) for s in specs]
-    return compose_files([p for p, _ in parsed], invert=[inv for _, inv in parsed])
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -361,8 +341,8 @@ _positive_int = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxreg`` argument parser (``info``, ``apply``, ``demo``, ``evaluate``, ``landmarks``, ``register``,
-    ``register-many``, ``template``, ``train``, ``predict``)."""
+    """The ``jaxreg`` argument parser (``info``, ``apply``, ``apply-points``, ``demo``, ``evaluate``, ``landmarks``,
+    ``register``, ``register-many``, ``template``, ``train``, ``predict``)."""
     from jaxreg import __version__
 
     p = _Parser(
@@ -409,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="T",
-        help="transform file, repeatable, in ANTs order; [file,1] uses the inverse (linear only)",
+        help="transform file, repeatable, in ANTs order; [file,1] uses the inverse (linear only; for a "
+        "'jaxreg register' field use its inverse_warp.nii.gz: --fixed MOVING --moving FIXED -t [affine.mat,1] -t "
+        "inverse_warp.nii.gz carries fixed-space images into the moving space)",
     )
     pa.add_argument("-o", "--output", required=True, metavar="OUT", help="output .nii/.nii.gz")
     pa.add_argument(
@@ -441,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         "it by a seeded known transform (random diffeomorphism + affine) with a bias field and noise, register it "
         "back with the default pipeline, print Dice of the grey-matter, white-matter and brain masks before and "
         "after, the error against the known transform (mm), folding and timings, and write fixed.nii.gz, "
-        "moving.nii.gz and the 'jaxreg register' outputs (warped.nii.gz, affine.mat, warp.nii.gz, report.json, "
+        "moving.nii.gz and the 'jaxreg register' outputs (warped.nii.gz, affine.mat, warp.nii.gz, inverse_warp.nii.gz, "
+        "report.json, "
         "report.png) into DIR.",
     )
     pd.add_argument(
@@ -473,8 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pd.set_defaults(func=cmd_demo)
 
-    from jaxreg.cli import cohort, evaluate, landmarks, learn, register  # subcommands kept in their own modules
+    from jaxreg.cli import cohort, evaluate, landmarks, learn, points, register  # subcommands kept in their own modules
 
+    points.add_parser(sub)
     evaluate.add_parser(sub)
     landmarks.add_parser(sub)
     register.add_parser(sub)
@@ -498,8 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(e.code or 0) if not isinstance(e.code, str) else 2
         if getattr(args, "func", None) is None:
             print(
-                f"{PROG}: error: a command is required: info, apply, demo, evaluate, landmarks, register, register-many, "
-                f"template, train or predict "
+                f"{PROG}: error: a command is required: info, apply, apply-points, demo, evaluate, landmarks, register, "
+                f"register-many, template, train or predict "
                 f"(see '{PROG} --help')",
                 file=sys.stderr,
             )

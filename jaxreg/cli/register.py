@@ -15,6 +15,12 @@ or dense variants) and writes into ``OUTDIR``:
   field, so that ``jaxreg apply --fixed FIXED --moving MOVING -t OUTDIR/warp.nii.gz -t OUTDIR/affine.mat``
   (``antsApplyTransforms`` order: the fixed point goes through the warp first, then the affine) reproduces
   ``warped.nii.gz``;
+* ``inverse_warp.nii.gz`` (deformable pipelines): the inverse of the deformable part, same layout and grid
+  (:func:`jaxreg.transforms.inverse_displacement`: ``exp(-v)`` for a velocity field, else the relaxed
+  fixed-point inverse of ``warp.nii.gz``), so that ``jaxreg apply --fixed MOVING --moving FIXED -t
+  [OUTDIR/affine.mat,1] -t OUTDIR/inverse_warp.nii.gz`` carries fixed-space images and label maps into the
+  moving space (ANTs' ``1InverseWarp.nii.gz``); its inverse-consistency error (mean and max mm) is
+  ``report.json["inverse_warp"]``;
 * with ``--labels``: ``warped_labels.nii.gz`` (nearest neighbour) and ``dice.json`` (Dice before, after the
   affine stage and after registration, HD95 in mm, per label and their means), also printed as a table;
 * ``report.json``: the options, similarity before/after, per-stage iterations, losses and timings, the
@@ -94,7 +100,9 @@ _DESCRIPTION = (
     "greedy registration with normalised mutual information; affine or rigid: the linear stage only; bspline: "
     "affine -> cubic B-spline FFD at 40, 20, 10 mm; dense: affine -> variational displacement field) and write "
     "into OUTDIR: warped.nii.gz (moving on the fixed grid), affine.mat "
-    "(ITK/ANTs), warp.nii.gz (ITK displacement field of the deformable part, on the fixed grid), report.json "
+    "(ITK/ANTs), warp.nii.gz (ITK displacement field of the deformable part, on the fixed grid), "
+    "inverse_warp.nii.gz (its inverse, same layout: exp(-v) of a velocity field, else a fixed-point inverse; "
+    "report.json['inverse_warp'] holds its inverse-consistency error in mm), report.json "
     "and report.png; with --labels also warped_labels.nii.gz and dice.json. organ: planning CT <-> daily MR "
     "(adaptive radiotherapy): rigid (Mattes MI) -> the target's own rigid motion -> stationary velocity field "
     "with multi-modal similarity, rigid "
@@ -103,7 +111,9 @@ _DESCRIPTION = (
     "Dice, HD95, centroid error, volume change, rigidity of bones and target) and draws the organs' contours on "
     "report.png. 'jaxreg apply --fixed FIXED "
     "--moving MOVING -t OUTDIR/warp.nii.gz -t OUTDIR/affine.mat' (antsApplyTransforms order) reproduces "
-    "warped.nii.gz. Inputs are checked first (a constant, complex or NaN image is an error); nothing is written "
+    "warped.nii.gz; 'jaxreg apply --fixed MOVING --moving FIXED -t [OUTDIR/affine.mat,1] -t "
+    "OUTDIR/inverse_warp.nii.gz' carries fixed-space images and labels into the moving space, and 'jaxreg "
+    "apply-points' moves landmarks. Inputs are checked first (a constant, complex or NaN image is an error); nothing is written "
     "unless the whole run succeeds."
 )
 

@@ -9,6 +9,8 @@
 * Landmarks (:mod:`~jaxreg.evaluation.landmarks`): :func:`target_registration_error`.
 * Deformation plausibility (:mod:`~jaxreg.evaluation.jacobian`): :func:`jacobian_statistics` (folding count
   and fraction, min/max/mean of ``det J``, SDlogJ).
+* Inverse consistency (:mod:`~jaxreg.evaluation.consistency`): :func:`inverse_consistency_error`, mean and max of
+  ``|T(S(x)) - x|`` in mm for a transform and its computed inverse.
 * The report of a registration run (:mod:`~jaxreg.evaluation.report`): :func:`summarize` computes, from a
   run's :class:`RegistrationInputs` and result, the warped image and labels, NCC/NMI before and after, the Dice
   table (:func:`format_dice_table`), the Jacobian statistics and the figure, as the
@@ -18,6 +20,7 @@
 Conventions (missing labels, surfaces, percentiles, SDlogJ clipping) are stated in each module's docstring.
 """
 
+from jaxreg.evaluation.consistency import InverseConsistencyError, inverse_consistency_error
 from jaxreg.evaluation.distance import (
     SurfaceDistances,
     average_surface_distance,
@@ -50,6 +53,8 @@ __all__ = [
     "surface",
     "TargetRegistrationError",
     "target_registration_error",
+    "InverseConsistencyError",
+    "inverse_consistency_error",
     "JacobianStatistics",
     "jacobian_statistics",
     "RegistrationInputs",

@@ -17,7 +17,12 @@ registration (identity), after the *affine* stage and *after* registration:
 * with labels: Dice per label and its mean, HD95 in mm (:func:`jaxreg.evaluation.overlap`,
   :func:`jaxreg.evaluation.hd95_per_label`);
 * ``det J`` of the deformable part (of the affine when there is none): % of voxels with ``det J <= 0``, SDlogJ
-  (:func:`jaxreg.evaluation.jacobian_statistics`).
+  (:func:`jaxreg.evaluation.jacobian_statistics`);
+* the inverse of the deformable part on the fixed grid (:func:`jaxreg.transforms.inverse_displacement`: exact
+  ``exp(-v)`` for a velocity field, else the fixed-point inverse of the sampled field) and its inverse-consistency
+  error ``|u(x + u_inv(x)) + u_inv(x)|``, mean and max in mm over the voxels ``x`` of the fixed grid whose
+  ``x + u_inv(x)`` stays inside it (:func:`jaxreg.evaluation.inverse_consistency_error`), reported as
+  ``report["inverse_warp"] = {"method", "mean_mm", "max_mm", "num_voxels", "num_outside"}``.
 
 Both NCC and NMI are computed in float64 NumPy on the host: they are reported figures, not losses. Non-finite
 values are reported as ``None`` (JSON ``null``).
@@ -263,14 +268,18 @@ def _figure_png(fixed, moving_before, warped, field, jac, losses, title, contour
 
 
 @functools.cache
-def _jitted() -> tuple[Callable, Callable]:
-    """``to_displacement`` and ``jacobian_determinant`` compiled whole (grid static): one compilation each instead
-    of one per operation."""
+def _jitted() -> tuple[Callable, Callable, Callable]:
+    """``to_displacement``, ``jacobian_determinant`` and ``inverse_displacement`` compiled whole (grid static): one
+    compilation each instead of one per operation."""
     import jax
 
-    from jaxreg.transforms import jacobian_determinant, to_displacement
+    from jaxreg.transforms import inverse_displacement, jacobian_determinant, to_displacement
 
-    return jax.jit(to_displacement, static_argnums=1), jax.jit(jacobian_determinant, static_argnums=1)
+    return (
+        jax.jit(to_displacement, static_argnums=1),
+        jax.jit(jacobian_determinant, static_argnums=1),
+        jax.jit(inverse_displacement, static_argnums=1),
+    )
 
 
 def summarize(
@@ -299,12 +308,13 @@ def summarize(
       :class:`jaxreg.io.outputs.Outputs` (the warped image, transforms, labels, Dice summary, report, figure
       bytes and the lines to print).
     """
+    from jaxreg.evaluation.consistency import inverse_consistency_error
     from jaxreg.evaluation.jacobian import jacobian_statistics
     from jaxreg.io.outputs import Outputs
-    from jaxreg.transforms import Affine, compose
+    from jaxreg.transforms import Affine, compose, inverse_method
     from jaxreg.warp import warp, warp_labels
 
-    to_displacement, jacobian_determinant = _jitted()
+    to_displacement, jacobian_determinant, inverse_displacement = _jitted()
     t0 = time.perf_counter()
     fixed, moving = inputs.fixed, inputs.moving
     g = fixed.grid
@@ -338,6 +348,21 @@ def summarize(
         "max": _finite(st.max),
         "mean": _finite(st.mean),
     }
+    inverse_field = None
+    inverse_report = None
+    if field is not None:
+        # exp(-v) of a velocity field; otherwise the fixed-point inverse of the written field itself, so that
+        # warp.nii.gz and inverse_warp.nii.gz undo each other as well as the iteration allows
+        method = "exp(-v)" if inverse_method(result.deformable) == "exp(-v)" else "fixed-point"
+        inverse_field = inverse_displacement(result.deformable if method == "exp(-v)" else field, g)
+        ic = inverse_consistency_error(field, inverse_field, g)
+        inverse_report = {
+            "method": method,
+            "mean_mm": _finite(ic.mean),
+            "max_mm": _finite(ic.max),
+            "num_voxels": ic.num_voxels,
+            "num_outside": ic.num_outside,
+        }
     warped_labels = None
     dice = None
     if inputs.fixed_labels is not None:
@@ -375,6 +400,7 @@ def summarize(
         "metrics": metrics,
         "stages": stages,
         "jacobian": jacobian,
+        **({"inverse_warp": inverse_report} if inverse_report is not None else {}),
         "timings": {
             "registration": round(float(result.seconds), 3),
             "evaluation": round(t_eval, 3),
@@ -392,8 +418,14 @@ def summarize(
         f"({jacobian['percent_nonpositive']:.4f} %), SDlogJ {jacobian['sdlogj']:.4f}, "
         f"range [{jacobian['min']:.3f}, {jacobian['max']:.3f}] ({of} part)"
     )
+    if inverse_report is not None:
+        text.append(
+            f"inverse:    {inverse_report['method']} of the deformable part, |u(x + u_inv(x)) + u_inv(x)| mean "
+            f"{ic.mean:.4f} mm, max {ic.max:.4f} mm"
+            + (f" ({ic.num_outside} voxels mapped outside the grid left out)" if ic.num_outside else "")
+        )
     if dice is not None:
         text.append(format_dice_table(dice))
     if png is None and figure:
         text.append("report.png: skipped (matplotlib is not installed: pip install 'jaxreg[plot]')")
-    return Outputs(warped, linear, field, warped_labels, dice, report, png, text)
+    return Outputs(warped, linear, field, warped_labels, dice, report, png, text, inverse_field)

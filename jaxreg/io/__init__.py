@@ -26,7 +26,7 @@ from jaxreg.io.itk import (
     write_displacement_field,
     write_transform,
 )
-from jaxreg.io.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
+from jaxreg.io.landmarks import Landmarks, landmark_format, match_landmarks, read_landmarks, write_landmarks
 from jaxreg.io.nifti import check_registrable, load_image, load_labels, save_image
 from jaxreg.io.outputs import (
     OUTPUT_NAMES,
@@ -40,6 +40,7 @@ from jaxreg.io.outputs import (
 
 __all__ = [
     "Landmarks",
+    "landmark_format",
     "match_landmarks",
     "read_landmarks",
     "write_landmarks",

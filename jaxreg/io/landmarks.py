@@ -53,7 +53,7 @@ import numpy as np
 
 from jaxreg.io._atomic import PathLike, atomic_write
 
-__all__ = ["FORMATS", "Landmarks", "match_landmarks", "read_landmarks", "write_landmarks"]
+__all__ = ["FORMATS", "Landmarks", "landmark_format", "match_landmarks", "read_landmarks", "write_landmarks"]
 
 FORMATS = ("csv", "fcsv", "ants")
 _FCSV_VERSION = "4.11"
@@ -253,6 +253,25 @@ def _read_fcsv(text: str, path: PathLike, ndim: int | None) -> Landmarks:
     lm = _finish(points, labels, path, None)
     pts = lm.points * _flip(3) if system == "LPS" else lm.points
     return _finish(pts.tolist(), list(lm.labels), path, ndim)
+
+
+def landmark_format(path: PathLike, *, format: str = "auto") -> str:
+    """The format :func:`read_landmarks` reads ``path`` as: ``"csv"``, ``"fcsv"`` or ``"ants"``.
+
+    Args:
+      path: an existing landmark file (its header decides between plain and ANTs CSV).
+      format: ``"auto"`` (decide from the suffix and header) or one of :data:`FORMATS` (checked and returned).
+
+    Raises:
+      FileNotFoundError: missing file (with ``format="auto"``).
+      ValueError: unknown format, or a suffix that says nothing.
+    """
+    if format != "auto":
+        return _format_of(path, None, format)
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(2, f"{path}: no such landmark file", str(path))
+    return _format_of(path, p.read_text(encoding="utf-8-sig"), format)
 
 
 def read_landmarks(path: PathLike, *, format: str = "auto", ndim: int | None = None) -> Landmarks:

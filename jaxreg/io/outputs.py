@@ -11,13 +11,17 @@ key                    file                          content
 ``affine``             ``affine.mat``                the linear part, ITK/ANTs ``AffineTransform`` (MATLAB)
 ``warp``               ``warp.nii.gz``               the deformable part as an ITK displacement field on the
                                                      fixed grid (deformable runs only)
+``inverse_warp``       ``inverse_warp.nii.gz``       its inverse, same layout and grid (deformable runs only)
 ``warped_labels``      ``warped_labels.nii.gz``      moving labels on the fixed grid (with labels only)
 ``dice``               ``dice.json``                 Dice/HD95 per label (with labels only)
 ``report_png``         ``report.png``                the report figure (when matplotlib is installed)
 ``report_json``        ``report.json``               options, metrics, stages, timings, the files written
 =====================  ============================  ====================================================
 
-``antsApplyTransforms -t warp.nii.gz -t affine.mat`` (or ``jaxreg apply``) reproduces ``warped.nii.gz``.
+``antsApplyTransforms -t warp.nii.gz -t affine.mat`` (or ``jaxreg apply``) reproduces ``warped.nii.gz``; the
+other direction, fixed-space images and labels into the moving space, is ``jaxreg apply --fixed MOVING --moving
+FIXED -t [affine.mat,1] -t inverse_warp.nii.gz`` (``antsApplyTransforms -r MOVING -i FIXED -t [affine.mat,1] -t
+inverse_warp.nii.gz``, as with ANTs' ``1InverseWarp.nii.gz``).
 
 Writing is transactional: the folder is checked before anything is created (:func:`check_output_folder`: it is
 not a file, and none of its output names is an input of the run); every file is written atomically
@@ -59,12 +63,13 @@ OUTPUT_NAMES = {
     "warped": "warped.nii.gz",
     "affine": "affine.mat",
     "warp": "warp.nii.gz",
+    "inverse_warp": "inverse_warp.nii.gz",
     "warped_labels": "warped_labels.nii.gz",
     "dice": "dice.json",
     "report_json": "report.json",
     "report_png": "report.png",
 }
-"""File names of the outputs in a run's folder (``warp``: deformable runs; ``warped_labels``/``dice``: runs
+"""File names of the outputs in a run's folder (``warp``, ``inverse_warp``: deformable runs; ``warped_labels``/``dice``: runs
 with label maps)."""
 
 
@@ -80,6 +85,8 @@ class Outputs(NamedTuple):
       report: the ``report.json`` content (JSON values).
       figure_png: ``report.png`` bytes, or ``None`` (no figure: matplotlib is missing).
       text: the lines a command prints for the run (summary and Dice table).
+      inverse_field: the inverse of ``field`` as a ``DisplacementField`` on the fixed grid (``None`` with no
+        deformable part).
     """
 
     warped: Any
@@ -90,6 +97,7 @@ class Outputs(NamedTuple):
     report: dict
     figure_png: bytes | None
     text: list[str]
+    inverse_field: Any
 
 
 def output_paths(outdir: PathLike) -> dict[str, Path]:
@@ -149,6 +157,8 @@ def write_outputs(
     jobs.append((paths["affine"], lambda p: write_transform(outputs.affine, p, inputs=inputs)))
     if outputs.field is not None:
         jobs.append((paths["warp"], lambda p: write_transform(outputs.field, p, inputs=inputs)))
+    if outputs.inverse_field is not None:
+        jobs.append((paths["inverse_warp"], lambda p: write_transform(outputs.inverse_field, p, inputs=inputs)))
     if outputs.warped_labels is not None:
         jobs.append((paths["warped_labels"], lambda p: save_image(outputs.warped_labels, p, inputs=inputs)))
     if outputs.dice is not None:

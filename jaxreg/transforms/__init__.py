@@ -2,7 +2,7 @@
 
 Linear: :class:`Translation`, :class:`Rigid`, :class:`Similarity`, :class:`Affine`; global
 :class:`Polynomial`; cubic :class:`BSplineTransform` (FFD); dense :class:`DisplacementField` and
-:class:`VelocityField` (diffeomorphic, scaling and squaring); :func:`compose`, :func:`invert` and
+:class:`VelocityField` (diffeomorphic, scaling and squaring); :func:`compose`, :func:`invert` (:func:`inverse_displacement`: sampled on a grid) and
 :func:`jacobian` / :func:`jacobian_determinant` for any of them; :func:`exp_voxel_field`, the one
 scaling-and-squaring kernel.
 
@@ -18,7 +18,16 @@ from jaxreg.transforms.bspline import (
     cubic_bspline,
     refine_bspline,
 )
-from jaxreg.transforms.compose import Composite, NumericalInverse, compose, invert, to_affine, to_displacement
+from jaxreg.transforms.compose import (
+    Composite,
+    NumericalInverse,
+    compose,
+    inverse_displacement,
+    inverse_method,
+    invert,
+    to_affine,
+    to_displacement,
+)
 from jaxreg.transforms.dense import (
     DisplacementField,
     VelocityField,
@@ -62,6 +71,8 @@ __all__ = [
     "NumericalInverse",
     "compose",
     "invert",
+    "inverse_method",
+    "inverse_displacement",
     "to_affine",
     "to_displacement",
     "compose_fields",

@@ -9,7 +9,10 @@ is applied first to the point). On ANTs' command line the first listed file is a
 :func:`jaxreg.io.compose_files`.
 
 :func:`invert` is exact for linear transforms and velocity fields (``exp(-v)``), iterative for displacement
-fields (on their grid) and point-wise iterative (:class:`NumericalInverse`) for the rest.
+fields (on their grid) and point-wise iterative (:class:`NumericalInverse`) for the rest;
+:func:`inverse_method` names the branch :func:`invert` takes. :func:`inverse_displacement` samples the inverse of
+a (deformable) transform on a grid as a :class:`DisplacementField`, what ``jaxreg register`` writes as
+``inverse_warp.nii.gz``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ from jaxreg.transforms.base import LinearTransform, Transform, _check_grid, _che
 from jaxreg.transforms.dense import DisplacementField, VelocityField, compose_fields, invert_field
 from jaxreg.transforms.linear import Affine
 
-__all__ = ["Composite", "NumericalInverse", "compose", "invert", "to_displacement", "to_affine"]
+__all__ = [
+    "Composite",
+    "NumericalInverse",
+    "compose",
+    "invert",
+    "inverse_method",
+    "inverse_displacement",
+    "to_displacement",
+    "to_affine",
+]
 
 
 @pytree_dataclass
@@ -167,7 +179,9 @@ def to_displacement(transform: Transform, grid: Grid, dtype: Any = jnp.float32) 
     return DisplacementField(transform.sample_displacement(grid, dtype), grid)
 
 
-def invert(transform: Transform, *, grid: Grid | None = None, iterations: int = 30) -> Transform:
+def invert(
+    transform: Transform, *, grid: Grid | None = None, iterations: int = 30, relaxation: float = 1.0
+) -> Transform:
     """Inverse transform: ``invert(T)(T(x)) ~ x``.
 
     * linear: exact (an :class:`Affine` about the same centre);
@@ -181,6 +195,7 @@ def invert(transform: Transform, *, grid: Grid | None = None, iterations: int = 
       transform: the transform.
       grid: optional grid for dense inversion of non-dense transforms.
       iterations: fixed-point iterations for iterative inverses (static).
+      relaxation: the relaxation of :func:`invert_field` (1: plain fixed point; 1/2 for locally expanding fields).
     """
     if isinstance(transform, LinearTransform):
         h = jnp.linalg.inv(transform.homogeneous())
@@ -188,11 +203,73 @@ def invert(transform: Transform, *, grid: Grid | None = None, iterations: int = 
     if isinstance(transform, VelocityField):
         return transform.inverse()
     if isinstance(transform, DisplacementField):
-        return invert_field(transform, iterations=iterations)
+        return invert_field(transform, iterations=iterations, relaxation=relaxation)
     if isinstance(transform, Composite):
-        return Composite(tuple(invert(t, grid=grid, iterations=iterations) for t in reversed(transform.transforms)))
+        return Composite(
+            tuple(
+                invert(t, grid=grid, iterations=iterations, relaxation=relaxation) for t in reversed(transform.transforms)
+            )
+        )
     if isinstance(transform, NumericalInverse):
         return transform.forward
     if grid is not None:
-        return invert_field(to_displacement(transform, grid), iterations=iterations)
+        return invert_field(to_displacement(transform, grid), iterations=iterations, relaxation=relaxation)
     return NumericalInverse(transform, iterations)
+
+
+def inverse_method(transform: Transform) -> str:
+    """How :func:`invert` inverts ``transform``.
+
+    Returns:
+      ``"exact"`` (linear, or a composite of linear transforms), ``"exp(-v)"`` (velocity fields, possibly composed
+      with linear transforms: exact up to the scaling-and-squaring error), ``"fixed-point"`` (anything with a
+      displacement field or another non-linear member: :func:`invert_field` on a grid), or ``"numerical"``
+      (:class:`NumericalInverse` inverted back: its ``forward``, exact).
+    """
+    if isinstance(transform, LinearTransform):
+        return "exact"
+    if isinstance(transform, VelocityField):
+        return "exp(-v)"
+    if isinstance(transform, NumericalInverse):
+        return "numerical"
+    if isinstance(transform, Composite):
+        methods = {inverse_method(t) for t in transform.transforms}
+        for m in ("fixed-point", "numerical", "exp(-v)"):
+            if m in methods:
+                return m
+        return "exact"
+    return "fixed-point"
+
+
+def inverse_displacement(
+    transform: Transform, grid: Grid, *, iterations: int = 50, relaxation: float = 0.5, dtype: Any = jnp.float32
+) -> DisplacementField:
+    """The inverse of ``transform`` sampled on ``grid`` as a displacement field (world mm).
+
+    The inverse is :func:`invert`'s: ``exp(-v)`` through the one scaling-and-squaring kernel for a
+    :class:`VelocityField` (on the velocity's grid, then sampled on ``grid``), exact for linear members, and for
+    displacement fields and other non-linear transforms (B-splines, ...) the fixed-point iteration ``v(x) = -u(x +
+    v(x))`` of :func:`invert_field` (Chen et al., Med. Phys. 2008), relaxed by default, on the field's own grid
+    or, for a transform that has none, on ``grid`` (a B-spline is sampled on ``grid`` first).
+    :func:`inverse_method` names the branch. Where the field folds the iteration cannot converge: check the
+    result with :func:`jaxreg.evaluation.inverse_consistency_error`. (On the 2-D phantom's B-spline result, with
+    local expansions up to ``det J = 2.3``, the plain iteration left errors up to 17 mm near the border after 30
+    or 100 iterations; relaxed by 1/2, 0.0004 mm after 30.)
+
+    For a registration ``T = compose(linear, deformable)`` (fixed -> moving, pull), the inverse of the deformable
+    part sampled on the fixed grid is what ANTs writes as ``1InverseWarp.nii.gz``: with it, moving-space points
+    go through ``linear^-1`` first and then through this field into the fixed space.
+
+    Args:
+      transform: the transform to invert (typically the deformable part of a registration).
+      grid: where to sample the inverse (static), e.g. the fixed grid.
+      iterations: fixed-point iterations (static).
+      relaxation: the step of the relaxed iteration (see :func:`invert_field`; 1 for Chen's plain iteration).
+      dtype: floating dtype of the result.
+
+    Returns:
+      A :class:`DisplacementField` on ``grid``: ``(*grid.shape, ndim)`` mm with ``x + u_inv(x) = T^-1(x)``.
+    """
+    _check_grid(transform, grid)
+    inv = invert(transform, grid=grid, iterations=iterations, relaxation=relaxation)
+    return to_displacement(inv, grid, dtype)
