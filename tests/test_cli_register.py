@@ -106,6 +106,7 @@ def registered(tmp_path_factory):
                     "register", str(paths["fixed"]), str(paths["moving"]), "-o", str(out),
                     "--labels", str(paths["fixed_labels"]), str(paths["moving_labels"]),
                     "--labels-json", str(root / "labels.json"), "--config", str(cfg),
+                    "--write-composite-transform",
                 ]
             )  # fmt: skip
     return {
@@ -128,6 +129,8 @@ def test_outputs_exist_and_are_valid(registered):
             "affine.mat",
             "warp.nii.gz",
             "inverse_warp.nii.gz",
+            "Composite.h5",
+            "InverseComposite.h5",
             "warped_labels.nii.gz",
             "dice.json",
             "report.json",
@@ -212,6 +215,39 @@ def test_inverse_warp_carries_fixed_labels_to_the_moving_space(registered, capsy
     assert np.mean(dice) > forward - 0.05 and np.mean(dice) > 0.85, (dice, forward)
 
 
+def test_composite_files_equal_the_chains(registered, capsys, tmp_path):
+    """``-t Composite.h5`` is ``-t warp.nii.gz -t affine.mat`` and ``-t InverseComposite.h5`` is ``-t [affine.mat,1]
+    -t inverse_warp.nii.gz`` (ANTs' --write-composite-transform files), in jaxreg and in SimpleITK."""
+    import SimpleITK as sitk
+
+    from jaxreg.cli._args import load_transforms
+
+    out, paths = registered["out"], registered["paths"]
+    chains = {
+        "Composite.h5": [str(out / "warp.nii.gz"), str(out / "affine.mat")],
+        "InverseComposite.h5": [f"[{out / 'affine.mat'},1]", str(out / "inverse_warp.nii.gz")],
+    }
+    grid = load_image(paths["fixed"]).grid
+    x = np.asarray(grid.world_coords(jnp.float32)).reshape(-1, 2)[::7].astype(np.float64)
+    flip = np.array([-1.0, -1.0])
+    for name, chain in chains.items():
+        want = np.asarray(load_transforms(chain)(jnp.asarray(x, jnp.float32)))
+        got = np.asarray(read_transform(out / name)(jnp.asarray(x, jnp.float32)))
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        tx = sitk.ReadTransform(str(out / name))
+        assert tx.GetName() == "CompositeTransform"
+        ref = np.array([np.array(tx.TransformPoint(tuple(p * flip))) * flip for p in x])
+        np.testing.assert_allclose(ref, want, atol=1e-3)
+    check = tmp_path / "check.nii.gz"
+    rc, _, err = run(
+        capsys, "apply", "--fixed", paths["fixed"], "--moving", paths["moving"], "-t", out / "Composite.h5",
+        "-o", check,
+    )  # fmt: skip
+    assert rc == 0, err
+    ref = np.asarray(load_image(out / "warped.nii.gz").data)
+    np.testing.assert_allclose(np.asarray(load_image(check).data), ref, atol=1e-4 * np.abs(ref).max())
+
+
 def test_dice_table_and_json(registered):
     out = registered["stdout"]
     d = json.loads((registered["out"] / "dice.json").read_text())
@@ -232,10 +268,17 @@ def test_affine_pipeline_and_label_list(tmp_path, capsys):
     rc, _, err = run(
         capsys, "register", paths["fixed"], paths["moving"], "-o", out, "--pipeline", "rigid", "--quick",
         "--labels", paths["fixed_labels"], paths["moving_labels"], "--label-list", "2", "3",
+        "--write-composite-transform",
     )  # fmt: skip
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["warped.nii.gz", "affine.mat", "warped_labels.nii.gz", "dice.json", "report.json", "report.png"]
+        ["warped.nii.gz", "affine.mat", "warped_labels.nii.gz", "dice.json", "report.json", "report.png",
+         "Composite.h5", "InverseComposite.h5"]
+    )  # fmt: skip
+    lin, inv = read_transform(out / "Composite.h5"), read_transform(out / "InverseComposite.h5")
+    assert isinstance(lin, Affine) and isinstance(inv, Affine)  # linear runs: one affine per file
+    np.testing.assert_allclose(
+        np.asarray(lin.homogeneous() @ inv.homogeneous()), np.eye(3), atol=1e-5
     )
     rep = json.loads((out / "report.json").read_text())
     assert rep["pipeline"] == "rigid" and "deformable" not in rep["stages"]

@@ -193,6 +193,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="one coarse level per stage (a fast preview; levels in the config file take precedence)",
     )
+    p.add_argument(
+        "--write-composite-transform",
+        action="store_true",
+        help="also write Composite.h5 (-t Composite.h5 = -t warp.nii.gz -t affine.mat) and InverseComposite.h5 "
+        "(= -t [affine.mat,1] -t inverse_warp.nii.gz), ITK HDF5 files as antsRegistration "
+        "--write-composite-transform 1 writes them",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -730,7 +737,9 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
             log(line)
     outs.report["timings"]["load"] = round(t_load, 3)
     outs.report["timings"]["total"] = round(time.perf_counter() - t_all, 3)
-    written = write_outputs(args.output, outs, inputs=all_inputs, extra_files=extra_files)
+    written = write_outputs(
+        args.output, outs, inputs=all_inputs, extra_files=extra_files, composite=args.write_composite_transform
+    )
     log(f"wrote:      {', '.join(p.name for p in written)} in {args.output}")
     log(
         f"total:      {time.perf_counter() - t_all:.1f} s "

@@ -12,6 +12,8 @@ key                    file                          content
 ``warp``               ``warp.nii.gz``               the deformable part as an ITK displacement field on the
                                                      fixed grid (deformable runs only)
 ``inverse_warp``       ``inverse_warp.nii.gz``       its inverse, same layout and grid (deformable runs only)
+``composite``          ``Composite.h5``              affine and warp in one ITK HDF5 composite (``composite=True``)
+``inverse_composite``  ``InverseComposite.h5``       the inverse chain in one file (``composite=True``)
 ``warped_labels``      ``warped_labels.nii.gz``      moving labels on the fixed grid (with labels only)
 ``dice``               ``dice.json``                 Dice/HD95 per label (with labels only)
 ``report_png``         ``report.png``                the report figure (when matplotlib is installed)
@@ -21,7 +23,10 @@ key                    file                          content
 ``antsApplyTransforms -t warp.nii.gz -t affine.mat`` (or ``jaxreg apply``) reproduces ``warped.nii.gz``; the
 other direction, fixed-space images and labels into the moving space, is ``jaxreg apply --fixed MOVING --moving
 FIXED -t [affine.mat,1] -t inverse_warp.nii.gz`` (``antsApplyTransforms -r MOVING -i FIXED -t [affine.mat,1] -t
-inverse_warp.nii.gz``, as with ANTs' ``1InverseWarp.nii.gz``).
+inverse_warp.nii.gz``, as with ANTs' ``1InverseWarp.nii.gz``). With ``composite=True`` the two chains are also
+written as single files, as ``antsRegistration --write-composite-transform 1`` does: ``-t Composite.h5`` maps
+like ``-t warp.nii.gz -t affine.mat`` and ``-t InverseComposite.h5`` like ``-t [affine.mat,1] -t
+inverse_warp.nii.gz`` (:func:`composite_transforms`).
 
 Writing is transactional: the folder is checked before anything is created (:func:`check_output_folder`: it is
 not a file, and none of its output names is an input of the run); every file is written atomically
@@ -53,6 +58,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "Outputs",
     "check_output_folder",
+    "composite_transforms",
     "is_complete",
     "output_paths",
     "write_outputs",
@@ -64,6 +70,8 @@ OUTPUT_NAMES = {
     "affine": "affine.mat",
     "warp": "warp.nii.gz",
     "inverse_warp": "inverse_warp.nii.gz",
+    "composite": "Composite.h5",
+    "inverse_composite": "InverseComposite.h5",
     "warped_labels": "warped_labels.nii.gz",
     "dice": "dice.json",
     "report_json": "report.json",
@@ -122,6 +130,32 @@ def check_output_folder(outdir: PathLike, inputs: Sequence[PathLike]) -> None:
         check_not_input(p, inputs)
 
 
+def composite_transforms(outputs: Outputs) -> tuple[Any, Any]:
+    """The forward and inverse chains of a run as single transforms (ITK composites when deformable).
+
+    Forward (fixed-space point -> moving space, what images are pulled through): ``affine(warp(x))``, i.e.
+    ``compose(affine, field)`` (ITK queue ``[affine, warp]``: the last member acts on the point first). Inverse
+    (moving-space point -> fixed space): ``warp^-1(affine^-1(y))``, ``compose(inverse_field, invert(affine))``.
+
+    Args:
+      outputs: a run's :class:`Outputs`.
+
+    Returns:
+      ``(forward, inverse)``; the affine alone (and its inverse) for linear runs.
+
+    Raises:
+      ValueError: a deformable run without its ``inverse_field``.
+    """
+    from jaxreg.transforms.compose import compose, invert
+
+    inv_affine = invert(outputs.affine)
+    if outputs.field is None:
+        return outputs.affine, inv_affine
+    if outputs.inverse_field is None:
+        raise ValueError("outputs: a composite of a deformable run needs its inverse_field")
+    return compose(outputs.affine, outputs.field), compose(outputs.inverse_field, inv_affine)
+
+
 def _text_writer(text: str) -> Callable[[str], None]:
     return lambda tmp: Path(tmp).write_text(text)
 
@@ -132,6 +166,7 @@ def write_outputs(
     *,
     inputs: Sequence[PathLike] = (),
     extra_files: Sequence[tuple[str, Callable[[str], None]]] = (),
+    composite: bool = False,
 ) -> list[Path]:
     """Write :class:`Outputs` into ``outdir`` (created if needed), all or nothing (see the module docstring).
 
@@ -141,6 +176,7 @@ def write_outputs(
       inputs: the run's input files, never overwritten.
       extra_files: more ``(file name, writer(tmp_path))`` pairs written into ``outdir`` the same way (before
         ``report.png`` and ``report.json``).
+      composite: also write ``Composite.h5`` and ``InverseComposite.h5`` (:func:`composite_transforms`).
 
     Returns:
       The paths written, in order (``report.json`` last).
@@ -159,6 +195,10 @@ def write_outputs(
         jobs.append((paths["warp"], lambda p: write_transform(outputs.field, p, inputs=inputs)))
     if outputs.inverse_field is not None:
         jobs.append((paths["inverse_warp"], lambda p: write_transform(outputs.inverse_field, p, inputs=inputs)))
+    if composite:
+        forward, backward = composite_transforms(outputs)
+        jobs.append((paths["composite"], lambda p: write_transform(forward, p, inputs=inputs)))
+        jobs.append((paths["inverse_composite"], lambda p: write_transform(backward, p, inputs=inputs)))
     if outputs.warped_labels is not None:
         jobs.append((paths["warped_labels"], lambda p: save_image(outputs.warped_labels, p, inputs=inputs)))
     if outputs.dice is not None:
