@@ -47,7 +47,7 @@ _DESCRIPTION = (
     "(jaxreg apply --fixed F --moving M -t warp.nii.gz -t affine.mat) maps FIXED-space points into the MOVING "
     "space (the first listed transform is applied first to the point: affine(warp(p))); to map moving-space "
     "points into the fixed space give -t [affine.mat,1] -t inverse_warp.nii.gz (the list that warps the fixed "
-    "image into the moving space). Transform files: ANTs/ITK .mat, ITK .tfm/.txt, ITK displacement-field NIfTI; "
+    "image into the moving space). Transform files: ANTs/ITK .mat, ITK .tfm/.txt, ITK HDF5 .h5 (Composite.h5), ITK displacement-field NIfTI; "
     "[file,1] uses the inverse of a linear transform. Point files: plain CSV x,y[,z] in RAS mm (optional header and "
     "label column), 3D Slicer .fcsv (RAS or LPS), ANTs CSV (header x,y,z,t, LPS). With --reference-points the "
     "target registration error of the moved points against the reference (mean, median, max mm) is printed."
