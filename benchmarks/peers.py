@@ -98,6 +98,8 @@ def _worker_ants(task: dict) -> dict:
         kw = {"aff_metric": "mattes", "syn_metric": "mattes"}
     if task.get("initial_transform"):  # e.g. ["Identity"]: start from the headers' frames (antspy's default: [f,m,1])
         kw["initial_transform"] = list(task["initial_transform"])
+    for k, v in (task.get("options") or {}).items():  # more ants.registration arguments (lists become tuples)
+        kw[k] = tuple(v) if isinstance(v, list) else v
     t0, c0 = time.perf_counter(), time.process_time()
     reg = ants.registration(f, m, type_of_transform=task["type"], outprefix=os.path.join(out, "ants_"), **kw)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -164,6 +164,8 @@ def test_register_pairs_fixed_against_folder(cohort, tmp_path):
     assert all(p.fixed == str(cohort / "im0.nii.gz") and p.fixed_labels is None for p in pairs)
     with pytest.raises(ValueError, match="unique"):
         register_pairs([pairs[0], pairs[0]], tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match="folder name"):
+        register_pairs([pairs[0]._replace(name="../escape")], tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
 
 
@@ -239,3 +241,22 @@ def test_template_of_shifted_phantoms_sits_at_their_mean_shape(tmp_path, capsys)
     info = json.loads((tmp_path / "t" / "template.json").read_text())
     assert info["mean_displacement_mm"] == pytest.approx(last["mean_displacement_mm"]) and len(files) == 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_template_command(cohort, tmp_path, capsys):
+    out = tmp_path / "tpl"
+    ims = [cohort / f"im{k}.nii.gz" for k in (1, 2, 3)]
+    rc, text, err = run(capsys, "template", *ims, "-o", out, "--quick", "--iterations", "2")
+    assert rc == 0, err
+    info = json.loads((out / "template.json").read_text())
+    assert info["images"] == ["im1", "im2", "im3"] and info["registrations"] == 12
+    assert info["mean_displacement_mm"] < 0.3 and f"{info['mean_displacement_mm']:.3f} mm" in text
+    from jaxreg.io import compose_files, load_image
+    from jaxreg.similarity import ncc
+    from jaxreg.warp import warp
+
+    template = load_image(out / "template.nii.gz")
+    for k, p in zip((1, 2, 3), ims):  # each image's files map it onto the template (antsApplyTransforms order)
+        t = compose_files([out / f"im{k}" / "warp.nii.gz", out / f"im{k}" / "affine.mat"])
+        moved = warp(load_image(p), t, template.grid)
+        assert -float(ncc(template.data, moved.data)) > 0.9

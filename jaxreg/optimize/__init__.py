@@ -8,7 +8,10 @@
 * transform models (:mod:`~jaxreg.optimize.models`): :class:`Linear`, :class:`BSpline`, :class:`Field`;
 * pipelines: tuples of :class:`Stage` (method, model, :class:`Level` s, start); the named ones in
   :data:`PRESETS` (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"bspline"``, ``"dense"``);
-* starts (:mod:`~jaxreg.optimize.init`): centres of mass, principal axes, and the scored candidate starts.
+* starts (:mod:`~jaxreg.optimize.init`): centres of mass, principal axes, and the scored candidate starts;
+* cohorts (:mod:`~jaxreg.optimize.cohort`): :func:`register_pairs`, many pairs from files, batched and sharded
+  over devices, one atomic output folder per pair, resumable; templates (:mod:`~jaxreg.optimize.template`):
+  :func:`build_template`, an unbiased groupwise template by iterated batched registration.
 
 Example::
 
@@ -18,12 +21,14 @@ Example::
     result = register(fixed, moving, method="default")   # affine -> symmetric greedy SVF
 """
 
+from jaxreg.optimize.cohort import Pair, folder_pairs, read_pairs_csv, register_pairs
 from jaxreg.optimize.engine import Level, LevelResult, Registration, Stage, StageResult, register
 from jaxreg.optimize.init import candidate_starts, center_init, center_of_mass, image_moments, moments_init
 from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
 from jaxreg.optimize.models import BSpline, Field, Linear, Region, linear_as
 from jaxreg.optimize.objective import Objective, Term, field_term, objective, similarity_term, transform_term
 from jaxreg.optimize.presets import DEFAULT_GREEDY_LEVELS, DEFAULT_LINEAR_LEVELS, PRESETS, preset
+from jaxreg.optimize.template import TemplateResult, build_template, write_template
 
 __all__ = [
     "DEFAULT_GREEDY_LEVELS",
@@ -38,22 +43,29 @@ __all__ = [
     "Linear",
     "Objective",
     "Optimizer",
+    "Pair",
     "Region",
     "Registration",
     "Stage",
     "StageResult",
     "Stopping",
+    "TemplateResult",
     "Term",
+    "build_template",
     "candidate_starts",
     "center_init",
     "center_of_mass",
     "field_term",
+    "folder_pairs",
     "image_moments",
     "linear_as",
     "moments_init",
     "objective",
     "preset",
+    "read_pairs_csv",
     "register",
+    "register_pairs",
     "similarity_term",
     "transform_term",
+    "write_template",
 ]

@@ -337,6 +337,11 @@ def register_pairs(
         raise TypeError("pairs: expected a sequence of jaxreg.optimize.cohort.Pair")
     if len({p.name for p in pairs}) != len(pairs):
         raise ValueError("pairs: output names must be unique")
+    for p in pairs:
+        if not p.name or p.name.startswith(".") or _NAME.search(p.name):
+            raise ValueError(
+                f"pairs: {p.name!r} is not a folder name (letters, digits, '.', '_', '+', '-'; not starting with '.')"
+            )
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     out = Path(outdir)
