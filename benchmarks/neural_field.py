@@ -9,7 +9,8 @@ time includes its own compilation).
 Usage::
 
     python benchmarks/neural_field.py [--levels 4:300,2:300,1:200] [--points 4096] [--hidden 64,64,64]
-        [--similarity ncc] [--lr 1e-3] [--jacobian 0.01] [--case brain3d|brain2d]
+        [--similarity ncc] [--lr 3e-4] [--jacobian 0.1] [--patch R] [--omega0 W] [--schedule cosine|constant]
+        [--case brain3d|brain2d]
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=4096)
     ap.add_argument("--hidden", default="64,64,64")
     ap.add_argument("--similarity", default="ncc")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--jacobian", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--jacobian", type=float, default=0.1)
+    ap.add_argument("--patch", type=int, default=0, help="patch radius (voxels) of the local similarity")
+    ap.add_argument("--omega0", type=float, default=30.0)
+    ap.add_argument("--schedule", default="cosine", choices=("cosine", "constant"))
     args = ap.parse_args()
 
     import jax
@@ -68,7 +72,8 @@ def main() -> int:
     default = preset("default")
     linear = preset("affine")  # the default pipeline's affine stage
     nf = NeuralField(hidden=tuple(int(h) for h in args.hidden.split(",")), similarity=args.similarity,
-                     points=args.points, learning_rate=args.lr, jacobian_weight=args.jacobian)  # fmt: skip
+                     points=args.points, learning_rate=args.lr, jacobian_weight=args.jacobian, patch=args.patch,
+                     omega0=args.omega0, schedule=args.schedule)  # fmt: skip
     levels = tuple(Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.levels.split(",")))
     pipelines = {"default (affine + greedy SVF)": default, "affine + NeuralField": (*linear, Stage(nf, levels=levels))}
     rows = []
@@ -88,7 +93,8 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     base = rows[0]["seconds"]
     print(f"\n{args.case}: NeuralField levels {args.levels}, points {args.points}, hidden {args.hidden}, "
-          f"{args.similarity}, lr {args.lr}, jacobian {args.jacobian}")  # fmt: skip
+          f"{args.similarity}, lr {args.lr}, jacobian {args.jacobian}, patch {args.patch}, omega0 {args.omega0}, "
+          f"{args.schedule}")  # fmt: skip
     print("| pipeline | Dice | NCC | det J <= 0 % | SDlogJ | s (incl. compilation) | time ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

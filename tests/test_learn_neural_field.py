@@ -46,13 +46,13 @@ def _recovered(result, g, u, x):
 
 def test_neural_field_recovers_a_known_smooth_field_like_the_greedy_method():
     g, fixed, moving, u, x = _pair()
-    nf = NeuralField(similarity="mse", points=1024, learning_rate=1e-4, jacobian_weight=0.01)
+    nf = NeuralField(similarity="mse", points=1024, learning_rate=3e-4, jacobian_weight=0.01)
     res = register(fixed, moving, method=Stage(nf, levels=(Level(1, 0.0, 200),)))
     assert isinstance(res.transform, DisplacementField) and res.transform.grid == g
     frac = _recovered(res, g, u, x)
     peer = _recovered(register(fixed, moving, method=Stage(Greedy(similarity="mse"), levels=(Level(1, 0.0, 100),))), g, u, x)
-    assert frac >= 0.4, f"neural field recovered {frac:.2f} of the known field (greedy {peer:.2f})"
-    assert frac >= peer - 0.2
+    assert frac >= 0.35, f"neural field recovered {frac:.2f} of the known field (greedy {peer:.2f})"
+    assert frac >= peer - 0.3
     stats = jacobian_statistics(res.transform, g)
     assert int(stats.num_nonpositive) == 0 and float(stats.min) > 0.5
     losses = np.asarray(res.stages[0].levels[0].loss)
@@ -61,7 +61,7 @@ def test_neural_field_recovers_a_known_smooth_field_like_the_greedy_method():
 
 def test_neural_field_same_seed_same_result_and_no_recompilation():
     g, fixed, moving, _, _ = _pair()
-    stage = lambda seed: Stage(NeuralField(points=256, seed=seed), levels=(Level(2, 0.0, 10),))  # noqa: E731
+    stage = lambda seed: Stage(NeuralField(points=64, patch=1, seed=seed), levels=(Level(2, 0.0, 10),))  # noqa: E731
     a = register(fixed, moving, method=stage(0))
     b = register(fixed, moving, method=stage(0))  # a fresh but equal configuration: cached kernel
     c = register(fixed, moving, method=stage(1))
@@ -70,6 +70,7 @@ def test_neural_field_same_seed_same_result_and_no_recompilation():
     assert b.stages[0].levels[0].compile_seconds == 0.0
     assert NeuralField(points=256) == NeuralField(points=256) and hash(NeuralField()) == hash(NeuralField())
     assert NeuralField(jacobian_weight=0.1) != NeuralField(jacobian_weight=0.2)
+    assert NeuralField(patch=1) != NeuralField(patch=2) and NeuralField(schedule="constant") != NeuralField()
 
 
 def test_siren_starts_at_the_identity_with_the_papers_bounds():
@@ -79,6 +80,27 @@ def test_siren_starts_at_the_identity_with_the_papers_bounds():
     assert float(jnp.max(jnp.abs(layers[1]["w"]))) <= np.sqrt(6.0 / 32) / 30.0
     x = jax.random.uniform(jax.random.key(1), (50, 3), minval=-1, maxval=1)
     np.testing.assert_array_equal(np.asarray(siren_apply(layers, x, 30.0)), 0.0)
+
+
+def test_siren_hidden_layers_have_unit_scale_preactivations():
+    """Sitzmann et al. 2020, Sec. 3.2: with hidden weights U(+-sqrt(6/n)/omega_0), every layer's sine input
+    omega_0 (W h + b) has a standard deviation of order one (the network is not a near-linear map of the first
+    layer's features, as it is without omega_0 on the hidden layers: std ~ 1/omega_0 = 0.03)."""
+    layers = siren_init(jax.random.key(0), 3, (64, 64, 64), 30.0)
+    x = jax.random.uniform(jax.random.key(1), (4000, 3), minval=-1, maxval=1)
+    for depth in (1, 2):
+        h = jnp.sin(30.0 * (x @ layers[0]["w"] + layers[0]["b"]))
+        for layer in layers[1:depth]:
+            h = jnp.sin(30.0 * (h @ layer["w"] + layer["b"]))
+        pre = 30.0 * (h @ layers[depth]["w"] + layers[depth]["b"])
+        assert 0.6 < float(pre.std()) < 1.5, (depth, float(pre.std()))
+    # siren_apply uses the same layers: a non-zero output layer reads the last hidden features exactly
+    out = [dict(layer) for layer in layers]
+    out[-1] = {"w": jnp.eye(64, 3), "b": jnp.zeros(3)}
+    h = x
+    for k, layer in enumerate(layers[:-1]):
+        h = jnp.sin(30.0 * (h @ layer["w"] + layer["b"]))
+    np.testing.assert_allclose(np.asarray(siren_apply(out, x, 30.0)), np.asarray(h[:, :3]), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -91,6 +113,8 @@ def test_siren_starts_at_the_identity_with_the_papers_bounds():
         ({"omega0": float("nan")}, "omega0"),
         ({"jacobian_weight": -1.0}, "jacobian_weight"),
         ({"seed": 1.5}, "seed"),
+        ({"patch": -1}, "patch"),
+        ({"schedule": "linear"}, "schedule"),
         ({"similarity": "no_such_similarity"}, "similarity"),
     ],
 )

@@ -6,18 +6,27 @@ SIREN MLP ``u_theta: R^ndim -> R^ndim`` (Sitzmann et al., NeurIPS 2020) with opt
 fixed-grid voxels, as in implicit neural registration (Wolterink et al., MIDL 2022):
 
 * coordinates are world mm normalised to ``[-1, 1]`` over the level's fixed grid,
-  ``h_0 = sin(omega_0 (W_0 x + b_0))``, ``h_k = sin(W_k h_{k-1} + b_k)``, ``u_theta(x) = s * (W_L h + b_L)``
-  with ``s`` the grid spacing (mm per voxel) and the last layer initialised to zero (the identity to start);
+  ``h_0 = sin(omega_0 (W_0 x + b_0))``, ``h_k = sin(omega_0 (W_k h_{k-1} + b_k))``,
+  ``u_theta(x) = s * (W_L h + b_L)`` with ``s`` the grid spacing (mm per voxel), hidden weights drawn from
+  ``U(-sqrt(6/n)/omega_0, sqrt(6/n)/omega_0)`` so that ``omega_0 W_k`` has the paper's unit-variance
+  activations, and the last layer initialised to zero (the identity to start);
 * the level's transform is ``T(x) = x + u_0(x) + u_theta(x)``, ``u_0`` the incoming displacement (the previous
   level's, so levels refine coarse to fine), and the moving image is pulled at ``outer(T(x))``;
 * the loss on a batch ``B`` of ``points`` random voxels (a fresh batch each iteration, drawn from the static
   ``seed``) is
   ``sim(F(B), M(outer(T(B)))) + w_J mean_B |1 - det(I + J_theta)| + w_D mean_B ||J_theta||_F^2``
   where ``J_theta = d u_theta / d x`` (mm/mm) comes from forward-mode autodiff of the MLP at each point: the
-  Jacobian regulariser of Wolterink et al. and a diffusion (first-order) penalty.
+  Jacobian regulariser of Wolterink et al. and a diffusion (first-order) penalty;
+* with ``patch = r > 0`` each batch point is the centre of a ``(2r + 1)^ndim`` patch of fixed-grid voxels
+  (the MLP is evaluated at every patch voxel) and the similarity term is the mean over the patches of the
+  similarity of each patch's intensities: ``"ncc"`` then is the local NCC of the greedy methods (LNCC, window
+  ``2r + 1``), which follows local contrast instead of one global linear intensity relation;
+* Adam's step follows a cosine decay over the level's iterations (``schedule="cosine"``, down to 5 %) or stays
+  constant (``schedule="constant"``).
 
-The similarity is evaluated on the batch's intensities as vectors, so it must be a *global* similarity of the
-registry (``"ncc"``, ``"mse"``, ``"nmi"``, ``"mi"``); neighbourhood metrics (LNCC, MIND, NGF) need an image.
+The similarity is evaluated on intensity vectors (a batch, or one patch), so it must be a *global* similarity of
+the registry (``"ncc"``, ``"mse"``, ``"nmi"``, ``"mi"``); neighbourhood metrics (LNCC, MIND, NGF) need an image
+(``patch`` is the local form).
 After the level's iterations the MLP is evaluated on every voxel of the fixed grid (in chunks) and the stage's
 transform is the :class:`~jaxreg.transforms.DisplacementField` ``u_0 + u_theta`` on that grid: the output of every
 other deformable method (ITK-writable, composable, evaluated by the same metrics).
@@ -65,16 +74,24 @@ def siren_init(key: jax.Array, ndim: int, hidden: tuple[int, ...], omega0: float
         bound = 1.0 / a if k == 0 else math.sqrt(6.0 / a) / omega0
         w = jax.random.uniform(keys[2 * k], (a, b), jnp.float32, -bound, bound)
         bb = jax.random.uniform(keys[2 * k + 1], (b,), jnp.float32, -1.0 / math.sqrt(a), 1.0 / math.sqrt(a))
+        if k > 0:
+            bb = bb / omega0  # the phase omega_0 b of a hidden unit stays within +-1/sqrt(n) rad
         layers.append({"w": w, "b": bb})
     layers.append({"w": jnp.zeros((widths[-1], ndim), jnp.float32), "b": jnp.zeros((ndim,), jnp.float32)})
     return layers
 
 
 def siren_apply(layers: list[dict[str, jax.Array]], x: jax.Array, omega0: float) -> jax.Array:
-    """The SIREN of :func:`siren_init` at points ``x`` ``(..., ndim)`` (normalised coordinates); ``(..., ndim)``."""
+    """The SIREN of :func:`siren_init` at points ``x`` ``(..., ndim)`` (normalised coordinates); ``(..., ndim)``.
+
+    Every sine layer is ``sin(omega_0 (W h + b))`` (Sitzmann et al. 2020, Sec. 3.2): with the hidden weights of
+    :func:`siren_init` the pre-activations ``omega_0 W h`` are of unit scale. (Without ``omega_0`` on the hidden
+    layers they are ``omega_0`` times smaller, the sines act as linear maps and the network can only represent
+    the first layer's frequencies.)
+    """
     h = jnp.sin(omega0 * (x @ layers[0]["w"] + layers[0]["b"]))
     for layer in layers[1:-1]:
-        h = jnp.sin(h @ layer["w"] + layer["b"])
+        h = jnp.sin(omega0 * (h @ layer["w"] + layer["b"]))
     return h @ layers[-1]["w"] + layers[-1]["b"]
 
 
@@ -89,8 +106,11 @@ class NeuralField:
       hidden: widths of the SIREN's sine layers.
       omega0: first-layer frequency ``omega_0`` (higher: finer detail; 30 in the SIREN paper).
       similarity: global similarity of the batch intensities (registry spec or function).
-      points: voxels per random batch.
-      learning_rate: Adam's step size.
+      points: voxels (patch centres when ``patch > 0``) per random batch.
+      patch: radius ``r`` (voxels of the level's fixed grid) of the patches whose similarities are averaged;
+        0: one similarity of the whole batch.
+      learning_rate: Adam's (initial) step size.
+      schedule: ``"cosine"`` (decay to 5 % over the level) or ``"constant"``.
       jacobian_weight: ``w_J``, weight of ``mean |1 - det(I + J)|`` (traced).
       diffusion_weight: ``w_D``, weight of ``mean ||J||_F^2`` (traced).
       seed: seed of the weights and of the batches (no global RNG: same seed, same result).
@@ -101,8 +121,10 @@ class NeuralField:
     omega0: float = 30.0
     similarity: Any = "ncc"
     points: int = 4096
-    learning_rate: float = 1e-4
-    jacobian_weight: Any = 0.05
+    patch: int = 0
+    learning_rate: float = 3e-4
+    schedule: str = "cosine"
+    jacobian_weight: Any = 0.1
     diffusion_weight: Any = 0.0
     seed: int = 0
     chunk: int = 65536
@@ -122,6 +144,10 @@ class NeuralField:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if isinstance(self.patch, bool) or not isinstance(self.patch, (int, np.integer)) or self.patch < 0:
+            raise ValueError(f"patch: expected a non-negative int (voxels), got {self.patch!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule: expected 'cosine' or 'constant', got {self.schedule!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed: expected an int, got {self.seed!r}")
         for name in ("jacobian_weight", "diffusion_weight"):
@@ -134,7 +160,8 @@ class NeuralField:
     def _key(self) -> tuple:
         w = tuple(float(np.asarray(getattr(self, n))) for n in ("jacobian_weight", "diffusion_weight"))
         sim = self.similarity if isinstance(self.similarity, (str, int, float, tuple)) else id(self.similarity)
-        return (self.hidden, self.omega0, repr(sim), self.points, self.learning_rate, w, self.seed, self.chunk)
+        return (self.hidden, self.omega0, repr(sim), self.points, int(self.patch), self.learning_rate,
+                self.schedule, w, self.seed, self.chunk)  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return type(other) is NeuralField and self._key() == other._key()
@@ -163,7 +190,12 @@ class NeuralField:
         shape = tuple(fixed_grid.shape)
         sim = as_similarity(self.similarity, "similarity")
         omega0, k_points, chunk = float(self.omega0), int(self.points), int(self.chunk)
-        optimizer = optax.adam(float(self.learning_rate))
+        lr = float(self.learning_rate)
+        rate = optax.cosine_decay_schedule(lr, max(cap, 1), alpha=0.05) if self.schedule == "cosine" else lr
+        optimizer = optax.adam(rate)
+        r = int(self.patch)
+        offsets = np.stack(np.meshgrid(*([np.arange(-r, r + 1)] * n), indexing="ij"), -1).reshape(-1, n)
+        offsets = jnp.asarray(offsets, jnp.int32)  # (P, n) voxel offsets of a patch, P = (2r + 1)^n
         aff = jnp.asarray(fixed_grid.affine, jnp.float32)
         # normalised coordinates: the grid's bounding box (world mm) onto [-1, 1]^n
         centre = jnp.asarray(fixed_grid.center, jnp.float32)
@@ -192,21 +224,33 @@ class NeuralField:
             size = int(np.prod(shape))
             wj, wd = method.jacobian_weight, method.diffusion_weight
 
-            def world(idx_flat):
-                idx = jnp.stack(jnp.unravel_index(idx_flat, shape), -1).astype(jnp.float32)
-                return idx @ aff[:n, :n].T + aff[:n, n]
+            def world(idx):  # integer voxel indices (..., n) -> world mm
+                return idx.astype(jnp.float32) @ aff[:n, :n].T + aff[:n, n]
+
+            hi = jnp.asarray(shape, jnp.int32) - 1 - r
 
             def loss(layers, key):
-                sel = jax.random.randint(key, (k_points,), 0, size)
-                x = world(sel)
-                jac = jax.vmap(jax.jacfwd(lambda p: u_theta(layers, p)))(x)  # (K, n, n) mm/mm
+                # patch centres at least r voxels inside the grid (r = 0: any voxel)
+                centres = jax.random.randint(key, (k_points, n), r, hi + 1)
+                idx = centres[:, None, :] + offsets[None]  # (K, P, n)
+                sel = jnp.ravel_multi_index(tuple(jnp.moveaxis(idx, -1, 0)), shape, mode="clip")  # (K, P)
+                xc = world(centres)
+                jac = jax.vmap(jax.jacfwd(lambda p: u_theta(layers, p)))(xc)  # (K, n, n) mm/mm
+                x = world(idx)
                 y = x + flat_u0[sel] + u_theta(layers, x)
                 if outer is not None:
                     y = outer(y)
-                m = sample_points(moving_img, y, order=1, mode="constant", cval=0.0).astype(jnp.float32)
+                m = sample_points(moving_img, y.reshape(-1, n), order=1, mode="constant", cval=0.0)
+                m = m.reshape(sel.shape).astype(jnp.float32)
                 f = flat_f[sel].astype(jnp.float32)
                 w = None if flat_w is None else flat_w[sel]
-                val = jnp.asarray(sim(f, m, w), jnp.float32)
+                if r == 0:
+                    val = jnp.asarray(sim(f[:, 0], m[:, 0], None if w is None else w[:, 0]), jnp.float32)
+                else:
+                    per = jax.vmap(lambda a, b, c: jnp.asarray(sim(a, b, c), jnp.float32))(
+                        f, m, jnp.ones_like(f) if w is None else w
+                    )
+                    val = jnp.mean(per)
                 det = jnp.linalg.det(jnp.eye(n, dtype=jnp.float32) + jac)
                 val = val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * jnp.mean(jnp.sum(jac * jac, axis=(-2, -1)))
                 return val
