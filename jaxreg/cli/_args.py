@@ -14,9 +14,18 @@ import argparse
 import contextlib
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 
-__all__ = ["Parser", "UsageError", "argument", "int_at_least", "one_line", "positive_float"]
+__all__ = [
+    "Parser",
+    "UsageError",
+    "argument",
+    "int_at_least",
+    "one_line",
+    "parse_transform_spec",
+    "positive_float",
+]
 
 
 class UsageError(ValueError):
@@ -96,3 +105,16 @@ def positive_float(text: str) -> float:
     if not v > 0 or not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return v
+
+
+_INVERSE_SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
+
+
+def parse_transform_spec(spec: str) -> tuple[str, bool]:
+    """``path`` or ANTs-style ``[path,1]`` (use the inverse) / ``[path,0]`` -> ``(path, invert)``."""
+    m = _INVERSE_SPEC.match(spec.strip())
+    if m:
+        return m.group("path"), m.group("flag") == "1"
+    if spec.strip().startswith("["):
+        raise UsageError(f"-t {spec}: expected a file name or [file,0] / [file,1] (1 = use the inverse)")
+    return spec, False

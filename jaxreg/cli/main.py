@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jaxreg.cli._args import Parser as _Parser
-from jaxreg.cli._args import UsageError, argument, int_at_least, one_line, positive_float
+from jaxreg.cli._args import UsageError, argument, int_at_least, one_line, parse_transform_spec, positive_float
 
 __all__ = ["main", "build_parser", "cache_dir", "compilation_cache"]
 
@@ -163,19 +162,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- apply ------------------------------------------------------------------------------------------------------
-_INVERSE_SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
-
-
-def parse_transform_spec(spec: str) -> tuple[str, bool]:
-    """``path`` or ANTs-style ``[path,1]`` (use the inverse) / ``[path,0]`` -> ``(path, invert)``."""
-    m = _INVERSE_SPEC.match(spec.strip())
-    if m:
-        return m.group("path"), m.group("flag") == "1"
-    if spec.strip().startswith("["):
-        raise UsageError(f"-t {spec}: expected a file name or [file,0] / [file,1] (1 = use the inverse)")
-    return spec, False
-
-
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     pa, pb = Path(a), Path(b)
     if pa.resolve() == pb.resolve():

@@ -7,7 +7,8 @@
   an :class:`Optimizer`, :class:`Stopping`), :class:`Greedy` (demons/SyN-like diffeomorphic updates);
 * transform models (:mod:`~jaxreg.optimize.models`): :class:`Linear`, :class:`BSpline`, :class:`Field`;
 * pipelines: tuples of :class:`Stage` (method, model, :class:`Level` s, start); the named ones in
-  :data:`PRESETS` (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"bspline"``, ``"dense"``);
+  :data:`PRESETS` (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"similarity"``, ``"syn"``,
+  ``"demons"``, ``"bspline"``, ``"dense"``);
 * starts (:mod:`~jaxreg.optimize.init`): centres of mass, principal axes, and the scored candidate starts.
 
 Example::
@@ -18,7 +19,7 @@ Example::
     result = register(fixed, moving, method="default")   # affine -> symmetric greedy SVF
 """
 
-from jaxreg.optimize.engine import Level, LevelResult, Registration, Stage, StageResult, register
+from jaxreg.optimize.engine import Level, LevelResult, Progress, Registration, Stage, StageResult, register
 from jaxreg.optimize.init import candidate_starts, center_init, center_of_mass, image_moments, moments_init
 from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
 from jaxreg.optimize.models import BSpline, Field, Linear, Region, linear_as
@@ -38,6 +39,7 @@ __all__ = [
     "Linear",
     "Objective",
     "Optimizer",
+    "Progress",
     "Region",
     "Registration",
     "Stage",
