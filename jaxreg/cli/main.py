@@ -40,7 +40,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from jaxreg.cli._args import Parser as _Parser
-from jaxreg.cli._args import UsageError, argument, int_at_least, one_line, parse_transform_spec, positive_float
+from jaxreg.cli._args import (
+    UsageError,
+    argument,
+    int_at_least,
+    one_line,
+    parse_transform_spec,
+    positive_float,
+)
 
 __all__ = ["main", "build_parser", "cache_dir", "compilation_cache"]
 

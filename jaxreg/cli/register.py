@@ -293,7 +293,8 @@ def stages_from_options(opts: dict[str, Any]) -> tuple:
             )
         own = as_similarity(similarity)
         items = [(_spec_text(own), 1.0, 0)]
-        items += [(_spec_text(as_similarity(ch["similarity"] or own)), ch["weight"], k + 1) for k, ch in enumerate(channels)]
+        for k, ch in enumerate(channels):
+            items.append((_spec_text(as_similarity(ch["similarity"] or own)), ch["weight"], k + 1))
         similarity = weighted_sum(tuple(items))
         if linear_similarity is None:  # the linear stage compares FIXED and MOVING only
             linear_similarity = next(
@@ -714,8 +715,8 @@ def initial_transform(spec: str, inp: RegistrationInputs, pipeline: str) -> tupl
             return None, None, text
         if text == "auto":
             raise UsageError(
-                f"--initial-transform auto: pipeline {pipeline} has no linear stage to score candidate starts with; "
-                "use center, com, moments or a transform file"
+                f"--initial-transform auto: pipeline {pipeline} has no linear stage to score candidate starts "
+                "with; use center, com, moments or a transform file"
             )
         if text == "identity":
             return None, None, None
