@@ -356,6 +356,11 @@ def test_multi_metric_and_channels_from_the_config(pair, capsys, tmp_path):
         )
     )
     assert stages[0].method.objective.terms[0].fn == weighted_sum((("ncc", 1.0, 0),))  # linear: FIXED/MOVING
+    # without a similarity in the file, the pairs use the preset's deformable one (B-spline: lncc, not the affine's ncc)
+    cfg.write_text(f'[[channels]]\nfixed = "{pair["fixed2"]}"\nmoving = "{pair["moving2"]}"\n')
+    stages = reg.stages_from_options(reg.pipeline_options(config=cfg, pipeline="bspline"))
+    want = weighted_sum((("lncc(window=5)", 1.0, 0), ("lncc(window=5)", 1.0, 1)))
+    assert all(st.method.objective.terms[0].fn == want for st in stages[1:])
 
 
 def test_config_similarity_of_linear_and_gradient_stages(tmp_path):

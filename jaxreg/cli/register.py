@@ -284,7 +284,11 @@ def stages_from_options(opts: dict[str, Any]) -> tuple:
             raise ValueError(f"channels: pipeline {opts['pipeline']} cannot use [[channels]] ({what})")
         if similarity is None:  # the preset's own deformable similarity
             similarity = next(
-                (_stage_similarity(st) for st in PRESETS[opts["pipeline"]] if _stage_similarity(st) is not None),
+                (
+                    _stage_similarity(st)
+                    for st in stages
+                    if not _is_linear_stage(st) and _stage_similarity(st) is not None
+                ),
                 None,
             )
         if similarity is None:
