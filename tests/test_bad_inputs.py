@@ -287,7 +287,41 @@ def register_labels_json_not_json(t):
 
 @case
 def register_unknown_pipeline(t):
-    return _register(t, "--pipeline", "syn"), ("--pipeline", "invalid choice")
+    return _register(t, "--pipeline", "fancy"), ("--pipeline", "invalid choice")
+
+
+@case
+def register_initial_transform_missing(t):
+    return _register(t, "--initial-transform", t.path("nope.mat")), ("--initial-transform", "nope.mat", "no such file")
+
+
+@case
+def register_initial_transform_3d_for_2d(t):
+    spec = f"[{t.transform('t3.mat', ndim=3)},1]"
+    return _register(t, "--initial-transform", spec), ("--initial-transform", "3-D transform for 2-D images")
+
+
+@case
+def register_initial_transform_auto_without_linear_stage(t):
+    return _register(t, "--pipeline", "syn", "--initial-transform", "auto"), ("--initial-transform", "no linear stage")
+
+
+@case
+def register_config_empty_similarity_list(t):
+    cfg = t.text("c.toml", "[deformable]\nsimilarity = []\n")
+    return _register(t, "--config", cfg), ("--config", "deformable.similarity", "non-empty list")
+
+
+@case
+def register_config_channel_on_another_grid(t):
+    other = t.nii("other.nii.gz", _blob(), np.diag([3.0, 3.0, 3.0, 1.0]))
+    cfg = t.text("c.toml", f'[[channels]]\nfixed = "{other}"\nmoving = "{t.moving}"\n')
+    return _register(t, "--config", cfg), ("--config", "channels[1].fixed", "different grid")
+
+
+@case
+def register_quiet_and_json(t):
+    return _register(t, "--quiet", "--json"), ("--json", "not allowed with")
 
 
 # -- apply ------------------------------------------------------------------------------------------------------

@@ -512,7 +512,7 @@ def test_read_config(tmp_path):
         ("[deformable]\nstep = -1\n", "deformable.step: expected a positive number"),
         ("[deformable]\nsymmetric = 1\n", "expected true or false"),
         ('[deformable]\nforce = "fast"\n', "'metric' or 'demons'"),
-        ('pipeline = "syn"\n', "pipeline: expected one of"),
+        ('pipeline = "fancy"\n', "pipeline: expected one of"),
         ("window = 0\n", "window: expected a positive integer"),
         ("linear = 3\n", "expected a table"),
         ("pipeline = \n", "not valid TOML"),
@@ -533,7 +533,7 @@ def test_config_errors_through_the_command_line(tmp_path, capsys):
         capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o", "--config", tmp_path / "no.toml"
     )
     assert_one_line_error(rc, err, "--config", "no.toml", "no such file")
-    rc, _, err = run(capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o", "--pipeline", "syn")
+    rc, _, err = run(capsys, "register", p["fixed"], p["moving"], "-o", tmp_path / "o", "--pipeline", "fancy")
     assert_one_line_error(rc, err, "invalid choice")
 
 

@@ -1,12 +1,13 @@
 """``jaxreg register``: register two images with a ready pipeline and write the result, its files and a report.
 
-``jaxreg register FIXED MOVING -o OUTDIR [--pipeline default|multimodal|affine|rigid|bspline|dense] [--fixed-mask M]
+``jaxreg register FIXED MOVING -o OUTDIR [--pipeline NAME] [--initial-transform T] [--fixed-mask M]
 [--moving-mask M] [--labels FIXED_LABELS MOVING_LABELS [--label-list L ... | --labels-json F]]
-[--config file.toml] [--quick]``
+[--config file.toml] [--quick] [--quiet | --json]``
 
 runs a named pipeline of :data:`jaxreg.optimize.PRESETS` through :func:`jaxreg.optimize.register` (affine from
-the best candidate start -> symmetric diffeomorphic greedy registration, or its multi-modal, linear, B-spline
-or dense variants) and writes into ``OUTDIR``:
+the best candidate start -> symmetric diffeomorphic greedy registration, or its multi-modal, rigid, similarity,
+affine, SyN-only, demons, B-spline or dense variants; ``--pipeline`` accepts every key of ``PRESETS`` and
+``organ``) and writes into ``OUTDIR``:
 
 * ``warped.nii.gz``: the moving image on the fixed grid (linear interpolation);
 * ``affine.mat``: the linear stage as an ITK/ANTs ``AffineTransform`` (MATLAB format, as ``antsRegistration``
@@ -54,8 +55,41 @@ concerned (``MOVING: ...``, ``--config: ...``), for :mod:`jaxreg.cli.main` to re
     force = "metric"                # metric | demons
     similarity = "lncc(window=5)"   # a registry name of jaxreg.terms (default: lncc(window) or, multimodal, nmi)
 
+A stage may compare several metrics, or several image pairs (channels), as ``antsRegistration`` does with
+several ``-m`` of one stage: ``similarity`` (of ``[deformable]`` or ``[linear]``) may be a list whose items are a
+spec or a table ``{spec = "...", weight = w}``; the stage then uses their weighted sum
+(:func:`jaxreg.similarity.weighted_sum`)::
+
+    [deformable]
+    similarity = ["lncc(window=5)", {spec = "nmi(bins=32)", weight = 0.5}]
+
+    [linear]
+    similarity = "mi(bins=32)"      # replaces the similarity of the linear stage(s)
+
+Extra image pairs are ``[[channels]]`` tables (paths relative to the config file; ``fixed`` on the fixed image's
+grid, ``moving`` on the moving image's grid). They are stacked as channels after FIXED and MOVING; the
+deformable stage then sums its similarity on FIXED/MOVING and each pair's own similarity times its weight, the
+linear stage uses FIXED/MOVING only, and every output (``warped.nii.gz``, the report) is of FIXED/MOVING::
+
+    [[channels]]
+    fixed = "fixed_t2.nii.gz"
+    moving = "moving_t2.nii.gz"
+    similarity = "lncc(window=5)"   # default: the deformable stage's similarity
+    weight = 0.5                    # default 1
+
 Options are taken from, in increasing priority: the default pipeline's settings, ``--quick`` (one coarse
 level per stage, for tests and previews), the config file, and ``--pipeline``.
+
+``--initial-transform T`` (``antsRegistration -r``) starts from a linear transform file (``affine.mat`` of an
+earlier run, an ANTs ``0GenericAffine.mat``, an ITK ``.txt``/``.tfm``; ``[T.mat,1]`` uses its inverse), kept as
+the first part of the result: the stages optimise on top of it and ``affine.mat`` includes it, also for a
+pipeline without a linear stage (``syn``). The keywords ``identity``, ``center``, ``com`` and ``moments`` (and
+``auto``, the default, for pipelines with a linear stage) choose the linear stage's start instead.
+
+``--quiet`` prints nothing but errors; ``--json`` prints one JSON object on stdout (the files written, the
+metrics, the Jacobian statistics and the timings) and the usual lines on stderr. Progress bars (tqdm) go to
+stderr when it is a terminal, one per long step (the registration's levels, the outputs), and are off with
+``--quiet``.
 """
 
 from __future__ import annotations
@@ -64,20 +98,26 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from jaxreg.cli._args import UsageError, argument
+from jaxreg.cli._args import UsageError, argument, parse_transform_spec
 from jaxreg.evaluation.report import RegistrationInputs
+from jaxreg.optimize.init import INITS
+from jaxreg.optimize.presets import PRESETS
 
 __all__ = [
     "add_parser",
     "run",
     "read_config",
     "pipeline_options",
+    "initial_transform",
+    "json_summary",
+    "load_channels",
     "stages_from_options",
     "load_inputs",
     "check_output",
@@ -85,7 +125,7 @@ __all__ = [
     "QUICK_DEFORMABLE_LEVELS",
 ]
 
-PRESET_PIPELINES = ("default", "multimodal", "affine", "rigid", "bspline", "dense")  # keys of jaxreg.optimize.PRESETS
+PRESET_PIPELINES = tuple(PRESETS)  # the library's named pipelines: one source of truth
 PIPELINES = PRESET_PIPELINES + ("organ",)  # "organ": jaxreg.radiotherapy.organ_aware, built from the CT's labels
 
 QUICK_LINEAR_LEVELS = ((2, 0.0, 40),)
@@ -97,7 +137,9 @@ _DESCRIPTION = (
     "Register MOVING to FIXED with a ready pipeline (default: affine (NCC) from the best of several candidate "
     "starts (centres of mass, principal axes in every order and sign) -> symmetric diffeomorphic greedy "
     "registration with local NCC; multimodal: affine (Mattes mutual information) -> symmetric diffeomorphic "
-    "greedy registration with normalised mutual information; affine or rigid: the linear stage only; bspline: "
+    "greedy registration with normalised mutual information; affine, similarity or rigid: the linear stage only; "
+    "syn: the symmetric greedy stage alone (pre-aligned pairs, or with --initial-transform); demons: affine -> "
+    "diffeomorphic demons; bspline: "
     "affine -> cubic B-spline FFD at 40, 20, 10 mm; dense: affine -> variational displacement field) and write "
     "into OUTDIR: warped.nii.gz (moving on the fixed grid), affine.mat "
     "(ITK/ANTs), warp.nii.gz (ITK displacement field of the deformable part, on the fixed grid), "
@@ -137,7 +179,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--pipeline",
         choices=PIPELINES,
         default=None,
-        help="default (mono-modal, the default), multimodal, affine, rigid, bspline or dense; overrides the config file",
+        help=f"one of {', '.join(PIPELINES)} (default: default, mono-modal); overrides the config file",
+    )
+    p.add_argument(
+        "--initial-transform",
+        metavar="T",
+        help="start from a linear transform file (ANTs -r: affine.mat, 0GenericAffine.mat, ITK .txt; [T.mat,1] "
+        "for its inverse), kept as the first part of the result; or a start of the linear stage: "
+        + ", ".join(INITS),
     )
     p.add_argument("--fixed-mask", metavar="M", help="mask on the fixed grid (non-zero: voxels that count)")
     p.add_argument("--moving-mask", metavar="M", help="mask on the moving grid (linear stage)")
@@ -161,7 +210,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="JSON list of labels (the layouts 'jaxreg evaluate --labels-json' reads, with optional names)",
     )
     p.add_argument(
-        "--config", metavar="TOML", help="pipeline options (levels, greedy step and sigmas, window)"
+        "--config",
+        metavar="TOML",
+        help="pipeline options: pipeline, window; [linear] levels, similarity; [deformable] levels, similarity, "
+        "step, sigma_update, sigma_field, symmetric, exp_steps, force; [[channels]] fixed, moving, similarity, "
+        "weight (extra image pairs). A similarity is a spec ('lncc(window=5)') or a list of specs and "
+        "{spec, weight} tables (their weighted sum)",
     )
     organ = p.add_argument_group("organ-aware pipeline (--pipeline organ, adaptive radiotherapy)")
     organ.add_argument("--ct-labels", metavar="L", help="the CT's organ labels, on the CT's grid")
@@ -200,6 +254,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(= -t [affine.mat,1] -t inverse_warp.nii.gz), ITK HDF5 files as antsRegistration "
         "--write-composite-transform 1 writes them",
     )
+    quiet = p.add_mutually_exclusive_group()
+    quiet.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (no progress bars)")
+    quiet.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (files written, metrics, timings); other lines go to stderr",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -223,19 +284,79 @@ def stages_from_options(opts: dict[str, Any]) -> tuple:
     from jaxreg.optimize import preset
 
     similarity = opts.get("similarity")
-    if similarity is None and opts["pipeline"] == "default":
+    if similarity is None and opts["pipeline"] in ("default", "syn"):
         similarity = f"lncc(window={int(opts['window'])})"
+    linear_similarity = opts.get("linear_similarity")
+    channels = opts.get("channels") or ()
+    if channels:
+        from jaxreg.optimize.objective import as_similarity
+        from jaxreg.similarity import weighted_sum
+
+        stages = PRESETS[opts["pipeline"]]
+        demons = opts["greedy"].get("force") == "demons" or any(
+            getattr(st.method, "force", None) == "demons" for st in stages
+        )
+        if demons or all(_is_linear_stage(st) for st in stages):
+            what = "the demons force compares one image pair" if demons else "it has no deformable stage"
+            raise ValueError(f"channels: pipeline {opts['pipeline']} cannot use [[channels]] ({what})")
+        if similarity is None:  # the preset's own deformable similarity
+            similarity = next(
+                (
+                    _stage_similarity(st)
+                    for st in stages
+                    if not _is_linear_stage(st) and _stage_similarity(st) is not None
+                ),
+                None,
+            )
+        if similarity is None:
+            raise ValueError(
+                f"channels: pipeline {opts['pipeline']} has no deformable stage with a similarity to compare them"
+            )
+        own = as_similarity(similarity)
+        items = [(_spec_text(own), 1.0, 0)]
+        for k, ch in enumerate(channels):
+            items.append((_spec_text(as_similarity(ch["similarity"] or own)), ch["weight"], k + 1))
+        similarity = weighted_sum(tuple(items))
+        if linear_similarity is None:  # the linear stage compares FIXED and MOVING only
+            linear_similarity = next(
+                (_stage_similarity(st) for st in PRESETS[opts["pipeline"]] if _is_linear_stage(st)), "ncc"
+            )
+        linear_similarity = weighted_sum(((_spec_text(as_similarity(linear_similarity)), 1.0, 0),))
     return preset(
         opts["pipeline"],
         linear_levels=opts["linear_levels"],
         deformable_levels=opts["deformable_levels"],
         greedy=dict(opts["greedy"]),
         similarity=similarity,
+        linear_similarity=linear_similarity,
+        init=opts.get("init"),
     )
 
 
-_TOP_KEYS = ("pipeline", "window", "linear", "deformable")
-_LINEAR_KEYS = ("levels",)
+def _is_linear_stage(stage: Any) -> bool:
+    model = stage.model if stage.model is not None else stage.method.default_model
+    return bool(model.is_linear)
+
+
+def _stage_similarity(stage: Any) -> Any:
+    """The similarity of a preset stage: a greedy stage's, or its objective's (first) similarity term."""
+    if hasattr(stage.method, "similarity"):
+        return None if stage.method.force == "demons" else stage.method.similarity
+    terms = getattr(getattr(stage.method, "objective", None), "terms", ())
+    return next((t.fn for t in terms if t.kind == "similarity"), None)
+
+
+def _spec_text(fn: Any) -> str:
+    """The registry spec of a similarity term (``"lncc(window=5)"``, ``"ncc"``)."""
+    from jaxreg.core.registry import Configured
+
+    return repr(fn) if isinstance(fn, Configured) else fn.__name__
+
+
+_TOP_KEYS = ("pipeline", "window", "linear", "deformable", "channels")
+_LINEAR_KEYS = ("levels", "similarity")
+_CHANNEL_KEYS = ("fixed", "moving", "similarity", "weight")
+_TERM_KEYS = ("spec", "weight")
 _GREEDY_KEYS = ("step", "sigma_update", "sigma_field", "symmetric", "exp_steps", "force")
 _DEFORMABLE_KEYS = ("levels", "similarity") + _GREEDY_KEYS
 
@@ -357,16 +478,70 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             )
         greedy["force"] = table["force"]
     if "similarity" in table:
-        from jaxreg.terms import parse
-
-        try:
-            parse(table["similarity"], "similarity", argument="deformable.similarity")
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
-        out["similarity"] = table["similarity"]
+        out["similarity"] = _similarity(table["similarity"], "deformable.similarity", path)
+    lin = data.get("linear", {})
+    if "similarity" in lin:
+        out["linear_similarity"] = _similarity(lin["similarity"], "linear.similarity", path)
     if greedy:
         out["greedy"] = greedy
+    if "channels" in data:
+        out["channels"] = _channels(data["channels"], path)
     return out
+
+
+def _similarity(value: Any, key: str, path: str) -> Any:
+    """A ``similarity`` value of the config file: a spec as it is, or a list as one ``weighted_sum`` term."""
+    from jaxreg.similarity import weighted_sum
+    from jaxreg.terms import parse
+
+    def term(spec: Any, where: str) -> Any:
+        try:
+            return parse(spec, "similarity", argument=where)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    if not isinstance(value, list):
+        term(value, key)
+        return value
+    if not value:
+        raise ValueError(f"{path}: {key}: expected a spec or a non-empty list of specs, got []")
+    items = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i + 1}]"
+        weight = 1.0
+        if isinstance(item, dict) and "name" not in item:  # {spec = "...", weight = w}
+            _unknown(item, _TERM_KEYS, f"{where}.", path)
+            if "spec" not in item:
+                raise ValueError(f"{path}: {where}: expected a spec or a table with spec (and weight)")
+            if "weight" in item:
+                weight = _number(item["weight"], f"{where}.weight", path)
+            item = item["spec"]
+        items.append((_spec_text(term(item, where)), weight))
+    return weighted_sum(tuple(items))
+
+
+def _channels(value: Any, path: str) -> tuple[dict[str, Any], ...]:
+    """The ``[[channels]]`` tables: image paths (relative to the config file), similarity and weight."""
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise ValueError(f"{path}: channels: expected [[channels]] tables, got {value!r}")
+    root = os.path.dirname(os.path.abspath(path))
+    out = []
+    for i, table in enumerate(value):
+        where = f"channels[{i + 1}]"
+        _unknown(table, _CHANNEL_KEYS, f"{where}.", path)
+        files = {}
+        for side in ("fixed", "moving"):
+            if not isinstance(table.get(side), str) or not table[side]:
+                raise ValueError(f"{path}: {where}.{side}: expected the path of an image, got {table.get(side)!r}")
+            files[side] = os.path.join(root, table[side])
+            if not os.path.isfile(files[side]):
+                raise ValueError(f"{path}: {where}.{side}: {files[side]}: no such file")
+        sim = None
+        if "similarity" in table:
+            sim = _similarity(table["similarity"], f"{where}.similarity", path)
+        weight = _number(table.get("weight", 1.0), f"{where}.weight", path)
+        out.append({"fixed": files["fixed"], "moving": files["moving"], "similarity": sim, "weight": weight})
+    return tuple(out)
 
 
 def pipeline_options(
@@ -532,6 +707,108 @@ def load_inputs(
     )
 
 
+def initial_transform(spec: str, inp: RegistrationInputs, pipeline: str) -> tuple[Any, str | None, str | None]:
+    """The ``--initial-transform`` of a run, checked (nothing is written).
+
+    Args:
+      spec: a linear transform file (``[file,1]``: its inverse) or a keyword of
+        :data:`jaxreg.optimize.init.INITS`.
+      inp: the run's inputs (their dimension; the images, for a keyword start without a linear stage).
+      pipeline: the pipeline's name.
+
+    Returns:
+      ``(outer, path, keyword)``: the fixed transform the stages start on top of (fixed world mm -> moving world
+      mm, an :class:`~jaxreg.transforms.Affine`; ``None`` for none), the file read (or ``None``), and the start
+      of the linear stage (``None`` unless ``spec`` is a keyword and the pipeline has a linear stage; without
+      one, ``center``/``com``/``moments`` become ``outer``).
+
+    Raises:
+      ValueError, OSError: naming ``--initial-transform``: a missing or unreadable file, a non-linear or
+        non-finite transform, another dimension than the images, a keyword the pipeline cannot use.
+    """
+    text = spec.strip()
+    if text in INITS:
+        if pipeline not in PRESETS:
+            raise UsageError(
+                f"--initial-transform {text}: pipeline {pipeline} chooses its own start; give a transform file"
+            )
+        if any(_is_linear_stage(st) for st in PRESETS[pipeline]):
+            return None, None, text
+        if text == "auto":
+            raise UsageError(
+                f"--initial-transform auto: pipeline {pipeline} has no linear stage to score candidate starts "
+                "with; use center, com, moments or a transform file"
+            )
+        if text == "identity":
+            return None, None, None
+        from jaxreg.optimize.init import center_init, moments_init
+
+        with argument("--initial-transform"):
+            if text == "center":
+                return center_init(inp.fixed, inp.moving).linear_part(), None, None
+            mode = "principal" if text == "moments" else "com"
+            t = moments_init(
+                inp.fixed, inp.moving, mode=mode, fixed_mask=inp.fixed_mask, moving_mask=inp.moving_mask
+            )
+            return t.linear_part(), None, None
+    from jaxreg.io import compose_files
+
+    with argument("--initial-transform"):
+        path, invert = parse_transform_spec(text)
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, f"{path}: no such file", path)
+        if os.path.isdir(path):
+            raise ValueError(f"{path}: is a folder, expected a transform file (.mat, .txt, .tfm)")
+        t = compose_files([path], invert=[invert])
+        if not t.is_linear:
+            raise ValueError(
+                f"{path}: expected a linear transform (.mat, .txt, .tfm), got a {type(t).__name__}; the initial "
+                "transform of a registration is linear"
+            )
+        n = inp.fixed.grid.ndim
+        if t.ndim != n:
+            raise ValueError(f"{path}: a {t.ndim}-D transform for {n}-D images")
+        lin = t.linear_part()
+        if not np.all(np.isfinite(np.asarray(lin.homogeneous()))):
+            raise ValueError(f"{path}: the transform has NaN or infinite parameters")
+        if abs(float(np.linalg.det(np.asarray(lin.homogeneous())[:n, :n]))) < 1e-12:
+            raise ValueError(f"{path}: the transform is singular (its matrix has determinant 0)")
+    return lin, os.fspath(path), None
+
+
+def load_channels(channels: Sequence[dict[str, Any]], inp: RegistrationInputs) -> tuple[Any, Any] | None:
+    """FIXED/MOVING and the ``[[channels]]`` images of ``--config`` stacked as channels ``(*shape, C)``.
+
+    Returns:
+      ``(fixed, moving)`` :class:`~jaxreg.core.grid.Image` s on the fixed and the moving grid, or ``None``
+      without channels.
+
+    Raises:
+      ValueError: naming ``--config``: unreadable, constant or NaN images, an image on another grid than FIXED
+        (``fixed``) or MOVING (``moving``).
+    """
+    if not channels:
+        return None
+    import jax.numpy as jnp
+
+    from jaxreg.core.grid import Image
+    from jaxreg.io import check_registrable, load_image
+
+    data = {"fixed": [inp.fixed.data], "moving": [inp.moving.data]}
+    for i, ch in enumerate(channels):
+        for side, ref in (("fixed", inp.fixed), ("moving", inp.moving)):
+            path = ch[side]
+            with argument("--config"):
+                im = load_image(path)
+                check_registrable(im, name=os.fspath(path))
+                _check_on_grid(im, ref, f"channels[{i + 1}].{side}", path, f"{side} image", side.upper())
+            data[side].append(jnp.asarray(im.data, jnp.float32))
+    return (
+        Image(jnp.stack(data["fixed"], axis=-1), inp.fixed.grid),
+        Image(jnp.stack(data["moving"], axis=-1), inp.moving.grid),
+    )
+
+
 def check_output(outdir: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> None:
     """:func:`jaxreg.io.check_output_folder` with its errors naming ``-o`` (nothing is created)."""
     from jaxreg.io import check_output_folder
@@ -624,6 +901,11 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     from jaxreg.io import write_outputs
 
     t_all = time.perf_counter()
+    quiet, as_json = bool(getattr(args, "quiet", False)), bool(getattr(args, "json", False))
+    if quiet:
+        log = _silent
+    elif as_json:  # stdout carries the JSON object only
+        log = _to_stderr
     if args.config is not None:
         with argument("--config"):
             read_config(args.config)  # checked before the images are read
@@ -639,10 +921,20 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     )
     with argument("--config"):
         opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
+    outer, init_path = None, None
+    if getattr(args, "initial_transform", None) is not None:
+        outer, init_path, keyword = initial_transform(args.initial_transform, inp, opts["pipeline"])
+        if keyword is not None:
+            opts["init"] = keyword
     organ = None
     if opts["pipeline"] == "organ":
+        if opts.get("channels"):
+            raise UsageError("--config: [[channels]] are not supported by --pipeline organ")
         organ = load_organ_inputs(args, inp)
+    channels = load_channels(opts.get("channels") or (), inp)
     all_inputs = list(inp.paths) + ([args.config] if args.config else [])
+    all_inputs += [p for ch in opts.get("channels") or () for p in (ch["fixed"], ch["moving"])]
+    all_inputs += [init_path] if init_path else []
     all_inputs += [p for p in (getattr(args, "ct_labels", None), getattr(args, "groups", None)) if p]
     check_output(args.output, all_inputs)
     t_load = time.perf_counter() - t0
@@ -672,15 +964,27 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
             reg_moving = ct_window(inp.moving, labels=organ[0], groups=organ[1])
         else:
             reg_fixed = ct_window(inp.fixed, labels=organ[0], groups=organ[1])
-    result = register(
-        reg_fixed,
-        reg_moving,
-        method=stages,
-        fixed_mask=inp.fixed_mask,
-        moving_mask=inp.moving_mask,
-    )
+    if outer is not None:
+        log(f"initial:    {args.initial_transform} (kept: the stages start on top of it)")
+    if channels:
+        reg_fixed, reg_moving = channels
+        log(f"channels:   {reg_fixed.data.shape[-1]} image pairs (FIXED/MOVING and [[channels]] of --config)")
+    bar, close_bar = _progress_bar(quiet)
+    try:
+        result = register(
+            reg_fixed,
+            reg_moving,
+            method=stages,
+            outer=outer,
+            fixed_mask=inp.fixed_mask,
+            moving_mask=inp.moving_mask,
+            progress=bar,
+        )
+    finally:
+        close_bar()
     if result.stages[0].start is not None:
-        log(f"start:      {result.stages[0].start} (best of the candidate starts)")
+        how = "best of the candidate starts" if result.stages[0].start not in INITS else "--initial-transform"
+        log(f"start:      {result.stages[0].start} ({how})")
     extra = {
         "command": "jaxreg register",
         "inputs": {
@@ -691,6 +995,8 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
             "labels": list(args.labels) if args.labels else None,
             "config": args.config,
             "quick": bool(args.quick),
+            "initial_transform": getattr(args, "initial_transform", None),
+            "channels": [[ch["fixed"], ch["moving"]] for ch in opts.get("channels") or ()] or None,
         },
     }
     extra_files: list = []
@@ -722,27 +1028,109 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
             ("organs.json", lambda tmp: Path(tmp).write_text(organ_text)),
             ("organs.csv", _organ_csv(rows)),
         ]
-    outs = summarize(
-        inp,
-        result,
-        opts,
-        title=f"jaxreg register ({opts['pipeline']}): {Path(args.moving).name} -> {Path(args.fixed).name}",
-        extra=extra,
-        contours=contours,
-    )
+    steps, close_steps = _step_bar(quiet, ("report", "write"))
+    try:
+        steps("report")
+        outs = summarize(
+            inp,
+            result,
+            opts,
+            title=f"jaxreg register ({opts['pipeline']}): {Path(args.moving).name} -> {Path(args.fixed).name}",
+            extra=extra,
+            contours=contours,
+        )
+        steps("write")
+        outs.report["timings"]["load"] = round(t_load, 3)
+        outs.report["timings"]["total"] = round(time.perf_counter() - t_all, 3)
+        written = write_outputs(
+            args.output, outs, inputs=all_inputs, extra_files=extra_files, composite=args.write_composite_transform
+        )
+    finally:
+        close_steps()
     for line in outs.text:
         log(line)
     if organ is not None:
         for line in format_organ_table(rows):
             log(line)
-    outs.report["timings"]["load"] = round(t_load, 3)
-    outs.report["timings"]["total"] = round(time.perf_counter() - t_all, 3)
-    written = write_outputs(
-        args.output, outs, inputs=all_inputs, extra_files=extra_files, composite=args.write_composite_transform
-    )
     log(f"wrote:      {', '.join(p.name for p in written)} in {args.output}")
     log(
         f"total:      {time.perf_counter() - t_all:.1f} s "
         f"(registration {result.seconds:.1f} s, including compilation)"
     )
+    if as_json:
+        print(json.dumps(json_summary(outs.report, written, args.output), allow_nan=False))
     return 0
+
+
+def json_summary(report: dict[str, Any], written: Sequence[Path], outdir: str | os.PathLike) -> dict[str, Any]:
+    """The object ``jaxreg register --json`` prints: files written (name -> path), metrics, Jacobian statistics,
+    per-stage iterations and times, timings (s), and the options of the run (a digest of ``report.json``)."""
+    return {
+        "command": "jaxreg register",
+        "pipeline": report.get("pipeline"),
+        "output": os.fspath(outdir),
+        "files": {p.name: os.fspath(p) for p in written},
+        "metrics": report.get("metrics"),
+        "jacobian": report.get("jacobian"),
+        "stages": report.get("stages"),
+        "timings": report.get("timings"),
+        "inputs": report.get("inputs"),
+    }
+
+
+def _silent(line: str) -> None:
+    del line
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _progress_bar(disable: bool) -> tuple[Callable[[Any], None], Callable[[], None]]:
+    """A tqdm bar on stderr fed by :func:`jaxreg.optimize.register`'s ``progress`` events, and its closer.
+
+    The bar counts iterations (each level adds its cap when it ends) and names the running stage and level; it
+    is off with ``disable`` (``--quiet``) and, by tqdm's rule, when stderr is not a terminal.
+    """
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {}
+
+    def update(event: Any) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(
+                total=event.total_iterations, unit="it", file=sys.stderr, disable=True if disable else None,
+                leave=False, dynamic_ncols=True,
+            )  # fmt: skip
+        if event.result is None:
+            bar.set_description(f"{event.stage} level {event.level_index + 1}/{event.levels}")
+        else:
+            bar.update(int(event.level.iterations))
+
+    def close() -> None:
+        if "bar" in state:
+            state.pop("bar").close()
+
+    return update, close
+
+
+def _step_bar(disable: bool, names: Sequence[str]) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """A tqdm bar of named steps on stderr (``step(name)`` starts the next one) and its closer."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(names), unit="step", file=sys.stderr, disable=True if disable else None, leave=False)
+    started = [0]
+
+    def step(name: str) -> None:
+        if started[0]:
+            bar.update(1)
+        started[0] += 1
+        bar.set_description(name)
+
+    def close() -> None:
+        if started[0]:
+            bar.update(1)
+        bar.close()
+
+    return step, close

@@ -7,7 +7,8 @@
   an :class:`Optimizer`, :class:`Stopping`), :class:`Greedy` (demons/SyN-like diffeomorphic updates);
 * transform models (:mod:`~jaxreg.optimize.models`): :class:`Linear`, :class:`BSpline`, :class:`Field`;
 * pipelines: tuples of :class:`Stage` (method, model, :class:`Level` s, start); the named ones in
-  :data:`PRESETS` (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"bspline"``, ``"dense"``);
+  :data:`PRESETS` (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"similarity"``, ``"syn"``,
+  ``"demons"``, ``"bspline"``, ``"dense"``);
 * starts (:mod:`~jaxreg.optimize.init`): centres of mass, principal axes, and the scored candidate starts;
 * cohorts (:mod:`~jaxreg.optimize.cohort`): :func:`register_pairs`, many pairs from files, batched and sharded
   over devices, one atomic output folder per pair, resumable; templates (:mod:`~jaxreg.optimize.template`):
@@ -22,7 +23,7 @@ Example::
 """
 
 from jaxreg.optimize.cohort import Pair, folder_pairs, read_pairs_csv, register_pairs
-from jaxreg.optimize.engine import Level, LevelResult, Registration, Stage, StageResult, register
+from jaxreg.optimize.engine import Level, LevelResult, Progress, Registration, Stage, StageResult, register
 from jaxreg.optimize.init import candidate_starts, center_init, center_of_mass, image_moments, moments_init
 from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
 from jaxreg.optimize.models import BSpline, Field, Linear, Region, linear_as
@@ -44,6 +45,7 @@ __all__ = [
     "Objective",
     "Optimizer",
     "Pair",
+    "Progress",
     "Region",
     "Registration",
     "Stage",

@@ -41,7 +41,7 @@ from jaxreg.transforms.base import Transform
 from jaxreg.transforms.compose import compose
 from jaxreg.warp.pyramid import level_image
 
-__all__ = ["Level", "LevelResult", "Registration", "Stage", "StageResult", "register"]
+__all__ = ["Level", "LevelResult", "Progress", "Registration", "Stage", "StageResult", "register"]
 
 
 class Level(NamedTuple):
@@ -101,6 +101,31 @@ class LevelResult(NamedTuple):
     level: Level | None = None
 
 
+class Progress(NamedTuple):
+    """What :func:`register` reports to its ``progress`` callback: a level starting or finished.
+
+    Attributes:
+      stage: the stage's label.
+      stage_index: index of the stage in the pipeline (0-based).
+      stages: number of stages.
+      level_index: index of the level in the stage (0-based).
+      levels: number of levels of the stage.
+      level: the :class:`Level` (its ``iterations`` is the level's share of :attr:`total_iterations`).
+      total_iterations: the iteration caps of every level of every stage, summed (a progress bar's total).
+      result: ``None`` when the level starts (compilation and the run follow), its :class:`LevelResult` when
+        it has finished.
+    """
+
+    stage: str
+    stage_index: int
+    stages: int
+    level_index: int
+    levels: int
+    level: Level
+    total_iterations: int
+    result: LevelResult | None = None
+
+
 class StageResult(NamedTuple):
     """Per-stage record.
 
@@ -151,8 +176,15 @@ class Registration(NamedTuple):
 
     @property
     def linear(self) -> Transform | None:
-        """The full transform of the last linear stage that nothing non-linear precedes (``None`` if none)."""
+        """The full transform of the last linear stage that nothing non-linear precedes (``None`` if none).
+
+        A linear ``outer`` given to :func:`register` (a known pre-alignment) is the linear part of a pipeline
+        that starts with a non-linear stage.
+        """
         out = None
+        first = self.stages[0].outer if self.stages else None
+        if first is not None and _is_linear(first):
+            out = first
         for st in self.stages:
             if not _is_linear(st.full):
                 break
@@ -462,6 +494,7 @@ def register(
     sweep: bool = False,
     mesh: Any = None,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: the one entry point of every method and pipeline.
 
@@ -473,7 +506,8 @@ def register(
       moving: moving image (its own grid, same channels), or a sequence of ``B`` on one grid.
       method: a method (:class:`~jaxreg.optimize.Gradient`, :class:`~jaxreg.optimize.Greedy`), a
         :class:`Stage`, a sequence of stages, or the name of a pipeline in :data:`jaxreg.optimize.PRESETS`
-        (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"bspline"``, ``"dense"``).
+        (``"default"``, ``"multimodal"``, ``"affine"``, ``"rigid"``, ``"similarity"``, ``"syn"``, ``"demons"``,
+        ``"bspline"``, ``"dense"``).
       transform: initial transform of the first stage (otherwise the stage's model starts it); for a batch,
         every leaf has a leading axis ``B``.
       levels: levels of a bare method (default one full-resolution level of 100 iterations).
@@ -490,6 +524,9 @@ def register(
         result. The transforms equal those of the unsharded batch to float tolerance. Needs a batch (lists of
         images); not with ``sweep``.
       log: called with one line per level (progress), outside the compiled code.
+      progress: called with a :class:`Progress` when each level starts and when it finishes, outside the
+        compiled code (a level runs as one compiled call: a progress bar advances by levels, weighted by their
+        iteration caps); the library draws nothing itself.
 
     Returns:
       :class:`Registration`.
@@ -547,6 +584,7 @@ def register(
             pyramid[key] = (f, fg, m, mg, fmk, mmk)
         return pyramid[key]
 
+    total_iterations = sum(int(lv.iterations) for st in stages for lv in st.levels)
     results = []
     prev_model = prev_params = None
     prev_outer = prev_full = outer
@@ -597,6 +635,9 @@ def register(
         uses_mmask = getattr(method_s, "uses_moving_mask", True)
         for li, level in enumerate(stage.levels):
             t0 = time.perf_counter()
+            event = Progress(name, si, len(stages), li, len(stage.levels), level, total_iterations)
+            if progress is not None:
+                progress(event)
             f, fg, m, mg, fmk, mmk = level_data(level)
             mmk = mmk if uses_mmask else None
             params = _on_grid_batched(params, fg, batch)
@@ -614,6 +655,8 @@ def register(
                 level,
             )
             records.append(rec)
+            if progress is not None:
+                progress(event._replace(result=rec))
             if log is not None:
                 last = losses[..., :][np.isfinite(losses)]
                 log(

@@ -8,6 +8,11 @@ name           stages
 ``multimodal`` affine (Mattes MI, 32 bins) -> symmetric greedy SVF with normalised MI (32 bins)
 ``affine``     the affine stage of ``default`` alone
 ``rigid``      a rigid stage (NCC) alone
+``similarity`` a similarity-transform stage (rotation, isotropic scale, translation; NCC) alone
+``syn``        symmetric greedy SVF with local NCC (window 5) alone, no linear stage: for pairs already
+               aligned (by their headers or an initial transform, ``outer`` of :func:`register`)
+``demons``     affine -> diffeomorphic demons (Thirion's force, compositive ``exp`` updates of a
+               displacement field; Vercauteren et al. 2009): mono-modal images of equal intensity scales
 ``bspline``    affine -> cubic B-spline FFD at 40, 20, 10 mm control spacing (local NCC + 0.01 x analytic
                bending energy, as NiftyReg ``reg_f3d``)
 ``dense``      affine -> variational displacement field (local NCC + diffusion, gradient descent)
@@ -25,7 +30,7 @@ from typing import Any
 from jaxreg.optimize.engine import Level, Stage
 from jaxreg.optimize.methods import Gradient, Greedy, Optimizer, Stopping
 from jaxreg.optimize.models import BSpline, Field, Linear
-from jaxreg.optimize.objective import field_term, objective, similarity_term, transform_term
+from jaxreg.optimize.objective import Objective, field_term, objective, similarity_term, transform_term
 from jaxreg.regularizers import bspline_bending_energy
 
 __all__ = ["DEFAULT_GREEDY_LEVELS", "DEFAULT_LINEAR_LEVELS", "PRESETS", "preset"]
@@ -54,6 +59,18 @@ PRESETS: dict[str, tuple[Stage, ...]] = {
     ),
     "affine": (_AFFINE_NCC,),
     "rigid": (_linear("ncc", "rigid"),),
+    "similarity": (_linear("ncc", "similarity"),),
+    "syn": (Stage(Greedy("lncc(window=5)", step=0.5), None, DEFAULT_GREEDY_LEVELS, name="deformable"),),
+    "demons": (
+        _AFFINE_NCC,
+        Stage(
+            Greedy(force="demons", symmetric=False, update="diffeomorphic", step=0.5, sigma_update=1.0,
+                   sigma_field=1.0),
+            None,
+            DEFAULT_GREEDY_LEVELS,
+            name="deformable",
+        ),
+    ),
     "bspline": (_AFFINE_NCC,)
     + tuple(
         Stage(
@@ -95,6 +112,7 @@ def preset(
     linear_levels: Sequence[Level] | None = None,
     deformable_levels: Sequence[Level] | None = None,
     similarity: Any = None,
+    linear_similarity: Any = None,
     greedy: dict[str, Any] | None = None,
     init: str | None = None,
 ) -> tuple[Stage, ...]:
@@ -104,7 +122,10 @@ def preset(
       name: a key of :data:`PRESETS`.
       linear_levels: levels of the linear stage(s).
       deformable_levels: levels of a greedy deformable stage.
-      similarity: similarity of the greedy deformable stage (function or registry spec, e.g. ``"lncc(window=7)"``).
+      similarity: similarity of the deformable stage(s) (function or registry spec, e.g. ``"lncc(window=7)"``
+        or a :func:`~jaxreg.similarity.weighted_sum` of several): the greedy stage's, or the similarity terms of
+        a gradient-based deformable stage's objective (B-spline, dense), each replaced with its weight kept.
+      linear_similarity: similarity of the linear stage(s), replacing their objective's similarity terms.
       greedy: other settings of the greedy stage (:class:`~jaxreg.optimize.Greedy` field names).
       init: start of the linear stage (``"auto"``, ``"moments"``, ``"com"``, ``"center"``, ``"identity"``).
 
@@ -121,6 +142,8 @@ def preset(
                 st = st._replace(levels=tuple(linear_levels))
             if init is not None:
                 st = st._replace(init=init)
+            if linear_similarity is not None:
+                st = st._replace(method=_with_similarity(st.method, linear_similarity))
         elif isinstance(st.method, Greedy):
             changes = dict(greedy or {})
             if similarity is not None:
@@ -132,5 +155,16 @@ def preset(
                 st = st._replace(method=dataclasses.replace(st.method, **changes))
             if deformable_levels is not None:
                 st = st._replace(levels=tuple(deformable_levels))
+        elif similarity is not None:
+            st = st._replace(method=_with_similarity(st.method, similarity))
         out.append(st)
     return tuple(out)
+
+
+def _with_similarity(method: Gradient, similarity: Any) -> Gradient:
+    """``method`` with every similarity term of its objective replaced by ``similarity`` (weights kept)."""
+    obj = method.objective
+    terms = tuple(
+        similarity_term(similarity)[0] if t.kind == "similarity" else t for t in obj.terms
+    )
+    return dataclasses.replace(method, objective=Objective(terms, obj.weights))

@@ -27,11 +27,14 @@ name                   measure                                    loss          
 ``correlation_ratio``  Roche's eta^2(M | F)                       ``1 - eta^2`` in [0, 1]   factory
 ``ngf``                normalised gradient fields                 in [0, 1]                 function
 ``mind``               SSD of MIND-SSC descriptors                in [0, 1]                 factory
+``weighted_sum``       sum of weighted terms, each on all or one  the terms' weighted sum   factory
+                       channel (multi-metric, multi-channel)
 =====================  =========================================  ========================  ==========
 
 ``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors.
 """
 
+from jaxreg.similarity.combine import weighted_sum
 from jaxreg.similarity.histogram import correlation_ratio, joint_histogram, mi, nmi
 from jaxreg.similarity.intensity import lncc, mse, ncc, ssd
 from jaxreg.similarity.structure import mind, mind_ssc, ngf, ssc_pairs
@@ -49,4 +52,5 @@ __all__ = [
     "mind_ssc",
     "mind",
     "ssc_pairs",
+    "weighted_sum",
 ]

@@ -1,0 +1,86 @@
+"""Multi-metric and multi-channel similarity: a weighted sum of similarity terms, each on all or one channel.
+
+``weighted_sum(terms=(("lncc(window=5)", 1.0), ("nmi(bins=32)", 0.5)))`` is one similarity term
+``loss(fixed, moving, mask=None) -> scalar``, so every method takes it where it takes one similarity (the
+force of :class:`~jaxreg.optimize.Greedy` is the gradient of the sum, the objective of
+:class:`~jaxreg.optimize.Gradient` sums it with its other terms). With a channel index per term it compares
+channel-last images ``(*spatial, C)`` channel by channel, each with its own metric and weight: the
+multi-metric stage of ``antsRegistration`` (``-m CC[f1,m1,1,4] -m MI[f2,m2,0.5,32]``) with the image pairs
+stacked as channels on one fixed and one moving grid.
+
+    L(F, M) = sum_k w_k S_k(F[..., c_k], M[..., c_k], mask)      (or S_k(F, M, mask) when c_k is None)
+
+Like every similarity it is lower-is-better and registered by name (``"weighted_sum"``); it hashes by its
+terms, so equal configurations share compiled code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxreg.core.registry import configured, parse
+
+__all__ = ["weighted_sum"]
+
+
+def _item(item: Any, k: int) -> tuple[Callable, float, int | None]:
+    where = f"terms[{k}]"
+    if isinstance(item, (str, dict)) or callable(item):
+        item = (item,)
+    if not isinstance(item, tuple) or not 1 <= len(item) <= 3:
+        raise ValueError(f"{where}: expected (similarity, weight[, channel]), got {item!r}")
+    spec, weight, channel = item + (1.0, None)[len(item) - 1 :]
+    fn = spec if callable(spec) else parse(spec, "similarity", argument=where)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise ValueError(f"{where}: weight: expected a finite number, got {weight!r}")
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
+        raise ValueError(f"{where}: channel: expected None or a channel index >= 0, got {channel!r}")
+    return fn, float(weight), channel
+
+
+def _channel(x: jax.Array, c: int) -> jax.Array:
+    """``x[..., c]`` as a product with the one-hot vector ``e_c`` (exact for finite values).
+
+    Indexing the channel instead gave a NaN field after two iterations of the greedy kernel under XLA's CPU backend
+    at ``--xla_backend_optimization_level=0`` (the test suite's setting; other levels were fine); the product did not.
+    """
+    if c >= x.shape[-1]:
+        raise ValueError(f"channel: term on channel {c} of images with {x.shape[-1]} channels (shape {x.shape})")
+    onehot = jnp.zeros((x.shape[-1],), x.dtype).at[c].set(1)
+    return jnp.tensordot(x, onehot, axes=([-1], [0]), precision=jax.lax.Precision.HIGHEST)
+
+
+@configured("similarity")
+def weighted_sum(terms: tuple = ()) -> Callable[..., jax.Array]:
+    """A weighted sum of similarity terms, each on the whole images or on one channel.
+
+    Args:
+      terms: ``(similarity, weight, channel)`` items (``weight`` default 1, ``channel`` default ``None``);
+        ``similarity`` is a registry spec (``"lncc(window=5)"``, ``"nmi(bins=32)"``) or a loss function,
+        ``weight`` a finite number, ``channel`` ``None`` (the images as they are) or the index ``c`` of the
+        channel ``F[..., c]``, ``M[..., c]`` that the term compares (channel-last images ``(*spatial, C)``).
+
+    Returns:
+      ``loss(fixed, moving, mask=None) -> scalar``: ``sum_k w_k S_k`` (lower is better), in the images' float
+      dtype; ``mask`` (spatial weights) is passed to every term.
+
+    Raises:
+      ValueError: no terms, an unknown similarity, a weight that is not a finite number, a bad channel index.
+    """
+    if not isinstance(terms, tuple) or not terms:
+        raise ValueError(f"terms: expected at least one (similarity, weight[, channel]) item, got {terms!r}")
+    items = tuple(_item(t, k) for k, t in enumerate(terms))
+
+    def loss(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        total = jnp.zeros((), jnp.result_type(fixed.dtype, jnp.float32))
+        for fn, w, c in items:
+            f, m = (fixed, moving) if c is None else (_channel(fixed, c), _channel(moving, c))
+            total = total + w * jnp.asarray(fn(f, m, mask), total.dtype)
+        return total.astype(fixed.dtype)
+
+    return loss
