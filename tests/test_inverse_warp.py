@@ -275,3 +275,12 @@ def test_forward_and_inverse_files_undo_each_other(run):
         on = np.all((idx >= 0) & (idx <= np.asarray(fg.shape) - 1), -1)
         err2 = np.linalg.norm(np.asarray(inv(fwd(xf))) - np.asarray(xf), axis=-1)[on]
         assert on.sum() > 1000 and err2.max() < 0.1 and err2.mean() < 0.01, (err2.mean(), err2.max())
+
+
+def test_summarize_refuses_a_diverged_result():
+    """A NaN field (a diverged optimisation) is a clear error before anything is computed from it."""
+    fixed = phantom(FIXED_SHAPE, spacing=2.0)
+    bad = DisplacementField(jnp.full(FIXED_SHAPE + (2,), jnp.nan, jnp.float32), fixed.grid)
+    opts = {"pipeline": "test", "linear_levels": [], "deformable_levels": [], "greedy": {}, "window": 5}
+    with pytest.raises(ValueError, match="deformable transform holds NaN or Inf values"):
+        summarize(RegistrationInputs(fixed, fixed), _result(_affine(), bad), opts)

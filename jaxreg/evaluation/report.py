@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 __all__ = ["RegistrationInputs", "format_dice_table", "options_json", "summarize"]
@@ -320,6 +321,13 @@ def summarize(
     g = fixed.grid
     linear = result.linear if result.linear is not None else Affine.identity(g.ndim)
     field = None if result.deformable is None else to_displacement(result.deformable, g)
+    for what, t in (("linear", linear), ("deformable", field)):
+        leaves = [] if t is None else jax.tree_util.tree_leaves(t)
+        if not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves):
+            raise ValueError(
+                f"registration: the {what} transform holds NaN or Inf values (the optimisation diverged); try a "
+                "smaller step or learning rate, or check the inputs"
+            )
     full = linear if field is None else compose(linear, field)
     warped = warp(moving, full, g, order=1)
     identity = Affine.identity(g.ndim)
