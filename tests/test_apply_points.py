@@ -136,6 +136,22 @@ def test_ants_lps_csv_in_and_out(files3d, capsys, tmp_path):
     np.testing.assert_allclose(read_landmarks(tmp_path / "q.fcsv").points, _sitk_map(a, pts), atol=1e-6)
 
 
+def test_ants_2d_points_keep_their_zero_z(capsys, tmp_path):
+    """ANTs point files always have x,y,z,t: with a 2-D transform, rows x,y,0 are 2-D points (written back with
+    z = 0), mapped as SimpleITK maps the LPS points."""
+    with jax.enable_x64(True):
+        write_transform(_affine(2), tmp_path / "a.mat")
+    lps = np.array([[1.5, -2.0], [10.0, 4.0], [-7.5, 3.25]])
+    (tmp_path / "p.csv").write_text("x,y,z,t\n" + "".join(f"{x},{y},0,0\n" for x, y in lps))
+    rc, _, err = run(capsys, "apply-points", "-i", tmp_path / "p.csv", "-t", tmp_path / "a.mat", "-o", tmp_path / "q.csv")
+    assert rc == 0, err
+    rows = list(csv.reader(open(tmp_path / "q.csv")))
+    assert rows[0] == ["x", "y", "z", "t"] and all(float(r[2]) == 0.0 for r in rows[1:])
+    tx = sitk.ReadTransform(str(tmp_path / "a.mat"))
+    want = np.array([tx.TransformPoint(tuple(p)) for p in lps])
+    np.testing.assert_allclose(np.array([[float(v) for v in r[:2]] for r in rows[1:]]), want, atol=1e-9)
+
+
 # -- against the image warp of a one-voxel label -----------------------------------------------------------------
 def test_agrees_with_the_image_warp_of_a_one_voxel_label(capsys, tmp_path):
     """A single voxel at ``m`` in the moving image, warped onto a fine fixed grid with ``jaxreg apply -t warp -t
@@ -213,6 +229,7 @@ def _bad_cases(tmp):
     (tmp / "bad.mat").write_bytes(b"not a MATLAB file at all")
     with jax.enable_x64(True):
         write_transform(_affine(3), tmp / "a.mat")
+        write_transform(_affine(2), tmp / "a2.mat")
     p, a, o = tmp / "p3.csv", tmp / "a.mat", tmp / "out.csv"
     return {
         "missing input": (["-i", tmp / "nope.csv", "-t", a, "-o", o], ["-i", "nope.csv"]),
@@ -225,7 +242,8 @@ def _bad_cases(tmp):
         "output suffix": (["-i", p, "-t", a, "-o", tmp / "out.nii.gz"], ["-o", ".csv"]),
         "output dir": (["-i", p, "-t", a, "-o", tmp / "no" / "out.csv"], ["-o", "does not exist"]),
         "output is input": (["-i", p, "-t", a, "-o", p], ["-o", "refusing to overwrite"]),
-        "fcsv of 2-D": (["-i", tmp / "p2.csv", "-t", a, "-o", tmp / "o.fcsv"], ["-o", ".fcsv", "2-D"]),
+        "fcsv of 2-D": (["-i", tmp / "p2.csv", "-t", tmp / "a2.mat", "-o", tmp / "o.fcsv"], ["-o", ".fcsv", "2-D"]),
+        "2-D with z": (["-i", p, "-t", tmp / "a2.mat", "-o", o], ["-i", "non-zero z"]),
         "reference count": (
             ["-i", p, "-t", a, "--reference-points", tmp / "r1.csv", "-o", o],
             ["-i/--reference-points", "same number"],
@@ -235,7 +253,7 @@ def _bad_cases(tmp):
 
 @pytest.mark.parametrize("case", [
     "missing input", "wrong format", "unknown format", "unreadable transform", "missing transform", "bad spec",
-    "dimension", "output suffix", "output dir", "output is input", "fcsv of 2-D", "reference count",
+    "dimension", "output suffix", "output dir", "output is input", "fcsv of 2-D", "2-D with z", "reference count",
 ])  # fmt: skip
 def test_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys, case):
     argv, fragments = _bad_cases(tmp_path)[case]

@@ -10,7 +10,8 @@
 ``jaxreg predict --model NAME|DIR FIXED MOVING -o OUTDIR`` registers a pair with a trained model (a model shipped
 in the package, by name; a work folder; an exported folder), optionally refined by the iterative engine
 (``--refine``), and writes the outputs of ``jaxreg register`` (warped image, ITK/ANTs ``affine.mat`` and
-``warp.nii.gz``, warped labels and Dice with ``--labels``, ``report.json``, ``report.png``).
+``warp.nii.gz``, its inverse ``inverse_warp.nii.gz``, warped labels and Dice with ``--labels``, ``report.json``,
+``report.png``).
 
 This module reads and checks the TOML file (:func:`read_train_config`), calls the library and prints: the
 training set-up is :func:`jaxreg.learn.setup.build_training`, the trained model is read by
@@ -339,7 +340,8 @@ def add_parsers(subparsers: Any) -> None:
         "--model NAME): linear initialisation "
         "(centres of mass by default), one network evaluation on the training grid placed on FIXED, optional test-time "
         "instance optimisation (--refine N greedy iterations at half resolution, N/4 at full), and the outputs of "
-        "'jaxreg register' (warped.nii.gz, affine.mat, warp.nii.gz that ANTs/ITK apply alike, report.json/png, "
+        "'jaxreg register' (warped.nii.gz, affine.mat, warp.nii.gz and inverse_warp.nii.gz that ANTs/ITK apply "
+        "alike, report.json/png, "
         "warped labels and Dice with --labels).",
     )
     pp.add_argument("fixed", metavar="FIXED")

@@ -11,7 +11,9 @@ moving-space points into the fixed space, give the list that warps the fixed ima
 
 Point files are read and written by :mod:`jaxreg.io.landmarks` (as ``jaxreg landmarks`` reads them): plain CSV in
 RAS mm, 3D Slicer ``.fcsv`` (RAS or LPS), ANTs CSV (header ``x,y,z,t``, LPS). The moved points are written in the
-input's format unless ``--output-format`` or a ``.fcsv`` output name says otherwise; labels are kept.
+input's format unless ``--output-format`` or a ``.fcsv`` output name says otherwise; labels are kept. The
+transforms' dimension decides the points': for a 2-D transform, rows ``x,y,0`` (ANTs files always have ``x,y,z,t``)
+are read as 2-D points and written back with ``z = 0``.
 
 With ``--reference-points R`` the moved points are paired with ``R`` (row by row, or ``--pair label``) and the
 target registration error ``|T(p_i) - r_i|`` is printed per point with its mean, median and maximum (mm), next to
@@ -129,6 +131,17 @@ def _check_output(path: str, inputs: list[str]) -> None:
         raise FileNotFoundError(2, f"-o {path}: the output directory does not exist")
 
 
+def _read_points(read: Any, path: str, fmt: str, ndim: int, what: str) -> Any:
+    """Points of ``path`` as ``ndim``-D (a zero ``z`` column is dropped for a 2-D transform)."""
+    lm = read(path, format=fmt)
+    if lm.points.shape[1] == ndim:
+        return lm
+    if ndim == 2 and lm.points.shape[1] == 3 and not np.any(lm.points[:, 2]):
+        return read(path, format=fmt, ndim=2)
+    extra = " (non-zero z)" if ndim == 2 else ""
+    raise ValueError(f"{path}: {lm.points.shape[1]}-D points{extra} for the {ndim}-D transform of {what}")
+
+
 def _output_format(path: str, requested: str, input_format: str) -> str:
     if requested != "auto":
         return requested
@@ -151,22 +164,22 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with argument("-i"):
         in_format = landmark_format(args.input, format=args.format)
-        points = read_landmarks(args.input, format=in_format)
-    ndim = points.points.shape[1]
-    reference = None
-    if args.reference_points is not None:
-        with argument("--reference-points"):
-            reference = read_landmarks(args.reference_points, format=args.format)
-    out_format = None
-    if args.output is not None:
-        out_format = _output_format(args.output, args.output_format, in_format)
-        if out_format == "fcsv" and ndim != 3:
-            raise UsageError(f"-o {args.output}: Slicer .fcsv files hold 3-D points, -i {args.input} has {ndim}-D")
     with jax.enable_x64(True):  # files hold doubles: map in double precision
         with argument("-t"):
             transform = load_transforms(args.transform)
-            if transform.ndim != ndim:
-                raise ValueError(f"a {transform.ndim}-D transform for the {ndim}-D points of -i {args.input}")
+        ndim = transform.ndim
+        # the transforms' dimension decides: a 2-D transform reads x,y,0 rows (ANTs' x,y,z,t files) as 2-D points
+        with argument("-i"):
+            points = _read_points(read_landmarks, args.input, in_format, ndim, "-t")
+        reference = None
+        if args.reference_points is not None:
+            with argument("--reference-points"):
+                reference = _read_points(read_landmarks, args.reference_points, args.format, ndim, "-t")
+        out_format = None
+        if args.output is not None:
+            out_format = _output_format(args.output, args.output_format, in_format)
+            if out_format == "fcsv" and ndim != 3:
+                raise UsageError(f"-o {args.output}: Slicer .fcsv files hold 3-D points, -i {args.input} has {ndim}-D")
         moved = np.asarray(transform(jnp.asarray(points.points, jnp.float64)), np.float64)
     if not np.all(np.isfinite(moved)):
         raise ValueError(f"-t: the transforms map some points of -i {args.input} to non-finite coordinates")
