@@ -37,7 +37,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxreg.core.diff import spatial_gradient
 from jaxreg.core.grid import Grid, Image
