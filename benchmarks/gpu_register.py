@@ -1,7 +1,8 @@
 """Benchmark: accelerator readiness of pairwise and batched registration (one 3D pair; a batch of 3D pairs).
 
 Each pair is the 3D phantom (:func:`jaxreg.data.phantom`, ``--size`` voxels per side, ``--mm`` mm voxels) against
-itself deformed by a seeded random diffeomorphism (:func:`jaxreg.data.random_velocity_field`, up to ``--disp`` mm)
+itself deformed by a seeded random diffeomorphism (:func:`jaxreg.data.random_velocity_field`, up to ``--disp`` mm,
+default two voxels)
 and moved by a small translation, so every pair is different and the truth is known. For each device (the default
 backend, e.g. a GPU, and a CPU row for reference) it times:
 
@@ -127,7 +128,7 @@ def main(argv=None) -> None:
 
     def setting(size):
         mm = args.mm or 192.0 / size
-        return size, mm, args.disp or 3 * mm
+        return size, mm, args.disp or 2 * mm
 
     rows = []
     dev = jax.devices()[0]

@@ -13,7 +13,9 @@ cap), re-expresses the transform on the level grid (:meth:`~jaxreg.transforms.Tr
 method's pure per-level kernel, compiled ahead of time once per configuration and input signature: methods,
 terms and grids compare by value, so a second call with equal (even freshly built) settings compiles nothing.
 Many pairs (a list of images per side) or a sweep of a method's weights (``sweep=True``) run as ``jax.vmap``
-of the same kernel: one compiled call per level for the whole batch. Linear stages start from the best of
+of the same kernel: one compiled call per level for the whole batch. With ``mesh=`` (:func:`jaxreg.parallel.make_mesh`) that
+batch's pair axis is split over the mesh's devices (``jax.sharding.NamedSharding``), padded to a multiple of
+the device count. Linear stages start from the best of
 several candidate starts (:func:`~jaxreg.optimize.init.candidate_starts`), scored by the stage's similarity
 at its coarsest level in one vmapped call; the winner is reported in :attr:`StageResult.start`.
 

@@ -37,7 +37,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxreg.core.diff import spatial_gradient
 from jaxreg.core.grid import Grid, Image
@@ -114,6 +113,7 @@ def build_template(
     initial: Image | None = None,
     method: Any = "default",
     affine_method: Any = "affine",
+    step: float = 1.0,
     mesh: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> TemplateResult:
@@ -127,6 +127,8 @@ def build_template(
       method: the pipeline of each round (a :data:`~jaxreg.optimize.PRESETS` name or stages), default
         ``"default"`` (affine -> symmetric greedy SVF).
       affine_method: the pipeline of the affine start (default ``"affine"``).
+      step: the shape update inverts ``id + step * u_bar`` (1: the first-order update; ANTs' script applies
+        ``0.25 * u_bar`` four times, also 1 in total).
       mesh: a 1-D device mesh (:func:`jaxreg.parallel.make_mesh`) to shard the images over.
       log: called with one line per round.
 
@@ -193,7 +195,7 @@ def build_template(
         if k == int(iterations):
             break
         average = Image(jnp.mean(warped, axis=0), tgrid)
-        mean_map = DisplacementField(jnp.mean(u, axis=0), tgrid)
+        mean_map = DisplacementField(float(step) * jnp.mean(u, axis=0), tgrid)
         template = warp(average, invert(mean_map), tgrid)  # T' = A o (id + u_bar)^-1  (pull)
     return TemplateResult(template, res, history, n_reg, time.perf_counter() - t_all)
 
