@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -205,16 +206,28 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
     affine = stages_from_options({**opts, "pipeline": "affine"})
     initialize_distributed()
     mesh = _mesh(args.devices)
-    result = build_template(
-        ims,
-        iterations=args.iterations,
-        initial=initial,
-        method=stages,
-        affine_method=affine,
-        mesh=mesh if mesh.devices.size > 1 else None,
-        log=log,
-    )
-    names = [_stem(p) for p in args.images]
+    from tqdm import tqdm
+
+    # one bar step per batched registration round: the affine start (unless --initial), then iterations + 1
+    rounds = int(args.iterations) + 1 + (initial is None)
+    with tqdm(total=rounds, unit="round", desc="template", file=sys.stderr, leave=False, disable=None) as bar:
+
+        def round_log(line: str) -> None:
+            bar.update(1)
+            log(line)
+
+        result = build_template(
+            ims,
+            iterations=args.iterations,
+            initial=initial,
+            method=stages,
+            affine_method=affine,
+            mesh=mesh if mesh.devices.size > 1 else None,
+            log=round_log,
+        )
+    from jaxreg.io._atomic import split_suffix
+
+    names = [split_suffix(p)[0] for p in args.images]  # file names without their image suffix
     write_template(out, result, names=names, inputs=inputs)
     last = result.history[-1]
     log(
@@ -224,11 +237,3 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
     log(f"wrote:      template.nii.gz, template.json and {len(ims)} folders in {args.output}; "
         f"total {time.perf_counter() - t0:.1f} s")  # fmt: skip
     return 0
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name

@@ -80,11 +80,10 @@ class Pair(NamedTuple):
 
 
 def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    """The file name without its image suffix (``.nii.gz`` counted as one)."""
+    from jaxreg.io._atomic import split_suffix
+
+    return split_suffix(path)[0]
 
 
 def _pair_name(fixed: str, moving: str) -> str:
