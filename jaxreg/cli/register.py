@@ -2,7 +2,7 @@
 
 ``jaxreg register FIXED MOVING -o OUTDIR [--pipeline default|multimodal|affine|rigid|bspline|dense] [--fixed-mask M]
 [--moving-mask M] [--labels FIXED_LABELS MOVING_LABELS [--label-list L ... | --labels-json F]]
-[--config file.toml] [--quick]``
+[--config file.toml] [--similarity SPEC] [--quick]``
 
 runs a named pipeline of :data:`jaxreg.optimize.PRESETS` through :func:`jaxreg.optimize.register` (affine from
 the best candidate start -> symmetric diffeomorphic greedy registration, or its multi-modal, linear, B-spline
@@ -49,7 +49,8 @@ concerned (``MOVING: ...``, ``--config: ...``), for :mod:`jaxreg.cli.main` to re
     similarity = "lncc(window=5)"   # a registry name of jaxreg.terms (default: lncc(window) or, multimodal, nmi)
 
 Options are taken from, in increasing priority: the default pipeline's settings, ``--quick`` (one coarse
-level per stage, for tests and previews), the config file, and ``--pipeline``.
+level per stage, for tests and previews), the config file, and ``--pipeline`` / ``--similarity`` (the deformable
+stage's similarity as a registry spec, e.g. ``features(model="labelmind")``: learned multi-modal features).
 """
 
 from __future__ import annotations
@@ -152,6 +153,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config", metavar="TOML", help="pipeline options (levels, greedy step and sigmas, window)"
+    )
+    p.add_argument(
+        "--similarity",
+        metavar="SPEC",
+        help="similarity of the deformable (greedy) stage, a registry spec of jaxreg.terms, e.g. "
+        "'features(model=\"labelmind\")' (learned multi-modal features), 'mind(radius=1)', 'lncc(window=7)'; "
+        "overrides the config file",
     )
     organ = p.add_argument_group("organ-aware pipeline (--pipeline organ, adaptive radiotherapy)")
     organ.add_argument("--ct-labels", metavar="L", help="the CT's organ labels, on the CT's grid")
@@ -610,6 +618,12 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     if args.config is not None:
         with argument("--config"):
             read_config(args.config)  # checked before the images are read
+    similarity = getattr(args, "similarity", None)
+    if similarity is not None:
+        from jaxreg.terms import parse
+
+        with argument("--similarity"):
+            parse(similarity, "similarity", argument="--similarity")  # checked (and a model loaded) first
     t0 = time.perf_counter()
     inp = load_inputs(
         args.fixed,
@@ -622,6 +636,8 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     )
     with argument("--config"):
         opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
+    if similarity is not None:
+        opts["similarity"] = similarity
     organ = None
     if opts["pipeline"] == "organ":
         organ = load_organ_inputs(args, inp)

@@ -27,13 +27,21 @@ name                   measure                                    loss          
 ``correlation_ratio``  Roche's eta^2(M | F)                       ``1 - eta^2`` in [0, 1]   factory
 ``ngf``                normalised gradient fields                 in [0, 1]                 function
 ``mind``               SSD of MIND-SSC descriptors                in [0, 1]                 factory
+``features``           SSD of learned feature maps (+ a little    >= -nmi                   factory
+                       NMI); a *prepared* similarity
+``feature_distance``   SSD of multi-channel maps (+ NMI of the    >= -nmi                   factory
+                       last channel)
 =====================  =========================================  ========================  ==========
 
-``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors.
+``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors. ``features`` (a trained
+network, :mod:`jaxreg.similarity.learned`) is a *prepared* similarity: it has ``prepare(image)`` (the feature
+maps, computed once per image and level by :func:`jaxreg.optimize.register`) and ``prepared`` (the distance of
+prepared maps, :func:`feature_distance`).
 """
 
 from jaxreg.similarity.histogram import correlation_ratio, joint_histogram, mi, nmi
 from jaxreg.similarity.intensity import lncc, mse, ncc, ssd
+from jaxreg.similarity.learned import feature_distance, features
 from jaxreg.similarity.structure import mind, mind_ssc, ngf, ssc_pairs
 
 __all__ = [
@@ -49,4 +57,6 @@ __all__ = [
     "mind_ssc",
     "mind",
     "ssc_pairs",
+    "features",
+    "feature_distance",
 ]
