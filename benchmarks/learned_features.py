@@ -73,7 +73,7 @@ def main(argv=None) -> None:
             res = register(fixed, moving, method=preset("multimodal", similarity=spec))
             sec = time.perf_counter() - t0
             table.setdefault(name, {})[ds] = (score(res.transform), sec)
-            print(f"  {name:<22} {table[name][ds][0]:.3f}  ({sec:.1f} s)", flush=True)
+            print(f"  {name:<22} {table[name][ds][0]:.4f}  ({sec:.1f} s)", flush=True)
 
     def run_ants(ds: str, fixed_path: str, moving_path: str, ndim: int, score) -> None:
         if not ants_ok:
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
             print(f"  ANTs SyN (MI): FAILED: {r['error']}")
             return
         table.setdefault("ANTs SyN (MI)", {})[ds] = (score(compose_files(r["transforms"])), r["seconds"])
-        print(f"  {'ANTs SyN (MI)':<22} {table['ANTs SyN (MI)'][ds][0]:.3f}  ({r['seconds']:.1f} s)", flush=True)
+        print(f"  {'ANTs SyN (MI)':<22} {table['ANTs SyN (MI)'][ds][0]:.4f}  ({r['seconds']:.1f} s)", flush=True)
 
     # -- abdomen_ct_mr: CT moving -> MR fixed, organ Dice ------------------------------------------------------
     ab = os.path.join(DATA, "abdomen_ct_mr")
@@ -126,7 +126,7 @@ def main(argv=None) -> None:
         cells = []
         for ds in ("abdomen_ct_mr", "head2d_multimodal"):
             v = row.get(ds)
-            cells.append(f"{v[0]:12.3f} {v[1]:7.1f}" if v else f"{'-':>12} {'-':>7}")
+            cells.append(f"{v[0]:12.4f} {v[1]:7.1f}" if v else f"{'-':>12} {'-':>7}")
         print(f"{name:<24} {' '.join(cells)}")
     feat = table.get("features (labelmind)", {})
     if "abdomen_ct_mr" in feat:
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
                 print(f"  abdomen: features {a:.3f} vs {other} {b:.3f} -> {'above' if a > b else 'NOT above'}")
     if "head2d_multimodal" in feat:
         v = feat["head2d_multimodal"][0]
-        print(f"  head2d_multimodal: features {v:.3f} >= 0.995 -> {'met' if v >= 0.995 else 'MISSED'}")
+        print(f"  head2d_multimodal: features {v:.4f} >= 0.995 -> {'met' if v >= 0.995 else 'MISSED'}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(table, fh, indent=2)
