@@ -2,7 +2,7 @@
 
 ``jaxreg register FIXED MOVING -o OUTDIR [--pipeline NAME] [--initial-transform T] [--fixed-mask M]
 [--moving-mask M] [--labels FIXED_LABELS MOVING_LABELS [--label-list L ... | --labels-json F]]
-[--config file.toml] [--quick] [--quiet | --json]``
+[--config file.toml] [--similarity SPEC] [--quick] [--quiet | --json]``
 
 runs a named pipeline of :data:`jaxreg.optimize.PRESETS` through :func:`jaxreg.optimize.register` (affine from
 the best candidate start -> symmetric diffeomorphic greedy registration, or its multi-modal, rigid, similarity,
@@ -78,7 +78,8 @@ linear stage uses FIXED/MOVING only, and every output (``warped.nii.gz``, the re
     weight = 0.5                    # default 1
 
 Options are taken from, in increasing priority: the default pipeline's settings, ``--quick`` (one coarse
-level per stage, for tests and previews), the config file, and ``--pipeline``.
+level per stage, for tests and previews), the config file, and ``--pipeline`` / ``--similarity`` (the deformable
+stage's similarity as a registry spec, e.g. ``features(model="labelmind")``: learned multi-modal features).
 
 ``--initial-transform T`` (``antsRegistration -r``) starts from a linear transform file (``affine.mat`` of an
 earlier run, an ANTs ``0GenericAffine.mat``, an ITK ``.txt``/``.tfm``; ``[T.mat,1]`` uses its inverse), kept as
@@ -216,6 +217,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "step, sigma_update, sigma_field, symmetric, exp_steps, force; [[channels]] fixed, moving, similarity, "
         "weight (extra image pairs). A similarity is a spec ('lncc(window=5)') or a list of specs and "
         "{spec, weight} tables (their weighted sum)",
+    )
+    p.add_argument(
+        "--similarity",
+        metavar="SPEC",
+        help="similarity of the deformable (greedy) stage, a registry spec of jaxreg.terms, e.g. "
+        "'features(model=\"labelmind\")' (learned multi-modal features), 'mind(radius=1)', 'lncc(window=7)'; "
+        "overrides the config file",
     )
     organ = p.add_argument_group("organ-aware pipeline (--pipeline organ, adaptive radiotherapy)")
     organ.add_argument("--ct-labels", metavar="L", help="the CT's organ labels, on the CT's grid")
@@ -909,6 +917,12 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     if args.config is not None:
         with argument("--config"):
             read_config(args.config)  # checked before the images are read
+    similarity = getattr(args, "similarity", None)
+    if similarity is not None:
+        from jaxreg.terms import parse
+
+        with argument("--similarity"):
+            parse(similarity, "similarity", argument="--similarity")  # checked (and a model loaded) first
     t0 = time.perf_counter()
     inp = load_inputs(
         args.fixed,
@@ -926,6 +940,8 @@ def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
         outer, init_path, keyword = initial_transform(args.initial_transform, inp, opts["pipeline"])
         if keyword is not None:
             opts["init"] = keyword
+    if similarity is not None:
+        opts["similarity"] = similarity
     organ = None
     if opts["pipeline"] == "organ":
         if opts.get("channels"):

@@ -864,6 +864,12 @@ def _resolve(model: str | os.PathLike, name: str) -> Path:
 def _default_build(config: Any) -> nnx.Module:
     from jaxreg.learn.networks import RegistrationNet  # the only architecture `jaxreg train` writes
 
+    if isinstance(config, Mapping) and config.get("kind") == "features":
+        raise ValueError(
+            "model: a feature network (jaxreg.learn.features, for the similarity features(model=...)), "
+            "not a registration network"
+        )
+
     return RegistrationNet.from_config(config, rngs=nnx.Rngs(0))
 
 

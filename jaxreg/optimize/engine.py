@@ -9,7 +9,9 @@ deformable field after the affine: the moving image is sampled at ``affine(field
 (``"default"``, ``"multimodal"``, ...) are stage tuples in :data:`jaxreg.optimize.PRESETS`.
 
 Each level smooths and downsamples both images (:class:`Level`: shrink factor, smoothing in mm, iteration
-cap), re-expresses the transform on the level grid (:meth:`~jaxreg.transforms.Transform.on_grid`) and runs the
+cap), prepares them when the method's similarity is a prepared one (a method's ``preparation()``: e.g. the
+learned feature maps of :func:`jaxreg.similarity.features`, computed once per image and level, not per
+iteration), re-expresses the transform on the level grid (:meth:`~jaxreg.transforms.Transform.on_grid`) and runs the
 method's pure per-level kernel, compiled ahead of time once per configuration and input signature: methods,
 terms and grids compare by value, so a second call with equal (even freshly built) settings compiles nothing.
 Many pairs (a list of images per side) or a sweep of a method's weights (``sweep=True``) run as ``jax.vmap``
@@ -357,7 +359,7 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level_data, batch, sweep):
+def _linear_start(stage, model, method, level_data, fixed, moving, fmasks, mmasks, batch, sweep):
     """The start of a linear stage (stacked for a batch) and the name of the start chosen for each pair.
 
     ``level_data`` is the stage's coarsest level ``(fixed, fixed_grid, moving, moving_grid, fixed_mask,
@@ -409,7 +411,7 @@ def _linear_start(stage, model, method, fixed, moving, fmasks, mmasks, level_dat
     return jax.tree_util.tree_map(lambda x: x[int(best)], params), names[0][int(best)]
 
 
-def _search_start(model, method, p0, level_data, outer):
+def _search_start(model, method, level_data, p0, outer):
     """The best of ``p0`` moved by each of ``model.candidate_translations(p0)``, scored by the stage's loss at its
     first level (sequentially, ``lax.map``), and its name; ``p0`` unchanged when the model has no lattice."""
     trans = model.candidate_translations(p0)
@@ -587,6 +589,22 @@ def register(
         return pyramid[key]
 
     total_iterations = sum(int(lv.iterations) for st in stages for lv in st.levels)
+    prepared: dict = {}  # (term, shrink, smooth_mm) -> level arrays with prepared images (features)
+
+    def level_inputs(method: Any, level: Level) -> tuple[Any, tuple]:
+        """The method to run and its level arrays: a prepared similarity's images are prepared once per level."""
+        data = level_data(level)
+        prep = method.preparation() if hasattr(method, "preparation") else None
+        if prep is None:
+            return method, data
+        term, method_p = prep
+        key = (term, int(level.shrink), float(level.smooth_mm))
+        if key not in prepared:
+            f, fg, m, mg, fmk, mmk = data
+            fn = jax.vmap(term.prepare) if batch else term.prepare
+            prepared[key] = (fn(f), fg, fn(m), mg, fmk, mmk)
+        return method_p, prepared[key]
+
     results = []
     prev_model = prev_params = None
     prev_outer = prev_full = outer
@@ -613,12 +631,11 @@ def register(
                 params, start = _linear_start(
                     stage,
                     model,
-                    method_s,
+                    *level_inputs(method_s, stage.levels[0]),
                     fixed_l,
                     moving_l,
                     fm_l,
                     mm_l,
-                    level_data(stage.levels[0]),
                     batch,
                     sweep,
                 )
@@ -627,7 +644,7 @@ def register(
                 p0 = start_after(fgrid, stage_outer) if (start_after and not batch) else model.start(fgrid, None)
                 start = None
                 if hasattr(model, "candidate_translations") and not batch:
-                    p0, start = _search_start(model, method_s, p0, level_data(stage.levels[0]), stage_outer)
+                    p0, start = _search_start(model, *level_inputs(method_s, stage.levels[0]), p0, stage_outer)
                 params = (
                     jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (b, *jnp.shape(x))), p0)
                     if batch
@@ -640,12 +657,12 @@ def register(
             event = Progress(name, si, len(stages), li, len(stage.levels), level, total_iterations)
             if progress is not None:
                 progress(event)
-            f, fg, m, mg, fmk, mmk = level_data(level)
+            method_l, (f, fg, m, mg, fmk, mmk) = level_inputs(method_s, level)
             mmk = mmk if uses_mmask else None
             params = _on_grid_batched(params, fg, batch)
-            args = (method_s, params, f, m, fmk, mmk, stage_outer)
+            args = (method_l, params, f, m, fmk, mmk, stage_outer)
             (params, losses, its, conv), compile_s = _run_level(
-                method_s, fg, mg, int(level.iterations), batch, sweep, args, mesh
+                method_l, fg, mg, int(level.iterations), batch, sweep, args, mesh
             )
             losses = _host(losses, b_out) if batch else np.asarray(losses)
             rec = LevelResult(

@@ -25,7 +25,10 @@ form of every method is ``jax.vmap(kernel)``.
   a displacement field with compositive/additive updates (Thirion 1998; Vercauteren et al. 2008, 2009; Avants
   et al. 2008).
 
-A new method is one class here with ``level_kernel`` and ``default_model``.
+A new method is one class here with ``level_kernel`` and ``default_model``. A method may also implement
+``preparation() -> (term, method) | None``: its similarity is a *prepared* one (``term.prepare(image)``, e.g.
+the feature maps of :func:`jaxreg.similarity.features`), which the engine applies once per image and level
+before running the returned ``method`` on the prepared arrays.
 """
 
 from __future__ import annotations
@@ -215,6 +218,26 @@ class Gradient:
             return dataclasses.replace(self, optimizer=self.optimizer.resolved(grid))
         return self
 
+    def preparation(self) -> tuple[Any, Gradient] | None:
+        """The prepared-similarity protocol: ``(term, method on prepared images)``, or ``None``.
+
+        When the objective's similarity has ``prepare`` (a prepared similarity such as ``features``), the engine
+        calls ``term.prepare`` once per image and level and runs the returned method, whose similarity terms are
+        ``term.prepared``, on the prepared arrays. Every similarity term must then be that one term.
+        """
+        sims = [t for t in self.objective.terms if t.kind == "similarity"]
+        prepped = [t.fn for t in sims if getattr(t.fn, "prepare", None) is not None]
+        if not prepped:
+            return None
+        term = prepped[0]
+        if any(t.fn != term for t in sims):
+            raise ValueError(
+                "objective: a prepared similarity (e.g. features) must be the objective's only similarity term; "
+                "its own options mix in other measures (features(nmi=...))"
+            )
+        terms = tuple(t._replace(fn=term.prepared) if t.kind == "similarity" else t for t in self.objective.terms)
+        return term, dataclasses.replace(self, objective=Objective(terms, self.objective.weights))
+
     @property
     def default_model(self):
         """The transform model when a stage names none: an affine transform."""
@@ -349,6 +372,12 @@ class Greedy:
     def resolved(self, grid: Grid) -> Greedy:
         """Nothing to resolve (all settings are in voxels of each level)."""
         return self
+
+    def preparation(self) -> tuple[Any, Greedy] | None:
+        """The prepared-similarity protocol (see :meth:`Gradient.preparation`): ``(term, method)`` or ``None``."""
+        if getattr(self.similarity, "prepare", None) is None or self.force == "demons":
+            return None
+        return self.similarity, dataclasses.replace(self, similarity=self.similarity.prepared)
 
     @property
     def default_model(self):

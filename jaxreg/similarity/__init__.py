@@ -29,14 +29,22 @@ name                   measure                                    loss          
 ``mind``               SSD of MIND-SSC descriptors                in [0, 1]                 factory
 ``weighted_sum``       sum of weighted terms, each on all or one  the terms' weighted sum   factory
                        channel (multi-metric, multi-channel)
+``features``           SSD of learned feature maps (+ a little    >= -nmi                   factory
+                       NMI); a *prepared* similarity
+``feature_distance``   SSD of multi-channel maps (+ NMI of the    >= -nmi                   factory
+                       last channel)
 =====================  =========================================  ========================  ==========
 
-``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors.
+``joint_histogram`` and ``mind_ssc`` expose the underlying histogram and descriptors. ``features`` (a trained
+network, :mod:`jaxreg.similarity.learned`) is a *prepared* similarity: it has ``prepare(image)`` (the feature
+maps, computed once per image and level by :func:`jaxreg.optimize.register`) and ``prepared`` (the distance of
+prepared maps, :func:`feature_distance`).
 """
 
 from jaxreg.similarity.combine import weighted_sum
 from jaxreg.similarity.histogram import correlation_ratio, joint_histogram, mi, nmi
 from jaxreg.similarity.intensity import lncc, mse, ncc, ssd
+from jaxreg.similarity.learned import feature_distance, features
 from jaxreg.similarity.structure import mind, mind_ssc, ngf, ssc_pairs
 
 __all__ = [
@@ -53,4 +61,6 @@ __all__ = [
     "mind",
     "ssc_pairs",
     "weighted_sum",
+    "features",
+    "feature_distance",
 ]
