@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     key = jax.random.key(args.seed)
     k_slices, k_train = jax.random.split(key)
     t0 = time.perf_counter()
-    slices = load_label_slices(paths, key=k_slices, per_volume=64, size=192)
+    slices = load_label_slices(k_slices, paths, per_volume=64, size=192)
     print(f"{len(slices)} label slices from {len(paths)} maps ({time.perf_counter() - t0:.1f} s)")
     settings = FeatureTraining(steps=args.steps, batch_size=args.batch_size, normalize=args.normalize)
     t0 = time.perf_counter()

@@ -26,6 +26,9 @@ as the iterative engine train it. The layers, from data to deployment:
   the misalignment of a pose, the cost of a global search and a gradient refinement; Haskins et al. 2019) and
   :class:`RigidAgent` (greedy-supervised action rewards, coarse-to-fine; Liao et al. 2017), methods of
   :func:`jaxreg.optimize.register` trained by :func:`train_pose_net`.
+* :mod:`~jaxreg.learn.features`: :class:`FeatureNet`, contrast-invariant features trained on label maps
+  (:func:`train_feature_net`), frozen in the similarity ``features`` (:func:`jaxreg.similarity.features`; the
+  shipped model ``labelmind``, :func:`load_feature_net`).
 * :mod:`~jaxreg.learn.method`: :class:`Network`, a trained network as a method (a stage) of
   :func:`jaxreg.optimize.register`.
 * :mod:`~jaxreg.learn.inference`: ``predict`` on pairs of any grids, the pipeline "linear start -> network
@@ -43,6 +46,7 @@ from jaxreg.learn.data import (
     random_pairs,
     sample_pairs,
 )
+from jaxreg.learn.features import FeatureNet, load_feature_net, save_feature_net, train_feature_net
 from jaxreg.learn.inference import network_stages, normalize_image, place_grid, predict
 from jaxreg.learn.losses import (
     RegistrationLoss,
@@ -83,6 +87,7 @@ from jaxreg.learn.train import (
 __all__ = [
     "MODES",
     "TRANSFORM_KINDS",
+    "FeatureNet",
     "FitResult",
     "LearnedMetric",
     "Network",
@@ -107,6 +112,7 @@ __all__ = [
     "initialize_distributed",
     "label_embedding",
     "list_images",
+    "load_feature_net",
     "load_model",
     "load_pose_net",
     "load_volumes",
@@ -128,8 +134,10 @@ __all__ = [
     "relabel",
     "resolve_model",
     "sample_pairs",
+    "save_feature_net",
     "shard_batch",
     "split_model",
     "synthesize_image",
+    "train_feature_net",
     "train_pose_net",
 ]

@@ -59,6 +59,7 @@ __all__ = [
     "scale_input",
     "label_descriptor",
     "feature_pair_batch",
+    "load_label_slices",
     "train_feature_net",
     "save_feature_net",
     "load_feature_net",
@@ -304,13 +305,13 @@ def _pair_batch(k_a, k_b, lab, num, dilations, radius, normalize):
 
 
 def load_label_slices(
-    paths: Sequence[str | os.PathLike], *, key: jax.Array, per_volume: int = 64, size: int = 192
+    key: jax.Array, paths: Sequence[str | os.PathLike], *, per_volume: int = 64, size: int = 192
 ) -> np.ndarray:
     """Random 2-D slices of 3-D label maps, along random axes, relabelled to contiguous indices.
 
     Args:
-      paths: NIfTI label maps.
       key: PRNG key (which axis and slice).
+      paths: NIfTI label maps.
       per_volume: slices per volume.
       size: side of the square slices (centred crops; volumes smaller than that are padded with 0).
 
