@@ -177,7 +177,7 @@ def scale_input(image: jax.Array, normalize: str = "equalize") -> jax.Array:
     raise ValueError(f"normalize: expected one of {NORMALIZATIONS}, got {normalize!r}")
 
 
-def label_descriptor(labels: jax.Array, *, dilations: Sequence[int] = (2, 5), radius: int = 2) -> jax.Array:
+def label_descriptor(labels: jax.Array, *, dilations: Sequence[int] = (1, 2), radius: int = 1) -> jax.Array:
     """The label self-similarity descriptor of a 2-D label map (the training target of :class:`FeatureNet`).
 
     ``D_ab,d(x) = mean_{|p|_inf <= radius} [L(x + p + d a) != L(x + p + d b)]`` for the :func:`ssc_pairs` ``(a, b)``
@@ -255,8 +255,8 @@ class FeatureTraining(NamedTuple):
     batch_size: int = 8
     crop: int = 64
     learning_rate: float = 3e-3
-    dilations: tuple = (2, 5)
-    radius: int = 2
+    dilations: tuple = (1, 2)
+    radius: int = 1
     max_shrink: int = 3
     normalize: str = "equalize"
 
