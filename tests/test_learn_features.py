@@ -132,7 +132,7 @@ def test_greedy_with_features_reduces_misalignment():
 
 
 def test_gradient_method_with_features():
-    from jaxreg.optimize import Gradient, Level, Linear, Optimizer, objective, register, similarity_term
+    from jaxreg.optimize import Gradient, Level, Optimizer, objective, register, similarity_term
 
     grid = Grid.from_spacing((48, 48))
     fixed = Image(jnp.asarray(_contrast(_blobs(), [0.0, 1.0, 0.4, 0.7])), grid)
