@@ -174,6 +174,22 @@ def test_apply_matches_python_on_another_grid(pair, tmp_path, capsys):
         np.testing.assert_allclose(got.data, want.data, atol=1e-5)
 
 
+def test_apply_quiet_and_json(pair, tmp_path, capsys):
+    t = tmp_path / "t.mat"
+    write_transform(jaxreg.Translation(jnp.asarray([1.0, -2.0, 0.5], jnp.float32)), t)
+    base = ["apply", "--fixed", pair["fixed"], "--moving", pair["moving"], "-t", t]
+    rc, out, err = run(capsys, *base, "-o", tmp_path / "q.nii.gz", "--quiet")
+    assert rc == 0 and out == "" and (tmp_path / "q.nii.gz").is_file(), err
+    rc, out, err = run(capsys, *base, "-o", tmp_path / "j.nii.gz", "--json")
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["output"] == str(tmp_path / "j.nii.gz") and info["transforms"] == [str(t)]
+    assert info["shape"] == list(load_image(pair["fixed"]).grid.shape)
+    np.testing.assert_array_equal(load_image(tmp_path / "q.nii.gz").data, load_image(tmp_path / "j.nii.gz").data)
+    rc, _, err = run(capsys, *base, "-o", tmp_path / "x.nii.gz", "--quiet", "--json")
+    assert rc == 2 and "not allowed with" in err and not (tmp_path / "x.nii.gz").exists()
+
+
 def test_apply_h5_composite_like_sitk(pair, tmp_path, capsys):
     """An ITK HDF5 composite (ANTs' Composite.h5 layout) written by SimpleITK, applied like sitk.Resample."""
     moving, fixed = load_image(pair["moving"]), load_image(pair["fixed"])

@@ -248,7 +248,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     save_image(out, args.output, inputs=inputs)
     dt = time.perf_counter() - t0
     shape = "x".join(str(s) for s in fixed_grid.shape)
-    print(f"wrote {args.output}: {shape} {out.data.dtype}, {len(specs)} transform(s), {how} ({dt:.1f} s)")
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "output": os.fspath(args.output), "shape": list(fixed_grid.shape), "dtype": str(out.data.dtype),
+            "transforms": [os.fspath(t) for t in args.transform], "interpolation": how, "seconds": round(dt, 3),
+        }))  # fmt: skip
+    elif not getattr(args, "quiet", False):
+        print(f"wrote {args.output}: {shape} {out.data.dtype}, {len(specs)} transform(s), {how} ({dt:.1f} s)")
     return 0
 
 
@@ -413,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="V",
         help="value outside the moving image (default 0)",
+    )
+    pq = pa.add_mutually_exclusive_group()
+    pq.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    pq.add_argument(
+        "--json", action="store_true", help="print one JSON object (output, shape, dtype, transforms, time)"
     )
     pa.set_defaults(func=cmd_apply)
 
