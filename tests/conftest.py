@@ -79,3 +79,30 @@ def without_jax_cache(monkeypatch):
     yield
     jax.config.update("jax_compilation_cache_dir", old)
     cc.reset_cache()
+
+
+@pytest.fixture
+def child_result(tmp_path):
+    """Run Python ``code`` in a fresh interpreter and return the JSON object after its last ``RESULT`` line.
+
+    For tests on several forced CPU devices: the child gets neither this process's ``XLA_FLAGS`` nor
+    ``JAX_PLATFORMS`` (it sets its own device count before importing JAX) and finds the test run's flags in
+    ``PARENT_XLA_FLAGS``, to compile with them next to its device count. ``args`` go to ``sys.argv[1:]``; the
+    child runs in ``tmp_path``. A failed child fails the test with the end of its stderr.
+    """
+    import json
+    import subprocess
+    import sys
+
+    def run(code: str, *args: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+        env["PARENT_XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)],
+            check=False, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path),
+        )  # fmt: skip
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+        assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+        return json.loads(lines[-1][len("RESULT") :])
+
+    return run

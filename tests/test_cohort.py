@@ -3,9 +3,6 @@ template building (a template of shifted phantoms sits at their mean shape)."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -89,21 +86,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_register_sharded_over_four_cpu_devices_matches_one_device(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PARENT_XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(REPO)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=str(tmp_path),
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT") :])
+def test_register_sharded_over_four_cpu_devices_matches_one_device(child_result):
+    out = child_result(CHILD, REPO)
     assert out["devices"] == 4 and out["pairs"] == 5  # padding rows dropped
     assert out["sharded_kernels"] >= 2  # the linear and the greedy level kernels ran on the 4-device mesh
     assert out["max_disp_mm"] > 1.0  # the pairs moved

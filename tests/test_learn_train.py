@@ -2,9 +2,6 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -432,21 +429,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_data_parallel_over_four_cpu_devices_matches_one_device(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PARENT_XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(REPO), str(tmp_path / "dp")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=str(tmp_path),
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT") :])
+def test_data_parallel_over_four_cpu_devices_matches_one_device(tmp_path, child_result):
+    out = child_result(CHILD, REPO, tmp_path / "dp")
     assert out["devices"] == 4
     assert out["batch_shards"] == 4 and out["shard_rows"] == [1, 1, 1, 1]
     np.testing.assert_allclose(out["fit4"], out["fit1"], rtol=1e-5)
