@@ -492,6 +492,14 @@ def _write_sitk_field(tmp_path, u, rng):
     return tmp_path / "field.nii.gz"
 
 
+def _h5_type(group, name: str) -> None:
+    """A ``TransformType`` dataset as ITK writes it (one variable-length ASCII string)."""
+    import h5py
+
+    group.create_dataset("TransformType", data=np.array([name.encode()], dtype=object),
+                         dtype=h5py.string_dtype("ascii"))
+
+
 def test_read_h5_itk4_spelling(tmp_path):
     """ITK 4 wrote ``TranformParameters`` / ``TranformFixedParameters`` (sic); both spellings are read."""
     import h5py
@@ -499,8 +507,7 @@ def test_read_h5_itk4_spelling(tmp_path):
     tx = _LINEAR["affine3d"]
     with h5py.File(tmp_path / "old.h5", "w") as f:
         g = f.create_group("TransformGroup/0")
-        g.create_dataset("TransformType", data=np.array([b"AffineTransform_double_3_3"], dtype=object),
-                         dtype=h5py.string_dtype("ascii"))
+        _h5_type(g, "AffineTransform_double_3_3")
         g.create_dataset("TranformParameters", data=np.array(tx.GetParameters()))
         g.create_dataset("TranformFixedParameters", data=np.array(tx.GetFixedParameters()))
     pts = _random_points(np.random.default_rng(5), 3)
@@ -520,8 +527,7 @@ def test_errors_h5_files(tmp_path):
         read_transform(tmp_path / "empty.h5")
     with h5py.File(tmp_path / "noparams.h5", "w") as f:
         g = f.create_group("TransformGroup/0")
-        g.create_dataset("TransformType", data=np.array([b"AffineTransform_double_3_3"], dtype=object),
-                         dtype=h5py.string_dtype("ascii"))
+        _h5_type(g, "AffineTransform_double_3_3")
     with pytest.raises(ValueError, match=r"noparams\.h5: transform 0: .*no 'Parameters:'"):
         read_transform(tmp_path / "noparams.h5")
     with h5py.File(tmp_path / "gap.h5", "w") as f:

@@ -56,7 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Dice/HD95 of label maps and Jacobian statistics of a transform",
         description=_DESCRIPTION,
     )
-    p.add_argument("--fixed-labels", metavar="A", help="reference label map (.nii/.nii.gz)")
+    p.add_argument("--fixed-labels", metavar="A", help="reference label map (an image file of any supported format)")
     p.add_argument("--warped-labels", metavar="B", help="label map to compare, on the same grid as A")
     which = p.add_mutually_exclusive_group()
     which.add_argument(

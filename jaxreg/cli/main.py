@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pi = sub.add_parser(
         "info",
-        help="print the geometry and value range of a NIfTI image",
+        help="print the geometry and value range of an image (NIfTI, MGH, NRRD, MetaImage, DICOM)",
         description="Print shape, spacing (mm), orientation codes, origin, the 4x4 voxel-to-world "
         "affine, dtype, value range and (integer images) the number of distinct labels.",
     )
@@ -399,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'jaxreg register' field use its inverse_warp.nii.gz: --fixed MOVING --moving FIXED -t [affine.mat,1] -t "
         "inverse_warp.nii.gz carries fixed-space images into the moving space)",
     )
-    pa.add_argument("-o", "--output", required=True, metavar="OUT", help="output .nii/.nii.gz")
+    pa.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output image (.nii/.nii.gz, .mgz/.mgh, .nrrd, .mha)"
+    )
     pa.add_argument(
         "--interp",
         "-n",

@@ -173,8 +173,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="register two images and write the warped image, transforms and a report",
         description=_DESCRIPTION,
     )
-    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image, .nii/.nii.gz")
-    p.add_argument("moving", metavar="MOVING", help="moving image, .nii/.nii.gz (any grid)")
+    p.add_argument("fixed", metavar="FIXED", help="fixed (reference) image (NIfTI, .mgz, .nrrd, .mha/.mhd or a DICOM folder)")
+    p.add_argument("moving", metavar="MOVING", help="moving image, any of FIXED's formats (any grid)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
     p.add_argument(
         "--pipeline",
