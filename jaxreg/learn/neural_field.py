@@ -30,6 +30,22 @@ the registry (``"ncc"``, ``"mse"``, ``"nmi"``, ``"mi"``); neighbourhood metrics 
 After the level's iterations the MLP is evaluated on every voxel of the fixed grid (in chunks) and the stage's
 transform is the :class:`~jaxreg.transforms.DisplacementField` ``u_0 + u_theta`` on that grid: the output of every
 other deformable method (ITK-writable, composable, evaluated by the same metrics).
+
+With ``output="velocity"`` the MLP is a stationary velocity ``v_theta`` (mm; a neural velocity field, as in
+Han et al., WACV 2023) and each iteration works on whole images instead of point batches:
+
+* ``v_theta`` is evaluated on the velocity lattice ``G_v``, the level's fixed grid downsampled by ``stride``
+  (``stride = 1``: the level grid itself), and ``w = exp(v_theta)`` is computed there by the library's one
+  scaling-and-squaring kernel (:func:`~jaxreg.transforms.exp_voxel_field`, ``exp_steps`` squarings), then
+  linearly interpolated onto the level grid;
+* the level's transform is the composition ``T = (id + u_0) o exp(v_theta)``, ``T(x) = x + w(x) + u_0(x + w(x))``,
+  and the loss is
+  ``sim(F, M o outer o T) + w_J mean_{G_v} |1 - det(I + grad w)| + w_D mean_{G_v} ||grad v_theta||_F^2``
+  with the similarity of the whole level images (any similarity of the registry, local ones included: the greedy
+  default's ``"lncc(window=5)"``) and both regularisers by finite differences on ``G_v``
+  (:func:`~jaxreg.regularizers.jacobian_determinant_field`, :func:`~jaxreg.regularizers.diffusion`);
+* the flow of a smooth velocity does not fold, so no Jacobian penalty is needed to keep ``det J > 0`` (up to
+  the interpolation of the squarings); ``points``, ``patch`` and ``chunk`` are unused.
 """
 
 from __future__ import annotations
@@ -48,7 +64,14 @@ from jaxreg.core.grid import Grid, Image
 from jaxreg.core.pytree import register_fields
 from jaxreg.optimize.models import Field
 from jaxreg.optimize.objective import as_similarity
-from jaxreg.transforms.dense import DisplacementField
+from jaxreg.regularizers import diffusion, jacobian_determinant_field
+from jaxreg.transforms.dense import (
+    DisplacementField,
+    compose_fields,
+    exp_voxel_field,
+    from_voxel_displacement,
+    to_voxel_displacement,
+)
 from jaxreg.warp import sample_points
 
 __all__ = ["NeuralField", "siren_init", "siren_apply"]
@@ -115,6 +138,10 @@ class NeuralField:
       diffusion_weight: ``w_D``, weight of ``mean ||J||_F^2`` (traced).
       seed: seed of the weights and of the batches (no global RNG: same seed, same result).
       chunk: voxels per MLP evaluation when the field is written on the grid (memory bound).
+      output: ``"displacement"`` (``u_theta`` on point batches) or ``"velocity"`` (``exp(v_theta)`` on whole
+        images; see the module docstring).
+      stride: velocity lattice: every ``stride``-th voxel of each level's fixed grid (velocity output only).
+      exp_steps: scaling-and-squaring steps of ``exp(v_theta)`` (velocity output only).
     """
 
     hidden: tuple[int, ...] = (64, 64, 64)
@@ -128,6 +155,9 @@ class NeuralField:
     diffusion_weight: Any = 0.0
     seed: int = 0
     chunk: int = 65536
+    output: str = "displacement"
+    stride: int = 1
+    exp_steps: int = 7
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden) if isinstance(self.hidden, (list, tuple)) else self.hidden
@@ -140,7 +170,9 @@ class NeuralField:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
-        for name in ("points", "chunk"):
+        if self.output not in ("displacement", "velocity"):
+            raise ValueError(f"output: expected 'displacement' or 'velocity', got {self.output!r}")
+        for name in ("points", "chunk", "stride"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -148,6 +180,8 @@ class NeuralField:
             raise ValueError(f"patch: expected a non-negative int (voxels), got {self.patch!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule: expected 'cosine' or 'constant', got {self.schedule!r}")
+        if isinstance(self.exp_steps, bool) or not isinstance(self.exp_steps, (int, np.integer)) or self.exp_steps < 0:
+            raise ValueError(f"exp_steps: expected a non-negative int, got {self.exp_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed: expected an int, got {self.seed!r}")
         for name in ("jacobian_weight", "diffusion_weight"):
@@ -161,7 +195,7 @@ class NeuralField:
         w = tuple(float(np.asarray(getattr(self, n))) for n in ("jacobian_weight", "diffusion_weight"))
         sim = self.similarity if isinstance(self.similarity, (str, int, float, tuple)) else id(self.similarity)
         return (self.hidden, self.omega0, repr(sim), self.points, int(self.patch), self.learning_rate,
-                self.schedule, w, self.seed, self.chunk)  # fmt: skip
+                self.schedule, w, self.seed, self.chunk, self.output, int(self.stride), int(self.exp_steps))  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return type(other) is NeuralField and self._key() == other._key()
@@ -204,6 +238,9 @@ class NeuralField:
         scale = jnp.asarray(np.asarray(fixed_grid.spacing, np.float64), jnp.float32)  # mm per output unit
         init = siren_init(jax.random.key(int(self.seed)), n, self.hidden, omega0)
         base_key = jax.random.fold_in(jax.random.key(int(self.seed)), 1)
+        steps = int(self.exp_steps)
+        vgrid = fixed_grid.downsample(int(self.stride)) if self.stride > 1 else fixed_grid  # velocity lattice
+        vpts = vgrid.world_coords(jnp.float32).reshape(-1, n)
 
         def u_theta(layers, x):  # world mm (..., n) -> displacement mm (..., n)
             return siren_apply(layers, (x - centre) / half, omega0) * scale
@@ -255,6 +292,28 @@ class NeuralField:
                 val = val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * jnp.mean(jnp.sum(jac * jac, axis=(-2, -1)))
                 return val
 
+            if self.output == "velocity":
+                x_level = fixed_grid.world_coords(jnp.float32)  # (*shape, n) mm
+                fixed32 = fixed.astype(jnp.float32)
+                fmask32 = None if fmask is None else fmask.astype(jnp.float32)
+
+                def stationary(layers):  # v on the velocity grid and w = exp(v) - id there, both mm
+                    v = u_theta(layers, vpts).reshape(*vgrid.shape, n)
+                    w = from_voxel_displacement(exp_voxel_field(to_voxel_displacement(v, vgrid), steps), vgrid)
+                    return v, w
+
+                def loss(layers, key):
+                    del key  # every voxel of the level, every iteration
+                    v, w = stationary(layers)
+                    w_level = DisplacementField(w, vgrid).on_grid(fixed_grid).displacement
+                    y = params(x_level + w_level)  # (id + u_0) o exp(v_theta)
+                    if outer is not None:
+                        y = outer(y)
+                    m = sample_points(moving_img, y, order=1, mode="constant", cval=0.0).astype(jnp.float32)
+                    val = jnp.asarray(sim(fixed32, m, fmask32), jnp.float32)
+                    det = jacobian_determinant_field(w, grid=vgrid)
+                    return val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * diffusion(v, grid=vgrid)
+
             def body(k, carry):
                 layers, state, losses = carry
                 val, grads = jax.value_and_grad(loss)(layers, jax.random.fold_in(base_key, k))
@@ -264,6 +323,11 @@ class NeuralField:
             layers, _, losses = jax.lax.fori_loop(
                 0, cap, body, (init, optimizer.init(init), jnp.full((cap,), jnp.nan, jnp.float32))
             )
+            if self.output == "velocity":
+                w_level = DisplacementField(stationary(layers)[1], vgrid).on_grid(fixed_grid)
+                out = compose_fields(params, w_level)  # u(x) = w(x) + u_0(x + w(x))
+                out = DisplacementField(out.displacement.astype(params.displacement.dtype), params.grid)
+                return out, losses.astype(dtype), jnp.asarray(cap, jnp.int32), jnp.zeros((), bool)
             pts = fixed_grid.world_coords(jnp.float32).reshape(-1, n)
             pad = (-size) % min(chunk, size)
             blocks = jnp.pad(pts, ((0, pad), (0, 0))).reshape(-1, min(chunk, size), n)
