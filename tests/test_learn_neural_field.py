@@ -60,11 +60,11 @@ def test_neural_field_recovers_a_known_smooth_field_like_the_greedy_method():
 
 
 def test_velocity_output_recovers_the_field_and_is_folding_free_without_a_jacobian_penalty():
-    """output='velocity': u = exp(v_theta) by the library's scaling and squaring on a lattice of every second
-    voxel, the similarity on the whole image: the known field is recovered and det J > 0 without any Jacobian
-    term (the flow of a smooth velocity does not fold)."""
+    """output='velocity': u = exp(v_theta) by the library's scaling and squaring on a 4 mm lattice (every
+    second voxel of the 2 mm grid), the similarity on the whole image: the known field is recovered and
+    det J > 0 without any Jacobian term (the flow of a smooth velocity does not fold)."""
     g, fixed, moving, u, x = _pair()
-    nf = NeuralField(similarity="mse", output="velocity", stride=2, learning_rate=1e-3, jacobian_weight=0.0)
+    nf = NeuralField(similarity="mse", output="velocity", lattice=4.0, learning_rate=1e-3, jacobian_weight=0.0)
     res = register(fixed, moving, method=Stage(nf, levels=(Level(1, 0.0, 150),)))
     assert isinstance(res.transform, DisplacementField) and res.transform.grid == g
     frac = _recovered(res, g, u, x)
@@ -87,7 +87,7 @@ def test_neural_field_same_seed_same_result_and_no_recompilation():
     assert NeuralField(points=256) == NeuralField(points=256) and hash(NeuralField()) == hash(NeuralField())
     assert NeuralField(jacobian_weight=0.1) != NeuralField(jacobian_weight=0.2)
     assert NeuralField(patch=1) != NeuralField(patch=2) and NeuralField(schedule="constant") != NeuralField()
-    assert NeuralField(output="velocity") != NeuralField() and NeuralField(stride=2) != NeuralField()
+    assert NeuralField(output="velocity") != NeuralField() and NeuralField(lattice=8.0) != NeuralField()
 
 
 def test_siren_starts_at_the_identity_with_the_papers_bounds():
@@ -133,7 +133,7 @@ def test_siren_hidden_layers_have_unit_scale_preactivations():
         ({"patch": -1}, "patch"),
         ({"schedule": "linear"}, "schedule"),
         ({"output": "svf"}, "output"),
-        ({"stride": 0}, "stride"),
+        ({"lattice": -1.0}, "lattice"),
         ({"exp_steps": -1}, "exp_steps"),
         ({"similarity": "no_such_similarity"}, "similarity"),
     ],

@@ -34,8 +34,9 @@ other deformable method (ITK-writable, composable, evaluated by the same metrics
 With ``output="velocity"`` the MLP is a stationary velocity ``v_theta`` (mm; a neural velocity field, as in
 Han et al., WACV 2023) and each iteration works on whole images instead of point batches:
 
-* ``v_theta`` is evaluated on the velocity lattice ``G_v``, the level's fixed grid downsampled by ``stride``
-  (``stride = 1``: the level grid itself), and ``w = exp(v_theta)`` is computed there by the library's one
+* ``v_theta`` is evaluated on the velocity lattice ``G_v``, the level's fixed grid downsampled by
+  ``max(1, round(lattice / spacing))`` voxels per axis (a lattice of about ``lattice`` mm on every level, so
+  the MLP's cost per iteration does not grow on the fine levels; ``lattice = 0``: the level grid itself), and ``w = exp(v_theta)`` is computed there by the library's one
   scaling-and-squaring kernel (:func:`~jaxreg.transforms.exp_voxel_field`, ``exp_steps`` squarings), then
   linearly interpolated onto the level grid;
 * the level's transform is the composition ``T = (id + u_0) o exp(v_theta)``, ``T(x) = x + w(x) + u_0(x + w(x))``,
@@ -140,7 +141,8 @@ class NeuralField:
       chunk: voxels per MLP evaluation when the field is written on the grid (memory bound).
       output: ``"displacement"`` (``u_theta`` on point batches) or ``"velocity"`` (``exp(v_theta)`` on whole
         images; see the module docstring).
-      stride: velocity lattice: every ``stride``-th voxel of each level's fixed grid (velocity output only).
+      lattice: spacing (mm) of the velocity lattice on every level: the level's fixed grid downsampled by
+        ``max(1, round(lattice / spacing))`` per axis; 0: the level grid itself (velocity output only).
       exp_steps: scaling-and-squaring steps of ``exp(v_theta)`` (velocity output only).
     """
 
@@ -156,7 +158,7 @@ class NeuralField:
     seed: int = 0
     chunk: int = 65536
     output: str = "displacement"
-    stride: int = 1
+    lattice: float = 0.0
     exp_steps: int = 7
 
     def __post_init__(self) -> None:
@@ -172,7 +174,11 @@ class NeuralField:
                 raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
         if self.output not in ("displacement", "velocity"):
             raise ValueError(f"output: expected 'displacement' or 'velocity', got {self.output!r}")
-        for name in ("points", "chunk", "stride"):
+        if isinstance(self.lattice, bool) or not isinstance(self.lattice, (int, float)) or not (
+            math.isfinite(self.lattice) and self.lattice >= 0
+        ):
+            raise ValueError(f"lattice: expected a non-negative spacing in mm, got {self.lattice!r}")
+        for name in ("points", "chunk"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -195,7 +201,7 @@ class NeuralField:
         w = tuple(float(np.asarray(getattr(self, n))) for n in ("jacobian_weight", "diffusion_weight"))
         sim = self.similarity if isinstance(self.similarity, (str, int, float, tuple)) else id(self.similarity)
         return (self.hidden, self.omega0, repr(sim), self.points, int(self.patch), self.learning_rate,
-                self.schedule, w, self.seed, self.chunk, self.output, int(self.stride), int(self.exp_steps))  # fmt: skip
+                self.schedule, w, self.seed, self.chunk, self.output, float(self.lattice), int(self.exp_steps))  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return type(other) is NeuralField and self._key() == other._key()
@@ -239,7 +245,9 @@ class NeuralField:
         init = siren_init(jax.random.key(int(self.seed)), n, self.hidden, omega0)
         base_key = jax.random.fold_in(jax.random.key(int(self.seed)), 1)
         steps = int(self.exp_steps)
-        vgrid = fixed_grid.downsample(int(self.stride)) if self.stride > 1 else fixed_grid  # velocity lattice
+        # velocity lattice: the level grid downsampled by round(lattice / spacing) per axis (at least 1)
+        factor = np.maximum(1, np.floor(float(self.lattice) / np.asarray(fixed_grid.spacing) + 0.5)).astype(int)
+        vgrid = fixed_grid.downsample(tuple(int(f) for f in factor)) if np.any(factor > 1) else fixed_grid
         vpts = vgrid.world_coords(jnp.float32).reshape(-1, n)
 
         def u_theta(layers, x):  # world mm (..., n) -> displacement mm (..., n)
