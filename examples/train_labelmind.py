@@ -36,6 +36,11 @@ def main(argv=None) -> None:
     ap.add_argument("--target-radius", type=int, default=1, help="patch radius of the target descriptor")
     ap.add_argument("--normalize", choices=("equalize", "minmax"), default="equalize",
                     help="input scaling (minmax: robust min-max; on abdomen_ct_mr it was far worse than equalize)")
+    ap.add_argument("--padding", choices=("zero", "edge"), default="edge",
+                    help="border handling of the network (edge: replicate padding of the input)")
+    ap.add_argument("--width", type=int, default=16, help="hidden channels of the network")
+    ap.add_argument("--net-dilations", type=int, nargs="+", default=[1, 1, 2, 4, 8, 2],
+                    help="dilations of the network's 3x3 convolutions")
     args = ap.parse_args(argv)
 
     paths = sorted(os.path.join(args.data, f) for f in os.listdir(args.data) if f.endswith((".nii", ".nii.gz")))
@@ -47,19 +52,21 @@ def main(argv=None) -> None:
     slices = load_label_slices(k_slices, paths, per_volume=64, size=192)
     print(f"{len(slices)} label slices from {len(paths)} maps ({time.perf_counter() - t0:.1f} s)")
     settings = FeatureTraining(
-        steps=args.steps, batch_size=args.batch_size, normalize=args.normalize,
+        steps=args.steps, batch_size=args.batch_size, normalize=args.normalize, padding=args.padding,
         dilations=tuple(args.target_dilations), radius=args.target_radius,
     )
     t0 = time.perf_counter()
     net, losses = train_feature_net(
-        k_train, slices, settings=settings,
+        k_train, slices, settings=settings, width=args.width, dilations=tuple(args.net_dilations),
         log=lambda i, loss: print(f"step {i:5d}  loss {loss:.5f}  ({time.perf_counter() - t0:.0f} s)", flush=True),
     )
     meta = {
         "description": "contrast-invariant label self-similarity features (jaxreg.learn.features)",
         "command": (
             f"python examples/train_labelmind.py --out {args.out} --steps {args.steps} --seed {args.seed} "
-            f"--normalize {args.normalize}"
+            f"--normalize {args.normalize} --padding {args.padding} --width {args.width} "
+            f"--net-dilations {' '.join(map(str, args.net_dilations))} "
+            f"--target-dilations {' '.join(map(str, args.target_dilations))} --target-radius {args.target_radius}"
         ),
         "data": "shared/data/labelmaps (10 whole-head label maps)",
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings._asdict().items()},

@@ -326,8 +326,13 @@ def test_weighted_sum_is_the_sum_of_its_terms():
     per_channel = weighted_sum((("ncc", 1.0, 0), ("ncc", 2.0, 1)))
     want = ncc(f[..., 0], m[..., 0]) + 2.0 * ncc(f[..., 1], m[..., 1])
     np.testing.assert_allclose(per_channel(f, m), want, rtol=1e-6)
+    block = weighted_sum((("ssd", 1.0, (1, None)), ("ssd", 0.5, (0, 1))))  # channel ranges, as slices
+    want = np.sum((np.asarray(f)[..., 1:] - np.asarray(m)[..., 1:]) ** 2)
+    want += 0.5 * np.sum((np.asarray(f)[..., :1] - np.asarray(m)[..., :1]) ** 2)
+    np.testing.assert_allclose(block(f, m), want, rtol=1e-5)
     for bad, fragment in (((), "at least one"), ((("nope", 1.0),), "unknown similarity"),
-                          ((("ncc", float("nan")),), "finite"), ((("ncc", 1.0, -1),), "channel")):  # fmt: skip
+                          ((("ncc", float("nan")),), "finite"), ((("ncc", 1.0, -1),), "channel"),
+                          ((("ncc", 1.0, (2, 1)),), "channel")):  # fmt: skip
         with pytest.raises(ValueError, match=fragment):
             weighted_sum(bad)
 

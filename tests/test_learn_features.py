@@ -64,6 +64,19 @@ def test_training_loss_falls():
     assert out.shape == (20, 20, 8) and bool(jnp.all(jnp.isfinite(out)))
 
 
+def test_edge_padding_is_replicate_padding_of_the_input():
+    from flax import nnx
+
+    x = np.random.default_rng(1).random((2, 11, 9, 1)).astype(np.float32)
+    edge = F.FeatureNet(width=4, dilations=(1, 2), out_channels=3, padding="edge", rngs=nnx.Rngs(0))
+    zero = F.FeatureNet(width=4, dilations=(1, 2), out_channels=3, padding="zero", rngs=nnx.Rngs(0))  # same weights
+    ref = np.asarray(zero(jnp.asarray(np.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge"))))[:, 3:-3, 3:-3]
+    np.testing.assert_allclose(np.asarray(edge(jnp.asarray(x))), ref, atol=1e-5)
+    assert F.FeatureNet.from_config(edge.config).padding == "edge"
+    with pytest.raises(ValueError, match="padding"):
+        F.FeatureNet(padding="wrap", rngs=nnx.Rngs(0))
+
+
 @pytest.fixture(scope="module")
 def shipped():
     net, meta = F.load_feature_net("labelmind")
@@ -141,6 +154,31 @@ def test_gradient_method_with_features():
     res = register(fixed, moving, method=method, levels=(Level(1, 0.0, 60),), init="identity")
     shift = np.asarray(res.transform.linear_part().homogeneous())[:2, 2]
     assert abs(shift[0] - 2.0) < 0.7, shift
+
+
+def test_weighted_sum_with_features_is_prepared():
+    from jaxreg.optimize import Greedy, Level, register
+    from jaxreg.similarity import weighted_sum
+
+    spec = (("features(model='labelmind', nmi=0)", 1.0), ("mind(radius=1)", 0.5))
+    ws = weighted_sum(spec)
+    fixed = _contrast(_blobs(), [0.0, 1.0, 0.4, 0.7])
+    moving = _contrast(_blobs(shift=(2, 1)), [0.8, 0.1, 0.5, 0.3])
+    feat, mind = terms.parse(spec[0][0], "similarity"), terms.parse(spec[1][0], "similarity")
+    direct = float(feat(fixed, moving)) + 0.5 * float(mind(fixed, moving))
+    pf, pm = ws.prepare(fixed), ws.prepare(moving)
+    assert pf.shape == (48, 48, 1 + 8)
+    np.testing.assert_allclose(float(ws(fixed, moving)), direct, rtol=1e-5)
+    np.testing.assert_allclose(float(ws.prepared(pf, pm)), direct, rtol=1e-5)
+    term, method_p = Greedy(ws).preparation()
+    assert term == ws and method_p.similarity == weighted_sum(spec).prepared
+    grid = Grid.from_spacing((48, 48))
+    res = register(Image(jnp.asarray(fixed), grid), Image(jnp.asarray(moving), grid),
+                   method=Greedy(ws, step=0.5, sigma_update=2.0, sigma_field=1.0), levels=(Level(1, 0.0, 20),))
+    loss = res.levels[0].loss
+    assert np.isfinite(loss[:20]).all() and loss[19] < loss[0]
+    with pytest.raises(ValueError, match="terms"):
+        weighted_sum((("features(model='labelmind')", 1.0, 0),))
 
 
 def test_bad_inputs():

@@ -10,8 +10,21 @@ stacked as channels on one fixed and one moving grid.
 
     L(F, M) = sum_k w_k S_k(F[..., c_k], M[..., c_k], mask)      (or S_k(F, M, mask) when c_k is None)
 
+A term may also compare a block of channels, ``(start, stop)``: ``F[..., start:stop]``.
+
 Like every similarity it is lower-is-better and registered by name (``"weighted_sum"``); it hashes by its
 terms, so equal configurations share compiled code.
+
+**Prepared terms.** When a term is a *prepared similarity* (``features``: ``prepare(image)`` once per image and
+level, then ``prepared`` on the prepared arrays; :mod:`jaxreg.similarity.learned`), the sum is one too, so
+:func:`jaxreg.optimize.register` prepares it like a lone ``features`` term:
+
+* ``prepare(image) -> (*spatial, 1 + C)``: the image itself (channel 0, for the other terms), then the prepared
+  term's ``C`` channels;
+* ``prepared``: the sum on those arrays, a ``weighted_sum`` of the prepared term's ``prepared`` on channels
+  ``1:`` and every other term on channel 0. ``loss(F, M, mask) == prepared(prepare(F), prepare(M), mask)``.
+
+One term may be prepared, and every term must take the whole (single-channel) images (``channel`` ``None``).
 """
 
 from __future__ import annotations
@@ -38,8 +51,17 @@ def _item(item: Any, k: int) -> tuple[Callable, float, int | None]:
     fn = spec if callable(spec) else parse(spec, "similarity", argument=where)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
         raise ValueError(f"{where}: weight: expected a finite number, got {weight!r}")
-    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
-        raise ValueError(f"{where}: channel: expected None or a channel index >= 0, got {channel!r}")
+    if isinstance(channel, list):
+        channel = tuple(channel)
+    if isinstance(channel, tuple):
+        ok = len(channel) == 2 and all(isinstance(c, int) and not isinstance(c, bool) for c in channel[:1])
+        ok = ok and (channel[1] is None or (isinstance(channel[1], int) and not isinstance(channel[1], bool)))
+        if not ok or channel[0] < 0 or (channel[1] is not None and 0 <= channel[1] <= channel[0]):
+            raise ValueError(
+                f"{where}: channel: expected a (start, stop) range, 0 <= start, stop None or past start, got {channel!r}"
+            )
+    elif channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
+        raise ValueError(f"{where}: channel: expected None, a channel index >= 0 or a (start, stop) range, got {channel!r}")
     return fn, float(weight), channel
 
 
@@ -55,6 +77,43 @@ def _channel(x: jax.Array, c: int) -> jax.Array:
     return jnp.tensordot(x, onehot, axes=([-1], [0]), precision=jax.lax.Precision.HIGHEST)
 
 
+def _block(x: jax.Array, start: int, stop: int | None) -> jax.Array:
+    """``x[..., start:stop]`` as a product with a 0/1 selection matrix (see :func:`_channel`)."""
+    sel = jnp.eye(x.shape[-1], dtype=x.dtype)[:, start:stop]
+    if sel.shape[-1] == 0:
+        raise ValueError(f"channel: term on channels {start}:{stop} of images with {x.shape[-1]} channels")
+    return jnp.tensordot(x, sel, axes=([-1], [0]), precision=jax.lax.Precision.HIGHEST)
+
+
+def _select(x: jax.Array, c: Any) -> jax.Array:
+    if c is None:
+        return x
+    return _block(x, *c) if isinstance(c, tuple) else _channel(x, c)
+
+
+def _preparation(items: tuple) -> tuple[Callable, Callable] | None:
+    """``(prepare, prepared)`` of a sum with a prepared term (see the module docstring), or ``None``."""
+    preps = [fn for fn, _, _ in items if getattr(fn, "prepare", None) is not None]
+    if not preps:
+        return None
+    if len(preps) > 1 or any(c is not None for _, _, c in items):
+        raise ValueError("terms: a sum with a prepared similarity (e.g. features) takes one prepared term and "
+                         "compares the whole images in every term (channel None)")
+    term = preps[0]
+    plain = len(items) > 1
+
+    def prepare(image: jax.Array) -> jax.Array:
+        out = term.prepare(image)
+        if plain:  # the image itself first, for the other terms
+            out = jnp.concatenate([jnp.asarray(image)[..., None].astype(out.dtype), out], axis=-1)
+        return out
+
+    prepared = weighted_sum(
+        tuple((term.prepared, w, (1, None) if plain else None) if fn is term else (fn, w, 0) for fn, w, _ in items)
+    )
+    return prepare, prepared
+
+
 @configured("similarity")
 def weighted_sum(terms: tuple = ()) -> Callable[..., jax.Array]:
     """A weighted sum of similarity terms, each on the whole images or on one channel.
@@ -62,12 +121,14 @@ def weighted_sum(terms: tuple = ()) -> Callable[..., jax.Array]:
     Args:
       terms: ``(similarity, weight, channel)`` items (``weight`` default 1, ``channel`` default ``None``);
         ``similarity`` is a registry spec (``"lncc(window=5)"``, ``"nmi(bins=32)"``) or a loss function,
-        ``weight`` a finite number, ``channel`` ``None`` (the images as they are) or the index ``c`` of the
-        channel ``F[..., c]``, ``M[..., c]`` that the term compares (channel-last images ``(*spatial, C)``).
+        ``weight`` a finite number, ``channel`` ``None`` (the images as they are), the index ``c`` of the
+        channel ``F[..., c]``, ``M[..., c]`` that the term compares (channel-last images ``(*spatial, C)``), or a
+        ``(start, stop)`` range of channels ``F[..., start:stop]`` (``stop`` ``None``: to the last).
 
     Returns:
       ``loss(fixed, moving, mask=None) -> scalar``: ``sum_k w_k S_k`` (lower is better), in the images' float
-      dtype; ``mask`` (spatial weights) is passed to every term.
+      dtype; ``mask`` (spatial weights) is passed to every term. With a prepared term (``features``) the loss
+      also has ``prepare`` and ``prepared`` (the module docstring).
 
     Raises:
       ValueError: no terms, an unknown similarity, a weight that is not a finite number, a bad channel index.
@@ -79,8 +140,11 @@ def weighted_sum(terms: tuple = ()) -> Callable[..., jax.Array]:
     def loss(fixed: jax.Array, moving: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         total = jnp.zeros((), jnp.result_type(fixed.dtype, jnp.float32))
         for fn, w, c in items:
-            f, m = (fixed, moving) if c is None else (_channel(fixed, c), _channel(moving, c))
+            f, m = _select(fixed, c), _select(moving, c)
             total = total + w * jnp.asarray(fn(f, m, mask), total.dtype)
         return total.astype(fixed.dtype)
 
+    prep = _preparation(items)
+    if prep is not None:
+        loss.prepare, loss.prepared = prep
     return loss
