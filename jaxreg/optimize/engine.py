@@ -430,7 +430,8 @@ def _linear_start(stage, model, method, level_data, fixed, moving, fmasks, mmask
     if batch:
         chosen = jax.tree_util.tree_map(lambda x: x[np.arange(len(pairs)), best], params)
         return chosen, tuple(names[i][int(b)] for i, b in enumerate(best))
-    return jax.tree_util.tree_map(lambda x: x[int(best)], params), names[0][int(best)]
+    # picked on the host: indexing on the device would compile one program per leaf shape
+    return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x)[int(best)]), params), names[0][int(best)]
 
 
 def _search_start(model, method, level_data, p0, outer):
@@ -798,7 +799,8 @@ def _check_inputs(fixed, moving, fmasks, mmasks, transform, outer) -> None:
         for i, im in enumerate(ims):
             if jnp.iscomplexobj(im.data):
                 raise ValueError(f"{name}: expected a real-valued image, got {im.data.dtype}")
-            lo, hi = (float(v) for v in (jnp.min(im.data), jnp.max(im.data)))
+            data = np.asarray(im.data)  # checked on the host (no program compiled per image shape)
+            lo, hi = (float(data.min()), float(data.max())) if data.size else (np.nan, np.nan)
             where = f"{name}[{i}]" if len(ims) > 1 else name
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 raise ValueError(f"{where}: the image contains NaN or Inf")

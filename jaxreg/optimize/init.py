@@ -96,7 +96,7 @@ def center_of_mass(image: Image, *, mask: Image | None = None) -> np.ndarray:
 
 def _rigid(rotation: np.ndarray, cf: np.ndarray, cm: np.ndarray) -> Rigid:
     return Rigid(
-        jnp.asarray(np.asarray(_rotation_vectors(jnp.asarray(rotation, jnp.float32)[None]))[0]),
+        jax.device_put(np.asarray(_rotation_vectors(np.asarray(rotation, np.float32)[None]))[0]),
         jnp.asarray(cm - cf, jnp.float32),
         jnp.asarray(cf, jnp.float32),
     )
@@ -192,9 +192,9 @@ def candidate_starts(
     named = [("identity", np.eye(n), cf), ("center", np.eye(n), cf + gm - gf), ("com", np.eye(n), cm)]
     named += [(name, r, cm) for name, r in _principal_rotations(sf, sm)]
     # every rotation vector in one compiled call (one program, not one per operation and candidate)
-    vectors = np.asarray(_rotation_vectors(jnp.asarray(np.stack([r for _, r, _ in named]), jnp.float32)))
-    centre = jnp.asarray(cf, jnp.float32)
-    return [(name, Rigid(jnp.asarray(v), jnp.asarray(c - cf, jnp.float32), centre)) for (name, _, c), v in zip(named, vectors)]
+    vectors = np.asarray(_rotation_vectors(np.stack([r for _, r, _ in named]).astype(np.float32)))
+    put = lambda x: jax.device_put(np.asarray(x, np.float32))  # noqa: E731 - host values, no program compiled
+    return [(name, Rigid(put(v), put(c - cf), put(cf))) for (name, _, c), v in zip(named, vectors)]
 
 
 @jit
