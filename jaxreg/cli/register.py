@@ -901,10 +901,23 @@ def _organ_csv(rows: Sequence[dict]) -> Callable[[str], None]:
 def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """Run ``jaxreg register`` with parsed arguments; returns the exit status (0).
 
+    One pair per process: without a persistent compilation cache (``--no-cache``) every program of the run is
+    compiled for one use (:func:`jaxreg.core.compilation.single_use`: small programs fast-compiled); with the
+    cache, for reuse by later runs.
+
     Raises:
       ValueError, OSError: bad inputs or options (raised before anything is written), or a failed write (the
         files this run created are removed).
     """
+    import jax
+
+    from jaxreg.core.compilation import single_use
+
+    with single_use(not jax.config.jax_compilation_cache_dir):
+        return _run(args, log=log)
+
+
+def _run(args: argparse.Namespace, *, log: Callable[[str], None]) -> int:
     from jaxreg.evaluation import summarize
     from jaxreg.io import write_outputs
 

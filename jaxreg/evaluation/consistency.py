@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Grid
 from jaxreg.transforms.base import Transform
 
@@ -95,7 +96,7 @@ def inverse_consistency_error(
     return InverseConsistencyError(float(e.mean()), float(e.max()), int(e.size), int(sel.sum() - e.size))
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "dtype"))
+@functools.partial(jit, static_argnames=("grid", "dtype"))
 def _round_trip_error(
     forward: Transform, inverse: Transform, *, grid: Grid, dtype: Any
 ) -> tuple[jax.Array, jax.Array]:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Grid
 from jaxreg.transforms.base import Transform
 from jaxreg.transforms.jacobian import jacobian_determinant
@@ -89,7 +90,7 @@ def _stats(det: jax.Array, mask: jax.Array | None) -> JacobianStatistics:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "dtype"))
+@functools.partial(jit, static_argnames=("grid", "dtype"))
 def _jacobian_statistics(transform, mask, *, grid, dtype):
     return _stats(jacobian_determinant(transform, grid, dtype), mask)
 

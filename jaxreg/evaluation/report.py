@@ -272,14 +272,13 @@ def _figure_png(fixed, moving_before, warped, field, jac, losses, title, contour
 def _jitted() -> tuple[Callable, Callable, Callable]:
     """``to_displacement``, ``jacobian_determinant`` and ``inverse_displacement`` compiled whole (grid static): one
     compilation each instead of one per operation."""
-    import jax
-
+    from jaxreg.core.compilation import jit
     from jaxreg.transforms import inverse_displacement, jacobian_determinant, to_displacement
 
     return (
-        jax.jit(to_displacement, static_argnums=1),
-        jax.jit(jacobian_determinant, static_argnums=1),
-        jax.jit(inverse_displacement, static_argnums=1),
+        jit(to_displacement, static_argnums=1),
+        jit(jacobian_determinant, static_argnums=1),
+        jit(inverse_displacement, static_argnums=1),
     )
 
 

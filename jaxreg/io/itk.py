@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Grid
 from jaxreg.io._atomic import PathLike, atomic_write, split_suffix
 from jaxreg.io.nifti import (
@@ -358,6 +359,13 @@ def itk_to_transform(
     return lps_to_ras_affine(m, t, c)
 
 
+def _affine(transform: Transform) -> Affine:
+    return Affine.from_transform(transform)
+
+
+_as_affine = jit(_affine)  # one compiled program per transform structure, not one per operation
+
+
 def transform_to_itk(transform: LinearTransform) -> tuple[str, np.ndarray, np.ndarray]:
     """Encode a jaxreg linear transform (RAS) as an ITK ``AffineTransform_double_N_N`` (LPS).
 
@@ -373,7 +381,7 @@ def transform_to_itk(transform: LinearTransform) -> tuple[str, np.ndarray, np.nd
     linear = transform.linear_part() if isinstance(transform, Transform) else None
     if linear is None:
         raise TypeError(f"transform: expected a jaxreg LinearTransform, got {type(transform).__name__}")
-    a = Affine.from_transform(linear)
+    a = _as_affine(linear)
     n = a.ndim
     f = _flip(n)
     m = f @ np.asarray(a.matrix, dtype=np.float64) @ f

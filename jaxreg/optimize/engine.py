@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg.core.compilation import compiler_options, jit
 from jaxreg.core.grid import Grid, Image
 from jaxreg.optimize.init import INITS, candidate_starts, center_init, moments_init
 from jaxreg.transforms.base import Transform
@@ -285,24 +286,34 @@ def _signature(args: tuple) -> tuple:
     )
 
 
-def _compiled(key: tuple, make: Callable[[], Callable], args: tuple) -> tuple[Any, float]:
+def _compiled(
+    key: tuple, make: Callable[[], Callable], args: tuple, work: float, platform: str | None = None
+) -> tuple[Any, float]:
     """The ahead-of-time compiled ``make()`` for ``args``, cached by ``key`` and the input signature.
 
     The cache is keyed by values only (methods, grids and transform structures compare by value), so equal
-    configurations built independently reuse one executable. Returns ``(executable, compile_seconds)``.
+    configurations built independently reuse one executable. ``work`` (voxels x iterations of one call)
+    chooses the XLA options (:func:`jaxreg.core.compilation.compiler_options`: fast-compiled code for a small
+    program that runs once, inside :func:`~jaxreg.core.compilation.single_use`), which are part of the cache key.
+    Returns ``(executable, compile_seconds)``.
     """
-    sig = (key, _signature(args))
+    opts = compiler_options(work, platform=platform)
+    sig = (key, _signature(args), None if opts is None else tuple(sorted(opts.items())))
     exe = _EXECUTABLES.get(sig)
     if exe is not None:
         _EXECUTABLES.move_to_end(sig)
         return exe, 0.0
     t0 = time.perf_counter()
-    exe = jax.jit(make()).lower(*args).compile()
+    exe = jax.jit(make()).lower(*args).compile(compiler_options=opts)
     seconds = time.perf_counter() - t0
     _EXECUTABLES[sig] = exe
     while len(_EXECUTABLES) > _MAX_EXECUTABLES:
         _EXECUTABLES.popitem(last=False)
     return exe, seconds
+
+
+def _voxels(grid: Grid) -> int:
+    return int(np.prod(grid.shape))
 
 
 def _mesh_key(mesh: Any) -> Any:
@@ -328,7 +339,9 @@ def _run_level(method, fgrid, mgrid, cap, batch, sweep, args, mesh=None):
         return jax.vmap(kernel, in_axes=axes)
 
     key = ("level", fgrid, mgrid, int(cap), bool(batch), bool(sweep), _mesh_key(mesh))
-    exe, compile_s = _compiled(key, make, args)
+    pairs = int(np.shape(args[2])[0]) if batch else 1
+    platform = None if mesh is None else mesh.devices.flat[0].platform
+    exe, compile_s = _compiled(key, make, args, _voxels(fgrid) * max(int(cap), 1) * pairs, platform)
     return exe(*args), compile_s
 
 
@@ -343,12 +356,14 @@ def _level_arrays(data: jax.Array | None, grid: Grid, level: Level, batch: bool)
     return out.data, out.grid
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@functools.partial(jit, static_argnums=1)
 def _on_grid(transform: Transform, grid: Grid) -> Transform:
     return transform.on_grid(grid)
 
 
 def _on_grid_batched(transform: Transform, grid: Grid, batch: bool) -> Transform:
+    if type(transform).on_grid is Transform.on_grid or getattr(transform, "grid", None) == grid:
+        return transform  # world-mm transforms and fields already on the grid: unchanged, nothing to compile
     if batch:
         return jax.vmap(lambda t: _on_grid(t, grid))(transform)
     return _on_grid(transform, grid)
@@ -357,6 +372,12 @@ def _on_grid_batched(transform: Transform, grid: Grid, batch: bool) -> Transform
 # -- starts of linear stages ----------------------------------------------------------------------------------------
 def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+@functools.partial(jit, static_argnums=(0, 1))
+def _starts(model: Any, grid: Grid, transforms: list) -> Transform:
+    """``model.start(grid, t)`` of each candidate start ``t``, stacked (one compiled program for all)."""
+    return _stack([model.start(grid, t) for t in transforms])
 
 
 def _linear_start(stage, model, method, level_data, fixed, moving, fmasks, mmasks, batch, sweep):
@@ -389,7 +410,7 @@ def _linear_start(stage, model, method, level_data, fixed, moving, fmasks, mmask
         )
     cands = [candidate_starts(f, m, fixed_mask=fm, moving_mask=mm) for f, m, fm, mm in pairs]
     names = [[n for n, _ in c] for c in cands]
-    params = [_stack([model.start(f.grid, t) for _, t in c]) for (f, *_), c in zip(pairs, cands)]
+    params = [_starts(model, f.grid, [t for _, t in c]) for (f, *_), c in zip(pairs, cands)]
     params = _stack(params) if batch else params[0]
     fa, fg, ma, mg, fma, mma = level_data
 
@@ -401,14 +422,16 @@ def _linear_start(stage, model, method, level_data, fixed, moving, fmasks, mmask
         return score
 
     args = (method, params, fa, ma, fma, mma, None)
-    exe, _ = _compiled(("score", fg, mg, bool(batch), bool(sweep)), make, args)
+    work = _voxels(fg) * int(np.prod(np.shape(jax.tree_util.tree_leaves(params)[0])[: 2 if batch else 1]))
+    exe, _ = _compiled(("score", fg, mg, bool(batch), bool(sweep)), make, args, work)
     scores = np.asarray(exe(*args))
     scores = np.where(np.isfinite(scores), scores, np.inf)
     best = np.argmin(scores, axis=-1)
     if batch:
         chosen = jax.tree_util.tree_map(lambda x: x[np.arange(len(pairs)), best], params)
         return chosen, tuple(names[i][int(b)] for i, b in enumerate(best))
-    return jax.tree_util.tree_map(lambda x: x[int(best)], params), names[0][int(best)]
+    # picked on the host: indexing on the device would compile one program per leaf shape
+    return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x)[int(best)]), params), names[0][int(best)]
 
 
 def _search_start(model, method, level_data, p0, outer):
@@ -429,7 +452,7 @@ def _search_start(model, method, level_data, p0, outer):
         return score
 
     args = (method, p0, jnp.asarray(trans), fa, ma, fma, mma, outer)
-    exe, _ = _compiled(("search", fg, mg, trans.shape), make, args)
+    exe, _ = _compiled(("search", fg, mg, trans.shape), make, args, _voxels(fg) * len(trans))
     scores = np.asarray(exe(*args))
     scores = np.where(np.isfinite(scores), scores, np.inf)
     best = int(np.argmin(scores))
@@ -776,7 +799,8 @@ def _check_inputs(fixed, moving, fmasks, mmasks, transform, outer) -> None:
         for i, im in enumerate(ims):
             if jnp.iscomplexobj(im.data):
                 raise ValueError(f"{name}: expected a real-valued image, got {im.data.dtype}")
-            lo, hi = (float(v) for v in (jnp.min(im.data), jnp.max(im.data)))
+            data = np.asarray(im.data)  # checked on the host (no program compiled per image shape)
+            lo, hi = (float(data.min()), float(data.max())) if data.size else (np.nan, np.nan)
             where = f"{name}[{i}]" if len(ims) > 1 else name
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 raise ValueError(f"{where}: the image contains NaN or Inf")

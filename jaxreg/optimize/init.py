@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Image
 from jaxreg.transforms.linear import Rigid, rotation_vector
 
@@ -94,7 +96,7 @@ def center_of_mass(image: Image, *, mask: Image | None = None) -> np.ndarray:
 
 def _rigid(rotation: np.ndarray, cf: np.ndarray, cm: np.ndarray) -> Rigid:
     return Rigid(
-        rotation_vector(jnp.asarray(rotation, jnp.float32)),
+        jax.device_put(np.asarray(_rotation_vectors(np.asarray(rotation, np.float32)[None]))[0]),
         jnp.asarray(cm - cf, jnp.float32),
         jnp.asarray(cf, jnp.float32),
     )
@@ -187,10 +189,15 @@ def candidate_starts(
     gf = np.asarray(fixed.grid.center, np.float64)
     gm = np.asarray(moving.grid.center, np.float64)
     # the grid-centre start about c_f: T(x) = x + (gm - gf), so T(c_f) = c_f + gm - gf
-    out = [
-        ("identity", _rigid(np.eye(n), cf, cf)),
-        ("center", _rigid(np.eye(n), cf, cf + gm - gf)),
-        ("com", _rigid(np.eye(n), cf, cm)),
-    ]
-    out += [(name, _rigid(r, cf, cm)) for name, r in _principal_rotations(sf, sm)]
-    return out
+    named = [("identity", np.eye(n), cf), ("center", np.eye(n), cf + gm - gf), ("com", np.eye(n), cm)]
+    named += [(name, r, cm) for name, r in _principal_rotations(sf, sm)]
+    # every rotation vector in one compiled call (one program, not one per operation and candidate)
+    vectors = np.asarray(_rotation_vectors(np.stack([r for _, r, _ in named]).astype(np.float32)))
+    put = lambda x: jax.device_put(np.asarray(x, np.float32))  # noqa: E731 - host values, no program compiled
+    return [(name, Rigid(put(v), put(c - cf), put(cf))) for (name, _, c), v in zip(named, vectors)]
+
+
+@jit
+def _rotation_vectors(rotations: jnp.ndarray) -> jnp.ndarray:
+    """:func:`~jaxreg.transforms.linear.rotation_vector` of each of ``(K, n, n)`` rotations."""
+    return jax.vmap(rotation_vector)(rotations)

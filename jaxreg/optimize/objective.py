@@ -205,4 +205,4 @@ def objective(*terms: tuple[Term, float]) -> Objective:
             raise ValueError(
                 "terms: pass (term, weight) pairs made by similarity_term/field_term/transform_term"
             )
-    return Objective(tuple(t for t, _ in terms), jnp.asarray([w for _, w in terms], jnp.float32))
+    return Objective(tuple(t for t, _ in terms), jnp.asarray(np.asarray([w for _, w in terms], np.float32)))

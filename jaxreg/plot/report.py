@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Grid, Image
 from jaxreg.plot import _PLANE_NAMES, _aspect, _pyplot, _slice, checkerboard, slice_planes
 from jaxreg.transforms.base import Transform
@@ -79,6 +80,13 @@ def _draw_contours(ax: Any, contours: Mapping[str, np.ndarray], g: Grid, axis: A
                     m, levels=[0.5], colors=colours[i % len(colours)], linewidths=0.6,
                     linestyles="solid" if k == 0 else "dashed",
                 )
+
+
+def _displacement(transform: Any, grid: Any) -> Any:
+    return transform.sample_displacement(grid)
+
+
+_sample_displacement = jit(_displacement, static_argnums=1)  # one compiled program, not one per operation
 
 
 def registration_report(
@@ -153,7 +161,7 @@ def registration_report(
         columns.append(("det J (none)", np.ones(g.shape, np.float32), "RdBu", 0.0, 2.0))
 
     # sampled once for all planes: a displacement field on the fixed grid is read at its voxels
-    u = None if deformation is None else np.asarray(deformation.sample_displacement(g), np.float64)
+    u = None if deformation is None else np.asarray(_sample_displacement(deformation, g), np.float64)
     planes: list[tuple[int | None, int | None]] = list(slice_planes(g, index=index)) or [(None, None)]
     stages = [(k, v) for k, v in (losses or {}).items() if v is not None and len(v)]
     n_rows, n_cols = len(planes), len(columns)

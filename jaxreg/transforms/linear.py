@@ -384,7 +384,10 @@ class Affine(LinearTransform):
     @classmethod
     def identity(cls, ndim: int, *, center: Any = None, dtype: Any = jnp.float32) -> "Affine":
         """Identity affine transform about ``center``."""
-        return cls(jnp.eye(ndim, dtype=dtype), jnp.zeros((ndim,), dtype), _center(center, ndim, dtype))
+        # host constants: no program is compiled for them
+        dt = jnp.dtype(dtype)
+        eye, zero = jax.device_put(np.eye(ndim, dtype=dt)), jax.device_put(np.zeros(ndim, dt))
+        return cls(eye, zero, jax.device_put(np.zeros(ndim, dt)) if center is None else _center(center, ndim, dtype))
 
     @classmethod
     def from_homogeneous(cls, homogeneous: jax.Array, *, center: Any = None) -> "Affine":

@@ -11,11 +11,13 @@ image. To carry moving-space landmarks into the fixed space, use ``transform_poi
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Grid, Image
 from jaxreg.core.sampling import map_coordinates
 from jaxreg.transforms.base import Transform
@@ -77,6 +79,13 @@ def warp(
       Image on ``fixed_grid`` with ``moving``'s channels; floating dtype (integers are cast to float32).
     """
     _check(moving, transform, fixed_grid)
+    return _warp(moving, transform, fixed_grid, int(order), str(mode), cval)
+
+
+@functools.partial(jit, static_argnums=(2, 3, 4))
+def _warp(moving: Image, transform: Transform, fixed_grid: Grid, order: int, mode: str, cval: Any) -> Image:
+    """:func:`warp`, compiled whole (one program per grid, order, mode and transform structure, instead of one per
+    operation when called eagerly)."""
     data = moving.data
     dtype = data.dtype if jnp.issubdtype(data.dtype, jnp.floating) else jnp.float32
     idx = _moving_index(moving.grid, transform.sample_grid(fixed_grid, dtype))
@@ -102,6 +111,12 @@ def warp_labels(labels: Image, transform: Transform, fixed_grid: Grid, *, backgr
       Label image on ``fixed_grid`` with ``labels``' dtype.
     """
     _check(labels, transform, fixed_grid)
+    return _warp_labels(labels, transform, fixed_grid, int(background))
+
+
+@functools.partial(jit, static_argnums=(2, 3))
+def _warp_labels(labels: Image, transform: Transform, fixed_grid: Grid, background: int) -> Image:
+    """:func:`warp_labels`, compiled whole."""
     idx = _moving_index(labels.grid, transform.sample_grid(fixed_grid, jnp.float32))
     # gather the integer labels directly: interpolating them as floats would lose labels above 2^24
     src = labels.data

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Image
 
 __all__ = ["gaussian_kernel", "gaussian_smooth", "smooth_array", "downsample_image", "level_image", "pyramid"]
@@ -131,7 +132,7 @@ def downsample_image(image: Image, factor: int | Sequence[int], *, sigma_mm: flo
     return resample(smoothed, target, order=1, mode="nearest")
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
+@functools.partial(jit, static_argnums=(1, 2))
 def _level_image(image: Image, shrink: int, smooth_mm: float) -> Image:
     if shrink > 1:
         return downsample_image(image, shrink, sigma_mm=smooth_mm if smooth_mm > 0 else None)
