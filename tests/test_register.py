@@ -180,8 +180,9 @@ def test_convergence_stops_early_and_is_recorded(fixed):
         Greedy(mse, symmetric=False, update="additive", step=1.0),
         Greedy(mse, symmetric=False, update="compositive", step=1.0),
         Greedy(mse, force="demons", symmetric=False, update="diffeomorphic", step=1.0),
+        Greedy(mse, symmetric=True, step=1.0, field_spacing=3.0),
     ],
-    ids=["svf", "svf-symmetric", "svf-demons", "additive", "compositive", "diffeomorphic-demons"],
+    ids=["svf", "svf-symmetric", "svf-demons", "additive", "compositive", "diffeomorphic-demons", "svf-lattice"],
 )
 def test_greedy_recovers_known_deformation_without_folding(method):
     fixed = gaussian_smooth(phantom((64, 64), spacing=1.5), 1.5)
@@ -209,6 +210,10 @@ def test_greedy_errors(fixed):
         Greedy(mse, update="additive", symmetric=True)
     with pytest.raises(ValueError, match="step"):
         Greedy(mse, step=-1.0)
+    with pytest.raises(ValueError, match="field_spacing: expected a non-negative number of mm"):
+        Greedy(mse, field_spacing=-1.0)
+    with pytest.raises(ValueError, match="field_spacing: a velocity lattice needs update='svf'"):
+        Greedy(mse, symmetric=False, update="additive", field_spacing=2.0)
     bs = BSplineTransform.identity(fixed.grid, 20.0)
     with pytest.raises(ValueError, match="outer"):
         register(fixed, fixed, method=Stage(Greedy(mse), levels=(Level(1, 0.0, 2),)), outer=bs)
@@ -474,3 +479,31 @@ def test_linear_families_in_3d_from_the_auto_start(family):
     # a third of a 3 mm voxel for the rigid and similarity fits; the 12-parameter affine trades some shear for
     # intensity overlap on this smooth object (still under a voxel)
     assert float(jnp.abs(res.transform(pts) - true(pts)).max()) < (1.0 if family != "affine" else 2.5)
+
+
+def test_greedy_velocity_lattice_interpolation_and_strides():
+    """The lattice of ``field_spacing``: its separable upsampling is scipy's linear interpolation at ``i / k``
+    (edge values repeated), strides follow the level spacing per axis, and a spacing below the voxel size is
+    the plain full-resolution method (identical result)."""
+    from scipy import ndimage
+
+    from jaxreg.optimize.methods import _lattice_up
+
+    rng = np.random.default_rng(0)
+    lat = rng.normal(size=(5, 4, 3)).astype(np.float32)
+    strides, shape = (2, 3, 1), (9, 11, 3)  # 11 > 3 * (4 - 1) + 1: the last lattice value is repeated
+    got = np.asarray(_lattice_up(jnp.asarray(lat), strides, shape))
+    coords = np.meshgrid(*[np.arange(n) / k for n, k in zip(shape, strides)], indexing="ij")
+    want = ndimage.map_coordinates(lat, coords, order=1, mode="nearest")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    g = jr.Grid.from_spacing((8, 8, 8), (1.0, 2.0, 0.5))
+    assert Greedy(mse, field_spacing=2.0).lattice_strides(g) == (2, 1, 4)
+    assert Greedy(mse).lattice_strides(g) == (1, 1, 1)
+
+    fixed = gaussian_smooth(phantom((32, 32), spacing=2.0), 2.0)
+    moving = jr.warp(fixed, Translation(jnp.asarray([1.5, -1.0])), fixed.grid)
+    lv = [Level(1, 0.0, 5)]
+    a = register(fixed, moving, method=Greedy(mse), levels=lv)
+    b = register(fixed, moving, method=Greedy(mse, field_spacing=1.0), levels=lv)  # round(1 / 2) -> stride 1
+    np.testing.assert_array_equal(np.asarray(a.optimized.velocity), np.asarray(b.optimized.velocity))

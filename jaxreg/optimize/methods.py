@@ -164,6 +164,28 @@ def _build(opt: Any) -> optax.GradientTransformation:
     return opt.build() if isinstance(opt, Optimizer) else opt
 
 
+def _lattice_up(x: jax.Array, strides: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
+    """Separable linear interpolation from a lattice (every ``strides[d]``-th voxel) to ``shape`` voxels.
+
+    Level voxel ``i`` along axis ``d`` takes ``(1 - t) x[j] + t x[j + 1]`` with ``j = floor(i / k_d)``,
+    ``t = i / k_d - j``, the last lattice value repeated past the lattice's end. Static gathers only.
+    """
+    for d, (k, n) in enumerate(zip(strides, shape)):
+        if k == 1:
+            continue
+        m = x.shape[d]
+        pos = np.arange(n) / k
+        j0 = np.minimum(np.floor(pos).astype(np.int32), m - 1)
+        j1 = np.minimum(j0 + 1, m - 1)
+        t = (pos - j0).astype(np.float32)
+        t = np.where(j1 == j0, 0.0, t).astype(np.float32)
+        bshape = [1] * x.ndim
+        bshape[d] = n
+        tt = jnp.asarray(t.reshape(bshape), x.dtype)
+        x = jnp.take(x, jnp.asarray(j0), axis=d) * (1 - tt) + jnp.take(x, jnp.asarray(j1), axis=d) * tt
+    return x
+
+
 def _pull(moving: jax.Array, grid: Grid, points: jax.Array) -> jax.Array:
     """The one pull sampler (:func:`jaxreg.warp.sample_points`): linear, zero outside."""
     return sample_points(Image(moving, grid), points, order=1, mode="constant", cval=0.0)
@@ -336,6 +358,13 @@ class Greedy:
       symmetric: mid-space (SyN-like) forces; needs ``update="svf"``.
       exp_steps: scaling-and-squaring steps of ``exp(v)``.
       force: ``"metric"`` or ``"demons"``.
+      field_spacing: coarsest lattice spacing (mm) of the velocity (``update="svf"`` only; 0: every voxel). On
+        a level whose voxels are finer than this, ``v`` lives on every ``k_d``-th voxel along axis ``d``
+        (``k_d = round(field_spacing / spacing_d)``, at least 1): ``exp(v)`` is integrated on the lattice and
+        interpolated (separable linear) to the level grid, where the images are pulled and the force is
+        computed and smoothed, and the update is the smoothed force sampled on the lattice. The fine level
+        then costs a fraction of a full-resolution field (scaling and squaring is most of an iteration) for
+        a smoother field ("fields at reduced resolution"). ``sigma_field`` stays in voxels of the level grid.
       update: ``"svf"``, ``"additive"``, ``"compositive"`` or ``"diffeomorphic"``.
     """
 
@@ -349,6 +378,7 @@ class Greedy:
     exp_steps: int = 6
     force: str = "metric"
     update: str = "svf"
+    field_spacing: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "similarity", as_similarity(self.similarity, "similarity"))
@@ -368,6 +398,17 @@ class Greedy:
                 )
         if not isinstance(self.exp_steps, (int, np.integer)) or self.exp_steps < 0:
             raise ValueError(f"exp_steps: expected a non-negative int, got {self.exp_steps!r}")
+        fs = self.field_spacing
+        if isinstance(fs, bool) or not (isinstance(fs, (int, float)) and np.isfinite(fs) and fs >= 0):
+            raise ValueError(f"field_spacing: expected a non-negative number of mm, got {fs!r}")
+        if fs > 0 and self.update != "svf":
+            raise ValueError("field_spacing: a velocity lattice needs update='svf'")
+
+    def lattice_strides(self, grid: Grid) -> tuple[int, ...]:
+        """Per-axis stride ``k_d = max(1, round(field_spacing / spacing_d))`` of the velocity lattice on ``grid``."""
+        if self.field_spacing <= 0:
+            return (1,) * grid.ndim
+        return tuple(max(1, int(round(self.field_spacing / float(sp)))) for sp in grid.spacing)
 
     def resolved(self, grid: Grid) -> Greedy:
         """Nothing to resolve (all settings are in voxels of each level)."""
@@ -393,6 +434,20 @@ class Greedy:
         cap = int(iterations)
         opts = self
         sim = self.similarity
+        strides = self.lattice_strides(fixed_grid)
+        lattice = any(k > 1 for k in strides)
+        kvec = np.asarray(strides, np.float32)
+
+        def to_lattice(x):  # level-grid vectors (voxels) -> lattice samples in lattice voxels
+            return x[tuple(slice(None, None, k) for k in strides)] / kvec.astype(x.dtype)
+
+        def from_lattice(x):  # lattice vectors (lattice voxels) -> level grid (voxels)
+            return _lattice_up(x * kvec.astype(x.dtype), strides, fg.shape)
+
+        def exp_level(v, sign):  # displacement (level voxels) of exp(sign v) on the level grid
+            if not lattice:
+                return exp_voxel_field(sign * v, opts.exp_steps)
+            return from_lattice(exp_voxel_field(sign * v, opts.exp_steps))
 
         def chain(dimage, image):
             # dS/dposition = sum over channels of dS/dW_c * grad W_c (index units)
@@ -442,16 +497,14 @@ class Greedy:
                 else:
                     step = delta if opts.update == "compositive" else exp_voxel_field(delta, 4)
                     new = step + map_coordinates(v, index + step, order=1, mode="nearest")
-                return smooth_array(new, (opts.sigma_field,) * n)
+                return smooth_array(new, tuple(opts.sigma_field / k for k in strides))
 
             def body(v, _):
                 if opts.symmetric:
-                    mw = sample_moving(exp_voxel_field(0.5 * v, opts.exp_steps))
-                    fw = map_coordinates(
-                        fixed, index + exp_voxel_field(-0.5 * v, opts.exp_steps), order=1, mode="nearest"
-                    )
+                    mw = sample_moving(exp_level(v, 0.5))
+                    fw = map_coordinates(fixed, index + exp_level(v, -0.5), order=1, mode="nearest")
                 else:
-                    u = exp_voxel_field(v, opts.exp_steps) if opts.update == "svf" else v
+                    u = exp_level(v, 1.0) if opts.update == "svf" else v
                     mw, fw = sample_moving(u), fixed
                 force, val = force_of(fw, mw, fmask)
                 delta = -smooth_array(force, (opts.sigma_update,) * n)
@@ -463,11 +516,14 @@ class Greedy:
                 delta = delta * (opts.step / (3.0 * jnp.maximum(rms, 1e-20)))
                 mag = jnp.sqrt(jnp.sum(delta**2, -1, keepdims=True))
                 delta = delta * jnp.minimum(1.0, opts.step / jnp.maximum(mag, 1e-20))
+                if lattice:
+                    delta = to_lattice(delta)
                 return apply_update(v, delta), val
 
             field = params.velocity if opts.update == "svf" else params.displacement
-            v, hist = jax.lax.scan(body, to_voxel_displacement(field, fg), None, length=cap)
-            mm = from_voxel_displacement(v, fg)
+            v0 = to_voxel_displacement(field, fg)
+            v, hist = jax.lax.scan(body, to_lattice(v0) if lattice else v0, None, length=cap)
+            mm = from_voxel_displacement(from_lattice(v) if lattice else v, fg)
             out = VelocityField(mm, fg, params.steps) if opts.update == "svf" else DisplacementField(mm, fg)
             return out, hist.astype(dtype), jnp.asarray(cap, jnp.int32), jnp.zeros((), bool)
 
