@@ -408,7 +408,7 @@ class Greedy:
         """Per-axis stride ``k_d = max(1, round(field_spacing / spacing_d))`` of the velocity lattice on ``grid``."""
         if self.field_spacing <= 0:
             return (1,) * grid.ndim
-        return tuple(max(1, int(round(self.field_spacing / float(sp)))) for sp in grid.spacing)
+        return tuple(max(1, round(self.field_spacing / float(sp))) for sp in grid.spacing)
 
     def resolved(self, grid: Grid) -> Greedy:
         """Nothing to resolve (all settings are in voxels of each level)."""
