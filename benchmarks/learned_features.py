@@ -7,6 +7,9 @@ symmetric greedy SVF) is run with its deformable stage's similarity replaced
 * ``nmi(bins=32)``: the pipeline's default;
 * ``features(model="labelmind")``: the shipped contrast-invariant feature network (SSD of its feature maps,
   + 0.1 x NMI of the rank-equalised images; the network runs once per image and level);
+* ``weighted_sum(terms=(("features(model='labelmind')", 2.0), ("mind(radius=1)", 1.0)))``: the learned features
+  (with their NMI) plus MIND-SSC radius 1 (``--weight`` sets the 2.0); the sum is prepared like ``features``
+  alone (the network runs once per image and level, :mod:`jaxreg.similarity.combine`);
 * ``mind`` (MIND-SSC, Heinrich's default radius 2) and ``mind(radius=1)`` (ConvexAdam's);
 
 and ANTs SyN with Mattes MI (antspyx in the peers' venv, ``benchmarks/peers.py``'s worker, the same task as
@@ -19,7 +22,7 @@ and ANTs SyN with Mattes MI (antspyx in the peers' venv, ``benchmarks/peers.py``
 Usage::
 
     python benchmarks/learned_features.py [--ants-python /work/main/benchmarks/.venv-ants/bin/python]
-        [--threads 2] [--no-ants] [--no-head] [--json out.json]
+        [--threads 2] [--no-ants] [--no-head] [--model labelmind] [--weight 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ sys.path.insert(0, HERE)
 
 SIMILARITIES = {
     "NMI (default)": "nmi(bins=32)",
-    "features (labelmind)": "features(model='labelmind')",
+    "features (labelmind)": "features(model='{model}')",
+    "features + MIND-SSC r1": "weighted_sum(terms=((\"features(model='{model}')\", {w}), ('mind(radius=1)', 1.0)))",
     "MIND-SSC": "mind",
     "MIND-SSC radius 1": "mind(radius=1)",
 }
@@ -50,6 +54,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--no-head", action="store_true")
     ap.add_argument("--only", nargs="+", default=None, help="similarity names to run (keys of the table)")
+    ap.add_argument("--model", default="labelmind", help="feature model: a shipped name or a model folder")
+    ap.add_argument("--weight", type=float, default=2.0, help="weight of the features against MIND-SSC r1 in the sum")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -60,7 +66,11 @@ def main(argv=None) -> None:
     from jaxreg.optimize import preset, register
     from jaxreg.warp import warp_labels
 
-    sims = {k: v for k, v in SIMILARITIES.items() if args.only is None or k in args.only or v in args.only}
+    sims = {
+        k: v.replace("{model}", args.model).replace("{w}", repr(args.weight))
+        for k, v in SIMILARITIES.items()
+        if args.only is None or k in args.only or v in args.only
+    }
     ants_ok = not args.no_ants and os.path.exists(args.ants_python)
     if not args.no_ants and not ants_ok:
         print(f"ANTs: skipped, no peers' venv at {args.ants_python}")
@@ -128,15 +138,16 @@ def main(argv=None) -> None:
             v = row.get(ds)
             cells.append(f"{v[0]:12.4f} {v[1]:7.1f}" if v else f"{'-':>12} {'-':>7}")
         print(f"{name:<24} {' '.join(cells)}")
-    feat = table.get("features (labelmind)", {})
-    if "abdomen_ct_mr" in feat:
-        for other in ("NMI (default)", "MIND-SSC", "MIND-SSC radius 1", "ANTs SyN (MI)"):
-            if "abdomen_ct_mr" in table.get(other, {}):
-                a, b = feat["abdomen_ct_mr"][0], table[other]["abdomen_ct_mr"][0]
-                print(f"  abdomen: features {a:.3f} vs {other} {b:.3f} -> {'above' if a > b else 'NOT above'}")
-    if "head2d_multimodal" in feat:
-        v = feat["head2d_multimodal"][0]
-        print(f"  head2d_multimodal: features {v:.4f} >= 0.995 -> {'met' if v >= 0.995 else 'MISSED'}")
+    for fname in ("features (labelmind)", "features + MIND-SSC r1"):
+        feat = table.get(fname, {})
+        if "abdomen_ct_mr" in feat:
+            for other in ("NMI (default)", "MIND-SSC", "MIND-SSC radius 1", "ANTs SyN (MI)"):
+                if "abdomen_ct_mr" in table.get(other, {}):
+                    a, b = feat["abdomen_ct_mr"][0], table[other]["abdomen_ct_mr"][0]
+                    print(f"  abdomen: {fname} {a:.3f} vs {other} {b:.3f} -> {'above' if a > b else 'NOT above'}")
+        if "head2d_multimodal" in feat:
+            v = feat["head2d_multimodal"][0]
+            print(f"  head2d_multimodal: {fname} {v:.4f} >= 0.995 -> {'met' if v >= 0.995 else 'MISSED'}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(table, fh, indent=2)

@@ -5,7 +5,10 @@ self-similarity descriptor (:func:`jaxreg.learn.features.label_descriptor`) of a
 from it with random contrasts (:func:`jaxreg.learn.synthesize_image`), on slices of the ten whole-head label maps of
 ``../shared/data/labelmaps``. The similarity ``features(model="labelmind")`` then compares images by their features.
 
-Usage (7 minutes on 2 CPU cores, up to 25 when they are shared)::
+The network replicate-pads its input (``--padding edge``, the default): applied plane by plane to a thin volume
+(abdomen_ct_mr's MR has 20 slices), most of a through-plane slice's receptive field is border.
+
+Usage (5 minutes on 2 idle CPU cores, 27 when they were shared with other jobs)::
 
     python examples/train_labelmind.py --out jaxreg/models/labelmind [--steps 3000] [--seed 0]
 """

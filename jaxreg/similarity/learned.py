@@ -146,7 +146,7 @@ def features(model: str = "labelmind", *, nmi: float = 0.3, bins: int = 32) -> L
       model: a shipped model's name (``"labelmind"``, :func:`jaxreg.learn.available_models`) or a model folder
         written by :func:`jaxreg.learn.features.save_feature_net`.
       nmi: weight of -NMI of the rank-equalised images (0: features only). The default 0.3: of 0, 0.1, 0.3,
-        0.5, 0.7 and 1, 0.5 was best on ``abdomen_ct_mr`` (0.460 vs 0.457 at 0.3) but put head2d_multimodal
+        0.5, 0.7 and 1, 0.5 was best on ``abdomen_ct_mr`` with the earlier, zero-padded model (0.460 vs 0.457 at 0.3) but put head2d_multimodal
         below the NMI pipeline (0.9949); 0.3 is above NMI on both (benchmarks/README.md).
       bins: NMI histogram bins. Static.
 
