@@ -27,9 +27,10 @@ given beside wall seconds: on a shared machine they are the steadier figure.
 Usage::
 
     python benchmarks/cold_start.py [--ants-python benchmarks/.venv-ants/bin/python] [--repeats 3] [--no-3d]
-        [--repo PATH] [--json out.json]
+        [--repo PATH] [--baseline PATH] [--json out.json]
 
-``--repo PATH`` times the jaxreg of another checkout (an older revision: before/after tables).
+``--repo PATH`` times the jaxreg of another checkout; ``--baseline PATH`` adds rows for a second checkout (an
+older revision) in the same rounds, for before/after tables under the same load.
 """
 
 from __future__ import annotations
@@ -141,9 +142,11 @@ class Bench:
         self.count += 1
         return os.path.join(self.tmp, f"out{self.count}")
 
-    def jaxreg(self, name: str, pair: tuple[str, str], *, cache: str | None) -> dict:
+    def jaxreg(self, name: str, pair: tuple[str, str], *, cache: str | None, repo: str | None = None) -> dict:
         out, res = self._out(), os.path.join(self.tmp, f"child{self.count}.json")
         env = dict(self.env, JAXREG_CACHE_DIR=cache or "")
+        if repo is not None:
+            env["PYTHONPATH"] = repo
         argv = ([] if cache else ["--no-cache"]) + ["register", pair[0], pair[1], "-o", out, "--json"]
         wall, cpu, proc = _run([sys.executable, os.path.abspath(__file__), "--child", res, "--", *argv], env)
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -198,9 +201,17 @@ class Bench:
             self.jaxreg("jaxreg cache, empty", PAIR2D, cache=cache)
             self.jaxreg("jaxreg cache, warm", PAIR2D, cache=cache)
             self.warm_in_process()
+            if a.baseline:
+                base = os.path.abspath(a.baseline)
+                self.jaxreg("baseline --no-cache", PAIR2D, cache=None, repo=base)
+                shutil.rmtree(cache, ignore_errors=True)
+                self.jaxreg("baseline cache, empty", PAIR2D, cache=cache, repo=base)
+                self.jaxreg("baseline cache, warm", PAIR2D, cache=cache, repo=base)
         if not a.no_3d:
             log("3-D pair (--no-cache)")
             self.jaxreg("3-D jaxreg --no-cache", PAIR3D, cache=None)
+            if a.baseline:
+                self.jaxreg("3-D baseline --no-cache", PAIR3D, cache=None, repo=os.path.abspath(a.baseline))
         log(f"load average after: {os.getloadavg()[0]:.2f}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.table()
@@ -252,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the 2-D rows (medians are reported)")
     ap.add_argument("--no-3d", action="store_true", help="skip the 3-D pair")
     ap.add_argument("--repo", default=None, help="time the jaxreg of this checkout (default: this one)")
+    ap.add_argument(
+        "--baseline", default=None, help="also time the jaxreg of this checkout (an older revision) in the same rounds"
+    )
     ap.add_argument("--json", default=None, help="write the medians and every run here")
     Bench(ap.parse_args(argv)).run()
 

@@ -24,7 +24,8 @@ Subcommands:
 Compilation cache: every command runs with JAX's persistent compilation cache on (:func:`compilation_cache`),
 in ``$JAXREG_CACHE_DIR`` or ``~/.cache/jaxreg/jax`` (``$XDG_CACHE_HOME/jaxreg/jax`` when that is set), so a
 second run skips most of XLA's compilation; ``--no-cache`` or ``JAXREG_CACHE_DIR=""`` turns it off. The library
-itself never turns the cache on.
+itself never turns the cache on. Without the cache, ``register`` compiles its programs for one run each
+(:func:`jaxreg.core.compilation.single_use`: small programs with XLA's fast-compile options).
 
 User errors (missing or unreadable files, bad arguments, anything jaxreg raises as ``ValueError`` or
 ``OSError``) print one line ``jaxreg: error: ...`` on stderr, naming the argument concerned, and exit with

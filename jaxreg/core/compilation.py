@@ -17,9 +17,9 @@ The choice is per program and scoped, never a process-wide flag:
 * :func:`jit` is ``jax.jit`` whose compiled variant is chosen at each call by those rules from the size of its
   array arguments (one variant per option set, each cached by JAX as usual).
 
-Fast-compiled code computes the same operations with less optimised machine code; float32 results can differ
-in the last bits (e.g. the final local-NCC loss of the 2-D pair's finest level: -0.206049 with the defaults,
--0.206049 fast; SDlogJ and NCC of the report agree to 4 digits).
+Fast-compiled code computes the same operations with less optimised machine code; float32 results differ in
+the last bits: on the 2-D pair the registered transform moves by at most 0.0004 mm (mean 2e-5 mm), the report's
+NCC after registration is unchanged (0.99246), NMI 1.42851 -> 1.42852, SDlogJ 0.23153 -> 0.231529.
 """
 
 from __future__ import annotations

@@ -374,12 +374,6 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-@functools.partial(jit, static_argnums=(0, 1))
-def _starts(model: Any, grid: Grid, transforms: list) -> Transform:
-    """``model.start(grid, t)`` of each candidate start ``t``, stacked (one compiled program for all)."""
-    return _stack([model.start(grid, t) for t in transforms])
-
-
 def _linear_start(stage, model, method, level_data, fixed, moving, fmasks, mmasks, batch, sweep):
     """The start of a linear stage (stacked for a batch) and the name of the start chosen for each pair.
 
@@ -410,7 +404,7 @@ def _linear_start(stage, model, method, level_data, fixed, moving, fmasks, mmask
         )
     cands = [candidate_starts(f, m, fixed_mask=fm, moving_mask=mm) for f, m, fm, mm in pairs]
     names = [[n for n, _ in c] for c in cands]
-    params = [_starts(model, f.grid, [t for _, t in c]) for (f, *_), c in zip(pairs, cands)]
+    params = [_stack([model.start(f.grid, t) for _, t in c]) for (f, *_), c in zip(pairs, cands)]
     params = _stack(params) if batch else params[0]
     fa, fg, ma, mg, fma, mma = level_data
 
