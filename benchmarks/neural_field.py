@@ -10,7 +10,8 @@ Usage::
 
     python benchmarks/neural_field.py [--levels 4:300,2:300,1:200] [--points 4096] [--hidden 64,64,64]
         [--similarity ncc] [--lr 3e-4] [--jacobian 0.1] [--patch R] [--omega0 W] [--schedule cosine|constant]
-        [--output displacement|velocity] [--lattice MM] [--exp-steps N] [--diffusion W] [--case brain3d|brain2d]
+        [--output displacement|velocity] [--lattice MM] [--exp-steps N] [--diffusion W] [--folding W]
+        [--case brain3d|brain2d]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> int:
     ap.add_argument("--lattice", type=float, default=0.0, help="velocity lattice spacing (mm), 0: each level grid")
     ap.add_argument("--exp-steps", type=int, default=7)
     ap.add_argument("--diffusion", type=float, default=0.0)
+    ap.add_argument("--folding", type=float, default=0.0)
     args = ap.parse_args()
 
     import jax
@@ -78,7 +80,7 @@ def main() -> int:
     nf = NeuralField(hidden=tuple(int(h) for h in args.hidden.split(",")), similarity=args.similarity,
                      points=args.points, learning_rate=args.lr, jacobian_weight=args.jacobian, patch=args.patch,
                      omega0=args.omega0, schedule=args.schedule, output=args.output, lattice=args.lattice,
-                     exp_steps=args.exp_steps, diffusion_weight=args.diffusion)  # fmt: skip
+                     exp_steps=args.exp_steps, diffusion_weight=args.diffusion, folding_weight=args.folding)  # fmt: skip
     levels = tuple(Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.levels.split(",")))
     pipelines = {"default (affine + greedy SVF)": default, "affine + NeuralField": (*linear, Stage(nf, levels=levels))}
     rows = []
@@ -100,7 +102,7 @@ def main() -> int:
     print(f"\n{args.case}: NeuralField levels {args.levels}, points {args.points}, hidden {args.hidden}, "
           f"{args.similarity}, lr {args.lr}, jacobian {args.jacobian}, patch {args.patch}, omega0 {args.omega0}, "
           f"{args.schedule}, output {args.output}, lattice {args.lattice}, exp steps {args.exp_steps}, "
-          f"diffusion {args.diffusion}")  # fmt: skip
+          f"diffusion {args.diffusion}, folding {args.folding}")  # fmt: skip
     print("| pipeline | Dice | NCC | det J <= 0 % | SDlogJ | s (incl. compilation) | time ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

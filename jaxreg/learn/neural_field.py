@@ -42,7 +42,9 @@ Han et al., WACV 2023) and each iteration works on whole images instead of point
 * the level's transform is the composition ``T = (id + u_0) o exp(v_theta)``, ``T(x) = x + w(x) + u_0(x + w(x))``,
   and the loss is
   ``sim(F, M o outer o T) + w_J mean_{G_v} |1 - det(I + grad w)| + w_D mean_{G_v} ||grad v_theta||_F^2``
-  with the similarity of the whole level images (any similarity of the registry, local ones included: the greedy
+  ``+ w_F mean_level relu(0.01 - det(I + grad(T - id)))^2`` (:func:`~jaxreg.regularizers.folding` of the
+  level's whole displacement, ``u_0`` included, on the level grid: the flow does not fold, but the interpolated
+  compositions can at a few voxels), with the similarity of the whole level images (any similarity of the registry, local ones included: the greedy
   default's ``"lncc(window=5)"``) and both regularisers by finite differences on ``G_v``
   (:func:`~jaxreg.regularizers.jacobian_determinant_field`, :func:`~jaxreg.regularizers.diffusion`);
 * the flow of a smooth velocity does not fold, so no Jacobian penalty is needed to keep ``det J > 0`` (up to
@@ -65,7 +67,7 @@ from jaxreg.core.grid import Grid, Image
 from jaxreg.core.pytree import register_fields
 from jaxreg.optimize.models import Field
 from jaxreg.optimize.objective import as_similarity
-from jaxreg.regularizers import diffusion, jacobian_determinant_field
+from jaxreg.regularizers import diffusion, folding, jacobian_determinant_field
 from jaxreg.transforms.dense import (
     DisplacementField,
     compose_fields,
@@ -144,6 +146,8 @@ class NeuralField:
       lattice: spacing (mm) of the velocity lattice on every level: the level's fixed grid downsampled by
         ``max(1, round(lattice / spacing))`` per axis; 0: the level grid itself (velocity output only).
       exp_steps: scaling-and-squaring steps of ``exp(v_theta)`` (velocity output only).
+      folding_weight: ``w_F``, weight of the folding penalty of the level's displacement on the level grid
+        (velocity output only; traced).
     """
 
     hidden: tuple[int, ...] = (64, 64, 64)
@@ -160,6 +164,7 @@ class NeuralField:
     output: str = "displacement"
     lattice: float = 0.0
     exp_steps: int = 7
+    folding_weight: Any = 0.0
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden) if isinstance(self.hidden, (list, tuple)) else self.hidden
@@ -190,7 +195,7 @@ class NeuralField:
             raise ValueError(f"exp_steps: expected a non-negative int, got {self.exp_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed: expected an int, got {self.seed!r}")
-        for name in ("jacobian_weight", "diffusion_weight"):
+        for name in ("jacobian_weight", "diffusion_weight", "folding_weight"):
             v = getattr(self, name)
             if isinstance(v, (int, float)) and not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}: expected a non-negative finite weight, got {v!r}")
@@ -198,7 +203,7 @@ class NeuralField:
 
     # -- value semantics ---------------------------------------------------------------------------------------
     def _key(self) -> tuple:
-        w = tuple(float(np.asarray(getattr(self, n))) for n in ("jacobian_weight", "diffusion_weight"))
+        w = tuple(float(np.asarray(getattr(self, n))) for n in ("jacobian_weight", "diffusion_weight", "folding_weight"))
         sim = self.similarity if isinstance(self.similarity, (str, int, float, tuple)) else id(self.similarity)
         return (self.hidden, self.omega0, repr(sim), self.points, int(self.patch), self.learning_rate,
                 self.schedule, w, self.seed, self.chunk, self.output, float(self.lattice), int(self.exp_steps))  # fmt: skip
@@ -267,7 +272,7 @@ class NeuralField:
             flat_u0 = u0.reshape(-1, n)
             flat_w = None if fmask is None else fmask.reshape(-1).astype(jnp.float32)
             size = int(np.prod(shape))
-            wj, wd = method.jacobian_weight, method.diffusion_weight
+            wj, wd, wf = method.jacobian_weight, method.diffusion_weight, method.folding_weight
 
             def world(idx):  # integer voxel indices (..., n) -> world mm
                 return idx.astype(jnp.float32) @ aff[:n, :n].T + aff[:n, n]
@@ -314,13 +319,15 @@ class NeuralField:
                     del key  # every voxel of the level, every iteration
                     v, w = stationary(layers)
                     w_level = DisplacementField(w, vgrid).on_grid(fixed_grid).displacement
-                    y = params(x_level + w_level)  # (id + u_0) o exp(v_theta)
+                    y = y_inner = params(x_level + w_level)  # (id + u_0) o exp(v_theta)
                     if outer is not None:
                         y = outer(y)
                     m = sample_points(moving_img, y, order=1, mode="constant", cval=0.0).astype(jnp.float32)
                     val = jnp.asarray(sim(fixed32, m, fmask32), jnp.float32)
                     det = jacobian_determinant_field(w, grid=vgrid)
-                    return val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * diffusion(v, grid=vgrid)
+                    val = val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * diffusion(v, grid=vgrid)
+                    # folds of the level's whole displacement (u_0 included) on the level grid
+                    return val + wf * folding(y_inner - x_level, grid=fixed_grid, eps=0.01)
 
             def body(k, carry):
                 layers, state, losses = carry
@@ -346,4 +353,4 @@ class NeuralField:
         return kernel
 
 
-register_fields(NeuralField, ("jacobian_weight", "diffusion_weight"))
+register_fields(NeuralField, ("jacobian_weight", "diffusion_weight", "folding_weight"))
