@@ -8,9 +8,12 @@ time includes its own compilation).
 
 Usage::
 
-    python benchmarks/neural_field.py [--levels 4:300,2:300,1:200] [--points 4096] [--hidden 64,64,64]
-        [--similarity ncc] [--lr 3e-4] [--jacobian 0.1] [--patch R] [--omega0 W] [--schedule cosine|constant]
-        [--output displacement|velocity] [--lattice MM] [--exp-steps N] [--diffusion W] [--case brain3d|brain2d]
+    python benchmarks/neural_field.py [--case brain3d|brain2d] [--levels 4:100,2:100,1:30]
+        [--output displacement|velocity] [--hidden 128,128,128] [--similarity SPEC] [--lr 1e-3]
+        [--lattice MM] [--stride S] [--exp-steps N] [--diffusion W] [--folding W] [--jacobian W]
+        [--points K] [--patch R] [--omega0 W] [--schedule cosine|constant]
+
+Options left out keep the :class:`~jaxreg.learn.NeuralField` defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / ".." / "shared" / "data"
+DISPLACEMENT_LEVELS = ((4, 300), (2, 300), (1, 200))  # (shrink, iterations)
+VELOCITY_LEVELS = ((4, 100), (2, 100), (1, 30))
 
 
 def _case(name: str):
@@ -45,19 +50,24 @@ def _case(name: str):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", default="brain3d", choices=("brain3d", "brain2d"))
-    ap.add_argument("--levels", default="4:300,2:300,1:200", help="shrink:iterations of the neural-field levels")
-    ap.add_argument("--points", type=int, default=4096)
-    ap.add_argument("--hidden", default="64,64,64")
-    ap.add_argument("--similarity", default="ncc")
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--jacobian", type=float, default=0.1)
-    ap.add_argument("--patch", type=int, default=0, help="patch radius (voxels) of the local similarity")
-    ap.add_argument("--omega0", type=float, default=30.0)
-    ap.add_argument("--schedule", default="cosine", choices=("cosine", "constant"))
-    ap.add_argument("--output", default="displacement", choices=("displacement", "velocity"))
-    ap.add_argument("--lattice", type=float, default=0.0, help="velocity lattice spacing (mm), 0: each level grid")
-    ap.add_argument("--exp-steps", type=int, default=7)
-    ap.add_argument("--diffusion", type=float, default=0.0)
+    ap.add_argument("--levels", default=None, help="shrink:iterations of the neural-field levels "
+                    "(default 4:100,2:100,1:30 for the velocity output, 4:300,2:300,1:200 for the displacement)")
+    # every option left out keeps the NeuralField default (the method's dataclass field)
+    opt = lambda flag, **kw: ap.add_argument(flag, default=None, **kw)
+    opt("--points", type=int)
+    opt("--hidden", help="widths, e.g. 128,128,128")
+    opt("--similarity")
+    opt("--lr", type=float)
+    opt("--jacobian", type=float)
+    opt("--patch", type=int, help="patch radius (voxels) of the local similarity (displacement output)")
+    opt("--omega0", type=float)
+    opt("--schedule", choices=("cosine", "constant"))
+    opt("--output", choices=("displacement", "velocity"))
+    opt("--lattice", type=float, help="smallest velocity lattice spacing (mm)")
+    opt("--stride", type=int, help="smallest velocity lattice step (level voxels)")
+    opt("--exp-steps", type=int)
+    opt("--diffusion", type=float)
+    opt("--folding", type=float)
     args = ap.parse_args()
 
     import jax
@@ -75,11 +85,19 @@ def main() -> int:
     fixed, moving, fl, ml, labels = case
     default = preset("default")
     linear = preset("affine")  # the default pipeline's affine stage
-    nf = NeuralField(hidden=tuple(int(h) for h in args.hidden.split(",")), similarity=args.similarity,
-                     points=args.points, learning_rate=args.lr, jacobian_weight=args.jacobian, patch=args.patch,
-                     omega0=args.omega0, schedule=args.schedule, output=args.output, lattice=args.lattice,
-                     exp_steps=args.exp_steps, diffusion_weight=args.diffusion)  # fmt: skip
-    levels = tuple(Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.levels.split(",")))
+    names = {"points": "points", "hidden": "hidden", "similarity": "similarity", "lr": "learning_rate",
+             "jacobian": "jacobian_weight", "patch": "patch", "omega0": "omega0", "schedule": "schedule",
+             "output": "output", "lattice": "lattice", "stride": "stride", "exp_steps": "exp_steps",
+             "diffusion": "diffusion_weight", "folding": "folding_weight"}  # fmt: skip
+    given = {f: getattr(args, a) for a, f in names.items() if getattr(args, a) is not None}
+    if "hidden" in given:
+        given["hidden"] = tuple(int(h) for h in given["hidden"].split(","))
+    nf = NeuralField(**given)
+    if args.levels is None:
+        levels = VELOCITY_LEVELS if nf.output == "velocity" else DISPLACEMENT_LEVELS
+        levels = tuple(Level(a, 0.0, b) for a, b in levels)
+    else:
+        levels = tuple(Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.levels.split(",")))
     pipelines = {"default (affine + greedy SVF)": default, "affine + NeuralField": (*linear, Stage(nf, levels=levels))}
     rows = []
     for name, stages in pipelines.items():
@@ -97,10 +115,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     base = rows[0]["seconds"]
-    print(f"\n{args.case}: NeuralField levels {args.levels}, points {args.points}, hidden {args.hidden}, "
-          f"{args.similarity}, lr {args.lr}, jacobian {args.jacobian}, patch {args.patch}, omega0 {args.omega0}, "
-          f"{args.schedule}, output {args.output}, lattice {args.lattice}, exp steps {args.exp_steps}, "
-          f"diffusion {args.diffusion}")  # fmt: skip
+    print(f"\n{args.case}: NeuralField levels {', '.join(f'{lv.shrink}:{lv.iterations}' for lv in levels)}, {nf}")
     print("| pipeline | Dice | NCC | det J <= 0 % | SDlogJ | s (incl. compilation) | time ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -88,6 +88,10 @@ def test_neural_field_same_seed_same_result_and_no_recompilation():
     assert NeuralField(jacobian_weight=0.1) != NeuralField(jacobian_weight=0.2)
     assert NeuralField(patch=1) != NeuralField(patch=2) and NeuralField(schedule="constant") != NeuralField()
     assert NeuralField(output="velocity") != NeuralField() and NeuralField(lattice=8.0) != NeuralField()
+    assert NeuralField(stride=2) != NeuralField()
+    assert NeuralField(folding_weight=1.0) != NeuralField()
+    # the three regulariser weights are the pytree's traced leaves (a sweep is a vmap); the rest is static
+    assert len(jax.tree_util.tree_leaves(NeuralField(folding_weight=1.0))) == 3
 
 
 def test_siren_starts_at_the_identity_with_the_papers_bounds():
@@ -134,7 +138,9 @@ def test_siren_hidden_layers_have_unit_scale_preactivations():
         ({"schedule": "linear"}, "schedule"),
         ({"output": "svf"}, "output"),
         ({"lattice": -1.0}, "lattice"),
+        ({"stride": 0}, "stride"),
         ({"exp_steps": -1}, "exp_steps"),
+        ({"folding_weight": -1.0}, "folding_weight"),
         ({"similarity": "no_such_similarity"}, "similarity"),
     ],
 )

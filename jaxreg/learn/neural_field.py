@@ -34,19 +34,26 @@ other deformable method (ITK-writable, composable, evaluated by the same metrics
 With ``output="velocity"`` the MLP is a stationary velocity ``v_theta`` (mm; a neural velocity field, as in
 Han et al., WACV 2023) and each iteration works on whole images instead of point batches:
 
-* ``v_theta`` is evaluated on the velocity lattice ``G_v``, the level's fixed grid downsampled by
-  ``max(1, round(lattice / spacing))`` voxels per axis (a lattice of about ``lattice`` mm on every level, so
-  the MLP's cost per iteration does not grow on the fine levels; ``lattice = 0``: the level grid itself), and ``w = exp(v_theta)`` is computed there by the library's one
-  scaling-and-squaring kernel (:func:`~jaxreg.transforms.exp_voxel_field`, ``exp_steps`` squarings), then
-  linearly interpolated onto the level grid;
-* the level's transform is the composition ``T = (id + u_0) o exp(v_theta)``, ``T(x) = x + w(x) + u_0(x + w(x))``,
-  and the loss is
-  ``sim(F, M o outer o T) + w_J mean_{G_v} |1 - det(I + grad w)| + w_D mean_{G_v} ||grad v_theta||_F^2``
-  with the similarity of the whole level images (any similarity of the registry, local ones included: the greedy
-  default's ``"lncc(window=5)"``) and both regularisers by finite differences on ``G_v``
-  (:func:`~jaxreg.regularizers.jacobian_determinant_field`, :func:`~jaxreg.regularizers.diffusion`);
-* the flow of a smooth velocity does not fold, so no Jacobian penalty is needed to keep ``det J > 0`` (up to
-  the interpolation of the squarings); ``points``, ``patch`` and ``chunk`` are unused.
+* ``v_theta`` is evaluated on the velocity lattice ``G_v``: the level's fixed grid downsampled by
+  ``max(stride, round(lattice / spacing))`` voxels per axis, i.e. a lattice of at least ``lattice`` mm and at
+  least ``stride`` level voxels (the MLP's cost per iteration stays bounded on the fine levels; ``lattice = 0``
+  and ``stride = 1``: the level grid itself);
+* ``w = exp(v_theta)`` is computed on ``G_v`` by the library's one scaling-and-squaring kernel
+  (:func:`~jaxreg.transforms.exp_voxel_field`, ``exp_steps`` squarings) and linearly interpolated onto the
+  level grid;
+* the level's transform is the composition ``T = (id + u_0) o exp(v_theta)``,
+  ``T(x) = x + w(x) + u_0(x + w(x))``, and the loss is ::
+
+      sim(F, M o outer o T) + w_J mean_{G_v} |1 - det(I + grad w)| + w_D mean_{G_v} ||grad v_theta||_F^2
+                            + w_F mean_level relu(0.01 - det(I + grad(T - id)))^2
+
+  with the similarity of the whole level images (any similarity of the registry, local ones included: the
+  greedy default's ``"lncc(window=5)"``), the Jacobian and diffusion terms by finite differences on ``G_v``
+  (:func:`~jaxreg.regularizers.jacobian_determinant_field`, :func:`~jaxreg.regularizers.diffusion`) and the
+  folding term (:func:`~jaxreg.regularizers.folding`) on the level's whole displacement, ``u_0`` included;
+* the flow of a smooth velocity does not fold, so no Jacobian term is needed to keep ``det J > 0``; the
+  folding term catches the few voxels where the interpolated compositions fold. ``points``, ``patch`` and
+  ``chunk`` are unused.
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ from jaxreg.core.grid import Grid, Image
 from jaxreg.core.pytree import register_fields
 from jaxreg.optimize.models import Field
 from jaxreg.optimize.objective import as_similarity
-from jaxreg.regularizers import diffusion, jacobian_determinant_field
+from jaxreg.regularizers import diffusion, folding, jacobian_determinant_field
 from jaxreg.transforms.dense import (
     DisplacementField,
     compose_fields,
@@ -141,9 +148,12 @@ class NeuralField:
       chunk: voxels per MLP evaluation when the field is written on the grid (memory bound).
       output: ``"displacement"`` (``u_theta`` on point batches) or ``"velocity"`` (``exp(v_theta)`` on whole
         images; see the module docstring).
-      lattice: spacing (mm) of the velocity lattice on every level: the level's fixed grid downsampled by
-        ``max(1, round(lattice / spacing))`` per axis; 0: the level grid itself (velocity output only).
+      lattice: smallest spacing (mm) of the velocity lattice (velocity output only).
+      stride: smallest step of the velocity lattice in voxels of the level grid: each level's fixed grid is
+        downsampled by ``max(stride, round(lattice / spacing))`` per axis (velocity output only).
       exp_steps: scaling-and-squaring steps of ``exp(v_theta)`` (velocity output only).
+      folding_weight: ``w_F``, weight of the folding penalty of the level's displacement on the level grid
+        (velocity output only; traced).
     """
 
     hidden: tuple[int, ...] = (64, 64, 64)
@@ -159,7 +169,9 @@ class NeuralField:
     chunk: int = 65536
     output: str = "displacement"
     lattice: float = 0.0
+    stride: int = 1
     exp_steps: int = 7
+    folding_weight: Any = 0.0
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden) if isinstance(self.hidden, (list, tuple)) else self.hidden
@@ -174,11 +186,11 @@ class NeuralField:
                 raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
         if self.output not in ("displacement", "velocity"):
             raise ValueError(f"output: expected 'displacement' or 'velocity', got {self.output!r}")
-        if isinstance(self.lattice, bool) or not isinstance(self.lattice, (int, float)) or not (
-            math.isfinite(self.lattice) and self.lattice >= 0
-        ):
+        lat = self.lattice
+        ok = isinstance(lat, (int, float)) and not isinstance(lat, bool) and math.isfinite(lat) and lat >= 0
+        if not ok:
             raise ValueError(f"lattice: expected a non-negative spacing in mm, got {self.lattice!r}")
-        for name in ("points", "chunk"):
+        for name in ("points", "chunk", "stride"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -186,11 +198,12 @@ class NeuralField:
             raise ValueError(f"patch: expected a non-negative int (voxels), got {self.patch!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule: expected 'cosine' or 'constant', got {self.schedule!r}")
-        if isinstance(self.exp_steps, bool) or not isinstance(self.exp_steps, (int, np.integer)) or self.exp_steps < 0:
+        st = self.exp_steps
+        if not (isinstance(st, (int, np.integer)) and not isinstance(st, bool) and st >= 0):
             raise ValueError(f"exp_steps: expected a non-negative int, got {self.exp_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed: expected an int, got {self.seed!r}")
-        for name in ("jacobian_weight", "diffusion_weight"):
+        for name in ("jacobian_weight", "diffusion_weight", "folding_weight"):
             v = getattr(self, name)
             if isinstance(v, (int, float)) and not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}: expected a non-negative finite weight, got {v!r}")
@@ -198,10 +211,11 @@ class NeuralField:
 
     # -- value semantics ---------------------------------------------------------------------------------------
     def _key(self) -> tuple:
-        w = tuple(float(np.asarray(getattr(self, n))) for n in ("jacobian_weight", "diffusion_weight"))
+        w = tuple(float(np.asarray(getattr(self, n))) for n in ("jacobian_weight", "diffusion_weight", "folding_weight"))
         sim = self.similarity if isinstance(self.similarity, (str, int, float, tuple)) else id(self.similarity)
         return (self.hidden, self.omega0, repr(sim), self.points, int(self.patch), self.learning_rate,
-                self.schedule, w, self.seed, self.chunk, self.output, float(self.lattice), int(self.exp_steps))  # fmt: skip
+                self.schedule, w, self.seed, self.chunk, self.output, float(self.lattice), int(self.stride),
+                int(self.exp_steps))  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return type(other) is NeuralField and self._key() == other._key()
@@ -245,8 +259,9 @@ class NeuralField:
         init = siren_init(jax.random.key(int(self.seed)), n, self.hidden, omega0)
         base_key = jax.random.fold_in(jax.random.key(int(self.seed)), 1)
         steps = int(self.exp_steps)
-        # velocity lattice: the level grid downsampled by round(lattice / spacing) per axis (at least 1)
-        factor = np.maximum(1, np.floor(float(self.lattice) / np.asarray(fixed_grid.spacing) + 0.5)).astype(int)
+        # velocity lattice: the level grid downsampled by max(stride, round(lattice / spacing)) per axis
+        factor = np.floor(float(self.lattice) / np.asarray(fixed_grid.spacing) + 0.5)
+        factor = np.maximum(int(self.stride), factor).astype(int)
         vgrid = fixed_grid.downsample(tuple(int(f) for f in factor)) if np.any(factor > 1) else fixed_grid
         vpts = vgrid.world_coords(jnp.float32).reshape(-1, n)
 
@@ -267,7 +282,7 @@ class NeuralField:
             flat_u0 = u0.reshape(-1, n)
             flat_w = None if fmask is None else fmask.reshape(-1).astype(jnp.float32)
             size = int(np.prod(shape))
-            wj, wd = method.jacobian_weight, method.diffusion_weight
+            wj, wd, wf = method.jacobian_weight, method.diffusion_weight, method.folding_weight
 
             def world(idx):  # integer voxel indices (..., n) -> world mm
                 return idx.astype(jnp.float32) @ aff[:n, :n].T + aff[:n, n]
@@ -314,13 +329,15 @@ class NeuralField:
                     del key  # every voxel of the level, every iteration
                     v, w = stationary(layers)
                     w_level = DisplacementField(w, vgrid).on_grid(fixed_grid).displacement
-                    y = params(x_level + w_level)  # (id + u_0) o exp(v_theta)
+                    y = y_inner = params(x_level + w_level)  # (id + u_0) o exp(v_theta)
                     if outer is not None:
                         y = outer(y)
                     m = sample_points(moving_img, y, order=1, mode="constant", cval=0.0).astype(jnp.float32)
                     val = jnp.asarray(sim(fixed32, m, fmask32), jnp.float32)
                     det = jacobian_determinant_field(w, grid=vgrid)
-                    return val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * diffusion(v, grid=vgrid)
+                    val = val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * diffusion(v, grid=vgrid)
+                    # folds of the level's whole displacement (u_0 included) on the level grid
+                    return val + wf * folding(y_inner - x_level, grid=fixed_grid, eps=0.01)
 
             def body(k, carry):
                 layers, state, losses = carry
@@ -346,4 +363,4 @@ class NeuralField:
         return kernel
 
 
-register_fields(NeuralField, ("jacobian_weight", "diffusion_weight"))
+register_fields(NeuralField, ("jacobian_weight", "diffusion_weight", "folding_weight"))
