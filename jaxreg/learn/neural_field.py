@@ -52,8 +52,13 @@ Han et al., WACV 2023) and each iteration works on whole images instead of point
   (:func:`~jaxreg.regularizers.jacobian_determinant_field`, :func:`~jaxreg.regularizers.diffusion`) and the
   folding term (:func:`~jaxreg.regularizers.folding`) on the level's whole displacement, ``u_0`` included;
 * the flow of a smooth velocity does not fold, so no Jacobian term is needed to keep ``det J > 0``; the
-  folding term catches the few voxels where the interpolated compositions fold. ``points``, ``patch`` and
-  ``chunk`` are unused.
+  folding term acts on the few voxels where the interpolated compositions fold (it reduces them; it does not
+  guarantee none). ``points``, ``patch`` and ``chunk`` are unused.
+
+On brain3d (``benchmarks/neural_field.py``) the velocity output with ``hidden=(128, 128, 128)``,
+``similarity="lncc(window=5)"``, ``learning_rate=1e-3``, ``jacobian_weight=0``, ``diffusion_weight=0.05``,
+``folding_weight=10``, ``lattice=4``, ``stride=2`` reaches a mean Dice of 0.775 on levels 4 and 2 and 0.781 with
+the full-resolution level (0.05 % folding), against the greedy default's 0.785 and the point batches' 0.712.
 """
 
 from __future__ import annotations
