@@ -8,7 +8,7 @@ time includes its own compilation).
 
 Usage::
 
-    python benchmarks/neural_field.py [--case brain3d|brain2d] [--levels 4:100,2:100,1:30]
+    python benchmarks/neural_field.py [--case brain3d|brain2d] [--levels 4:100,2:100,1:30] [--greedy-levels 4:40]
         [--output displacement|velocity] [--hidden 128,128,128] [--similarity SPEC] [--lr 1e-3]
         [--lattice MM] [--stride S] [--exp-steps N] [--diffusion W] [--folding W] [--jacobian W]
         [--points K] [--patch R] [--omega0 W] [--schedule cosine|constant]
@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--case", default="brain3d", choices=("brain3d", "brain2d"))
     ap.add_argument("--levels", default=None, help="shrink:iterations of the neural-field levels "
                     "(default 4:100,2:100,1:30 for the velocity output, 4:300,2:300,1:200 for the displacement)")
+    ap.add_argument("--greedy-levels", default=None, help="shrink:iterations of the default's greedy levels "
+                    "(default: the preset's 4:40,2:20,1:5; e.g. 4:40 for its coarse level alone)")
     # every option left out keeps the NeuralField default (the method's dataclass field)
     opt = lambda flag, **kw: ap.add_argument(flag, default=None, **kw)
     opt("--points", type=int)
@@ -83,7 +85,10 @@ def main() -> int:
         print(f"skipped: {DATA / args.case} not found")
         return 0
     fixed, moving, fl, ml, labels = case
-    default = preset("default")
+    greedy_levels = None
+    if args.greedy_levels is not None:
+        greedy_levels = [Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.greedy_levels.split(","))]
+    default = preset("default", deformable_levels=greedy_levels)
     linear = preset("affine")  # the default pipeline's affine stage
     names = {"points": "points", "hidden": "hidden", "similarity": "similarity", "lr": "learning_rate",
              "jacobian": "jacobian_weight", "patch": "patch", "omega0": "omega0", "schedule": "schedule",

@@ -42,7 +42,9 @@ Han et al., WACV 2023) and each iteration works on whole images instead of point
   (:func:`~jaxreg.transforms.exp_voxel_field`, ``exp_steps`` squarings) and linearly interpolated onto the
   level grid;
 * the level's transform is the composition ``T = (id + u_0) o exp(v_theta)``,
-  ``T(x) = x + w(x) + u_0(x + w(x))``, and the loss is ::
+  ``T(x) = x + w(x) + u_0(x + w(x))`` with ``u_0`` linearly interpolated and its edge values repeated where
+  ``x + w(x)`` leaves the grid (with the zero outside of a :class:`~jaxreg.transforms.DisplacementField` the
+  border voxels fold), and the loss is ::
 
       sim(F, M o outer o T) + w_J mean_{G_v} |1 - det(I + grad w)| + w_D mean_{G_v} ||grad v_theta||_F^2
                             + w_F mean_level relu(0.01 - det(I + grad(T - id)))^2
@@ -52,8 +54,13 @@ Han et al., WACV 2023) and each iteration works on whole images instead of point
   (:func:`~jaxreg.regularizers.jacobian_determinant_field`, :func:`~jaxreg.regularizers.diffusion`) and the
   folding term (:func:`~jaxreg.regularizers.folding`) on the level's whole displacement, ``u_0`` included;
 * the flow of a smooth velocity does not fold, so no Jacobian term is needed to keep ``det J > 0``; the
-  folding term catches the few voxels where the interpolated compositions fold. ``points``, ``patch`` and
-  ``chunk`` are unused.
+  folding term acts on the few voxels where the interpolated compositions fold (it reduces them; it does not
+  guarantee none). ``points``, ``patch`` and ``chunk`` are unused.
+
+On brain3d (``benchmarks/neural_field.py``) the velocity output with ``hidden=(128, 128, 128)``,
+``similarity="lncc(window=5)"``, ``learning_rate=1e-3``, ``jacobian_weight=0``, ``diffusion_weight=0.05``,
+``folding_weight=10``, ``lattice=4``, ``stride=2`` reaches a mean Dice of 0.775 on levels 4 and 2 and 0.781 with
+the full-resolution level (0.05 % folding), against the greedy default's 0.785 and the point batches' 0.712.
 """
 
 from __future__ import annotations
@@ -70,12 +77,12 @@ import optax
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.core.pytree import register_fields
+from jaxreg.core.sampling import map_coordinates
 from jaxreg.optimize.models import Field
 from jaxreg.optimize.objective import as_similarity
 from jaxreg.regularizers import diffusion, folding, jacobian_determinant_field
 from jaxreg.transforms.dense import (
     DisplacementField,
-    compose_fields,
     exp_voxel_field,
     from_voxel_displacement,
     to_voxel_displacement,
@@ -320,6 +327,11 @@ class NeuralField:
                 fixed32 = fixed.astype(jnp.float32)
                 fmask32 = None if fmask is None else fmask.astype(jnp.float32)
 
+                def composed(w_level):  # x + w(x) + u_0(x + w(x)), u_0 edge-extended (not zero) off the grid
+                    p = x_level + w_level
+                    idx = fixed_grid.world_to_index(p)
+                    return p + map_coordinates(u0, idx, order=1, mode="nearest")
+
                 def stationary(layers):  # v on the velocity grid and w = exp(v) - id there, both mm
                     v = u_theta(layers, vpts).reshape(*vgrid.shape, n)
                     w = from_voxel_displacement(exp_voxel_field(to_voxel_displacement(v, vgrid), steps), vgrid)
@@ -329,7 +341,7 @@ class NeuralField:
                     del key  # every voxel of the level, every iteration
                     v, w = stationary(layers)
                     w_level = DisplacementField(w, vgrid).on_grid(fixed_grid).displacement
-                    y = y_inner = params(x_level + w_level)  # (id + u_0) o exp(v_theta)
+                    y = y_inner = composed(w_level)  # (id + u_0) o exp(v_theta)
                     if outer is not None:
                         y = outer(y)
                     m = sample_points(moving_img, y, order=1, mode="constant", cval=0.0).astype(jnp.float32)
@@ -349,9 +361,9 @@ class NeuralField:
                 0, cap, body, (init, optimizer.init(init), jnp.full((cap,), jnp.nan, jnp.float32))
             )
             if self.output == "velocity":
-                w_level = DisplacementField(stationary(layers)[1], vgrid).on_grid(fixed_grid)
-                out = compose_fields(params, w_level)  # u(x) = w(x) + u_0(x + w(x))
-                out = DisplacementField(out.displacement.astype(params.displacement.dtype), params.grid)
+                w_level = DisplacementField(stationary(layers)[1], vgrid).on_grid(fixed_grid).displacement
+                out = composed(w_level) - x_level  # u(x) = w(x) + u_0(x + w(x))
+                out = DisplacementField(out.astype(params.displacement.dtype), params.grid)
                 return out, losses.astype(dtype), jnp.asarray(cap, jnp.int32), jnp.zeros((), bool)
             pts = fixed_grid.world_coords(jnp.float32).reshape(-1, n)
             pad = (-size) % min(chunk, size)
