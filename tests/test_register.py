@@ -387,6 +387,27 @@ def test_batch_equals_loop_for_gradient_and_greedy(fixed):
         )
 
 
+
+def test_batch_of_refined_bspline_stages_equals_loop(fixed, deformed):
+    """A B-spline stage that refines the previous one (half its spacing) continues every pair of a batch."""
+    moving, _ = deformed
+    movings = [moving, jr.warp(fixed, Translation(jnp.asarray([1.0, -1.0])), fixed.grid)]
+
+    def stage(spacing):
+        grad = Gradient(objective(similarity_term(mse)), Optimizer("adam", 0.5), Stopping(tol=0.0))
+        return Stage(grad, BSpline(spacing), (Level(1, 0.0, 6),))
+
+    stages = (stage(32.0), stage(16.0))
+    batch = register([fixed, fixed], movings, method=stages)
+    assert batch.stages[1].continues and type(batch.optimized) is BSplineTransform
+    for i in range(2):
+        single = register(fixed, movings[i], method=stages)
+        assert single.stages[1].continues
+        # equal up to float reassociation of the vmapped kernel, amplified by Adam's normalised steps (mm)
+        np.testing.assert_allclose(batch.pair(i).optimized.coefficients, single.optimized.coefficients, atol=2e-2)
+        assert float(jnp.max(jnp.abs(single.optimized.coefficients))) > 1.0  # a real deformation was refined
+
+
 def test_sweep_of_weights_in_one_call(fixed, deformed):
     moving, _ = deformed
     m = Gradient(
