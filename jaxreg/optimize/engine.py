@@ -636,7 +636,7 @@ def register(
             # a batch carries a leading axis on every leaf: ask with pair 0 whether the stage continues, then map
             # the continuation (e.g. the exact B-spline refinement) over the pairs
             if model.continue_from(prev_model, jax.tree_util.tree_map(lambda x: x[0], prev_params)) is not None:
-                cont = jax.vmap(lambda p: model.continue_from(prev_model, p))(prev_params)
+                cont = jax.vmap(functools.partial(model.continue_from, prev_model))(prev_params)
         elif prev_model is not None:
             cont = model.continue_from(prev_model, prev_params)
         if cont is not None:
