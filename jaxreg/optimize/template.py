@@ -20,7 +20,7 @@ After the last update every image is registered once more to the final template:
 mappings, and their mean |displacement| over the template's foreground (``mean_displacement_mm``, ~0 for an
 unbiased template) is measured on them, not assumed. Its floor is the registration's precision, not the update
 (whose inverse is exact to < 1e-4 mm): fresh registrations follow only part of a small smooth change of the
-template (on 3 mm synthesised brains the default greedy pipeline recovers about half of a 0.8 mm deformation of a
+template (on 3 mm synthesised brains the default greedy pipeline recovers about 40 % of a 0.8 mm deformation of a
 template's own copy), and those errors depend on the template, so they are shared by all subjects and do not
 average out; ``benchmarks/template_diagnose.py`` measures each step. Sharpness is the mean gradient magnitude of the template
 over its foreground divided by its mean foreground intensity (per mm; higher is sharper).
