@@ -3,7 +3,8 @@
 :class:`NeuralField` is a method of :func:`jaxreg.optimize.register` (same contract as
 :class:`~jaxreg.optimize.Gradient` and :class:`~jaxreg.optimize.Greedy`): on each level it optimises a small
 SIREN MLP ``u_theta: R^ndim -> R^ndim`` (Sitzmann et al., NeurIPS 2020) with optax Adam on random batches of
-fixed-grid voxels, as in implicit neural registration (Wolterink et al., MIDL 2022):
+fixed-grid voxels, as in implicit neural registration (Wolterink et al., "Implicit neural representations for
+deformable image registration", MIDL 2022):
 
 * coordinates are world mm normalised to ``[-1, 1]`` over the level's fixed grid,
   ``h_0 = sin(omega_0 (W_0 x + b_0))``, ``h_k = sin(omega_0 (W_k h_{k-1} + b_k))``,
@@ -32,7 +33,8 @@ transform is the :class:`~jaxreg.transforms.DisplacementField` ``u_0 + u_theta``
 other deformable method (ITK-writable, composable, evaluated by the same metrics).
 
 With ``output="velocity"`` the MLP is a stationary velocity ``v_theta`` (mm; a neural velocity field, as in
-Han et al., WACV 2023) and each iteration works on whole images instead of point batches:
+Han et al., "Diffeomorphic image registration with neural velocity field", WACV 2023) and each iteration works
+on whole images instead of point batches:
 
 * ``v_theta`` is evaluated on the velocity lattice ``G_v``: the level's fixed grid downsampled by
   ``max(stride, round(lattice / spacing))`` voxels per axis, i.e. a lattice of at least ``lattice`` mm and at
