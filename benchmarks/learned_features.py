@@ -5,12 +5,12 @@ symmetric greedy SVF) is run with its deformable stage's similarity replaced
 (``preset("multimodal", similarity=...)``, the command line's ``--similarity``):
 
 * ``nmi(bins=32)``: the pipeline's default;
-* ``features(model=M)`` for each ``--model`` (default the shipped ``labelmind``, trained on head label maps, and
-  ``labelmind_body``, trained on head and abdomen-pelvis label maps): SSD of the contrast-invariant feature maps
-  + 0.3 x NMI of the rank-equalised images (the network runs once per image and level);
-* ``weighted_sum(terms=(("features(model=M)", 2.0), ("mind(radius=1)", 1.0)))``: the learned features
-  (with their NMI) plus MIND-SSC radius 1 (``--weight`` sets the 2.0); the sum is prepared like ``features``
-  alone (the network runs once per image and level, :mod:`jaxreg.similarity.combine`);
+* ``features(model=M)`` for each ``--model`` (default the shipped ``labelmind``; a model folder works too): SSD of
+  the contrast-invariant feature maps of all three planes of a volume + 0.3 x NMI of the rank-equalised images
+  (the network runs once per image and level), and ``features(model=M, axes=(2,))``, axial planes only;
+* ``weighted_sum(terms=(("features(model=M, nmi=0.4, axes=(2,))", 2.0), ("mind(radius=1)", 1.0)))``: the
+  learned axial features (with their NMI, ``--nmi``) plus MIND-SSC radius 1 (``--weight`` sets the 2.0); the sum
+  is prepared like ``features`` alone (the network runs once per image and level, :mod:`jaxreg.similarity.combine`);
 * ``mind`` (MIND-SSC, Heinrich's default radius 2) and ``mind(radius=1)`` (ConvexAdam's);
 
 and ANTs SyN with Mattes MI (antspyx in the peers' venv, ``benchmarks/peers.py``'s worker, the same task as
@@ -23,8 +23,8 @@ and ANTs SyN with Mattes MI (antspyx in the peers' venv, ``benchmarks/peers.py``
 Usage::
 
     python benchmarks/learned_features.py [--ants-python /work/main/benchmarks/.venv-ants/bin/python]
-        [--threads 2] [--no-ants] [--no-head] [--model labelmind labelmind_body] [--weight 2] [--only NAME ...]
-        [--json out.json]
+        [--threads 2] [--no-ants] [--no-head] [--model labelmind] [--weight 2] [--nmi 0.4] [--only NAME ...]
+        [--extra NAME=SPEC ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ sys.path.insert(0, HERE)
 
 FEATURES = {
     "features ({model})": "features(model='{model}')",
-    "features ({model}) + MIND-SSC r1": "weighted_sum(terms=((\"features(model='{model}')\", {w}), ('mind(radius=1)', 1.0)))",
+    "features ({model}, axial)": "features(model='{model}', axes=(2,))",
+    "features ({model}, axial, nmi {nmi}) x{w} + MIND-SSC r1":
+        "weighted_sum(terms=((\"features(model='{model}', nmi={nmi}, axes=(2,))\", {w}), ('mind(radius=1)', 1.0)))",
 }
 BASELINES = {
     "NMI (default)": "nmi(bins=32)",
@@ -51,13 +53,16 @@ BASELINES = {
 }
 
 
-def similarities(models, weight: float) -> dict[str, str]:
-    """The table's rows: NMI, then each model's features alone and + MIND-SSC r1, then both MIND-SSC radii."""
+def similarities(models, weight: float, nmi: float) -> dict[str, str]:
+    """The table's rows: NMI, then each model's features (three planes, axial) and + MIND-SSC r1, then MIND-SSC."""
     rows = {"NMI (default)": BASELINES["NMI (default)"]}
     for m in models:
         name = os.path.basename(os.path.normpath(m))
         for k, v in FEATURES.items():
-            rows[k.replace("{model}", name)] = v.replace("{model}", m).replace("{w}", repr(weight))
+            sub = {"{model}": m, "{w}": repr(float(weight)), "{nmi}": f"{nmi:g}"}
+            for a, b in sub.items():
+                k, v = k.replace(a, name if a == "{model}" else b), v.replace(a, b)
+            rows[k] = v
     rows.update({k: v for k, v in BASELINES.items() if k != "NMI (default)"})
     return rows
 
@@ -69,9 +74,12 @@ def main(argv=None) -> None:
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--no-head", action="store_true")
     ap.add_argument("--only", nargs="+", default=None, help="similarity names to run (keys of the table)")
-    ap.add_argument("--model", nargs="+", default=["labelmind", "labelmind_body"],
+    ap.add_argument("--model", nargs="+", default=["labelmind"],
                     help="feature models: shipped names or model folders (each gives two rows)")
     ap.add_argument("--weight", type=float, default=2.0, help="weight of the features against MIND-SSC r1 in the sum")
+    ap.add_argument("--nmi", type=float, default=0.4, help="NMI weight inside the features term of the sum")
+    ap.add_argument("--extra", nargs="+", default=[], metavar="NAME=SPEC",
+                    help="further rows: a name and a similarity spec, e.g. \"f0=features(model='labelmind', nmi=0)\"")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -83,8 +91,13 @@ def main(argv=None) -> None:
     from jaxreg.warp import warp_labels
 
     sims = {
-        k: v for k, v in similarities(args.model, args.weight).items() if args.only is None or k in args.only or v in args.only
+        k: v for k, v in similarities(args.model, args.weight, args.nmi).items() if args.only is None or k in args.only or v in args.only
     }
+    for item in args.extra:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            ap.error(f"--extra: expected NAME=SPEC, got {item!r}")
+        sims[name] = spec
     ants_ok = not args.no_ants and os.path.exists(args.ants_python)
     if not args.no_ants and not ants_ok:
         print(f"ANTs: skipped, no peers' venv at {args.ants_python}")

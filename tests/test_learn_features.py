@@ -152,6 +152,23 @@ def test_features_similarity_minimal_at_alignment_and_prepared():
     assert sim.prepare(vol).shape == (48, 48, 6, 3 * 8 + 1)
 
 
+def test_axes_select_the_planes(shipped):
+    vol = np.random.default_rng(2).random((10, 12, 6)).astype(np.float32)
+    full = np.asarray(F.apply_features(shipped, vol))
+    c = shipped.out_channels
+    for axes in ((2,), (0, 2), (1,)):
+        sub = np.asarray(F.apply_features(shipped, vol, axes=axes))
+        ref = np.concatenate([full[..., a * c : (a + 1) * c] for a in axes], axis=-1)
+        np.testing.assert_allclose(sub, ref, atol=1e-5)
+    img = vol[..., 0]  # axes do not matter for a 2-D image
+    np.testing.assert_array_equal(np.asarray(F.apply_features(shipped, img, axes=(2,))), np.asarray(F.apply_features(shipped, img)))
+    sim = terms.parse("features(model='labelmind', axes=(2,))", "similarity")
+    assert sim.prepare(vol).shape == (10, 12, 6, c + 1)
+    for bad in ((), (3,), (1, 1), (True,), 2):
+        with pytest.raises(ValueError, match="axes"):
+            terms.similarity("features", axes=bad)
+
+
 def test_greedy_with_features_reduces_misalignment():
     from jaxreg.evaluation import dice
     from jaxreg.optimize import Greedy, Level, register
