@@ -15,11 +15,12 @@ Usage (5 minutes on 2 idle CPU cores, 27 when they were shared with other jobs):
 ``--body`` adds body anatomy: the TotalSegmentator labels of ``../shared/data/pelvis_ct`` (abdomen-pelvis of one
 person, 3 mm, zoomed x2 to 1.5 mm voxels), whose unlabelled voxels are split by the CT's Hounsfield units (smoothed by 1 voxel) into air
 (< -500), fat (-500..-30), soft tissue (-30..200) and bone (> 200) so that the body wall is not one flat region; as
-many slices as from the ten head maps together, on 256-voxel canvases. The shipped ``labelmind_body``
-(jaxreg/models/labelmind_body, its README has the figures) is::
+many slices as from the ten head maps together, on 256-voxel canvases. Neither body variant was better than
+``labelmind`` on abdomen_ct_mr (benchmarks/README.md, learned_features), so none is shipped; they were::
 
-    python examples/train_labelmind.py --out jaxreg/models/labelmind_body --body --steps 3000 --seed 0 \
-        --net-dilations 1 2 4 2 1 --std-max 0.1 --blur-max 1.5 --bias-std 0.5 --gamma-std 0.35 --noise-max 0.06
+    python examples/train_labelmind.py --out /tmp/body --body --steps 3000 --seed 0      # 23 min, shared cores
+    python examples/train_labelmind.py --out /tmp/body21 --body --steps 3000 --seed 0 \
+        --net-dilations 1 2 4 2 1 --std-max 0.1 --blur-max 1.5 --bias-std 0.5 --gamma-std 0.35 --noise-max 0.06  # 7.5 min
 """
 
 from __future__ import annotations

@@ -109,9 +109,9 @@ def test_edge_padding_is_replicate_padding_of_the_input():
         F.FeatureNet(padding="wrap", rngs=nnx.Rngs(0))
 
 
-@pytest.fixture(scope="module", params=["labelmind"])
-def shipped(request):
-    net, meta = F.load_feature_net(request.param)
+@pytest.fixture(scope="module")
+def shipped():
+    net, meta = F.load_feature_net("labelmind")
     return net
 
 
