@@ -5,11 +5,12 @@ symmetric greedy SVF) is run with its deformable stage's similarity replaced
 (``preset("multimodal", similarity=...)``, the command line's ``--similarity``):
 
 * ``nmi(bins=32)``: the pipeline's default;
-* ``features(model="labelmind")``: the shipped contrast-invariant feature network (SSD of its feature maps,
-  + 0.1 x NMI of the rank-equalised images; the network runs once per image and level);
-* ``weighted_sum(terms=(("features(model='labelmind')", 2.0), ("mind(radius=1)", 1.0)))``: the learned features
-  (with their NMI) plus MIND-SSC radius 1 (``--weight`` sets the 2.0); the sum is prepared like ``features``
-  alone (the network runs once per image and level, :mod:`jaxreg.similarity.combine`);
+* ``features(model=M)`` for each ``--model`` (default the shipped ``labelmind``; a model folder works too): SSD of
+  the contrast-invariant feature maps of all three planes of a volume + 0.3 x NMI of the rank-equalised images
+  (the network runs once per image and level), and ``features(model=M, axes=(2,))``, axial planes only;
+* ``weighted_sum(terms=(("features(model=M, nmi=0.4, axes=(2,))", 2.0), ("mind(radius=1)", 1.0)))``: the
+  learned axial features (with their NMI, ``--nmi``) plus MIND-SSC radius 1 (``--weight`` sets the 2.0); the sum
+  is prepared like ``features`` alone (the network runs once per image and level, :mod:`jaxreg.similarity.combine`);
 * ``mind`` (MIND-SSC, Heinrich's default radius 2) and ``mind(radius=1)`` (ConvexAdam's);
 
 and ANTs SyN with Mattes MI (antspyx in the peers' venv, ``benchmarks/peers.py``'s worker, the same task as
@@ -22,7 +23,8 @@ and ANTs SyN with Mattes MI (antspyx in the peers' venv, ``benchmarks/peers.py``
 Usage::
 
     python benchmarks/learned_features.py [--ants-python /work/main/benchmarks/.venv-ants/bin/python]
-        [--threads 2] [--no-ants] [--no-head] [--model labelmind] [--weight 2] [--json out.json]
+        [--threads 2] [--no-ants] [--no-head] [--model labelmind] [--weight 2] [--nmi 0.4] [--only NAME ...]
+        [--extra NAME=SPEC ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -38,13 +40,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
 sys.path.insert(0, HERE)
 
-SIMILARITIES = {
+FEATURES = {
+    "features ({model})": "features(model='{model}')",
+    "features ({model}, axial)": "features(model='{model}', axes=(2,))",
+    "features ({model}, axial, nmi {nmi}) x{w} + MIND-SSC r1":
+        "weighted_sum(terms=((\"features(model='{model}', nmi={nmi}, axes=(2,))\", {w}), ('mind(radius=1)', 1.0)))",
+}
+BASELINES = {
     "NMI (default)": "nmi(bins=32)",
-    "features (labelmind)": "features(model='{model}')",
-    "features + MIND-SSC r1": "weighted_sum(terms=((\"features(model='{model}')\", {w}), ('mind(radius=1)', 1.0)))",
     "MIND-SSC": "mind",
     "MIND-SSC radius 1": "mind(radius=1)",
 }
+
+
+def similarities(models, weight: float, nmi: float) -> dict[str, str]:
+    """The table's rows: NMI, then each model's features (three planes, axial) and + MIND-SSC r1, then MIND-SSC."""
+    rows = {"NMI (default)": BASELINES["NMI (default)"]}
+    for m in models:
+        name = os.path.basename(os.path.normpath(m))
+        for k, v in FEATURES.items():
+            sub = {"{model}": m, "{w}": repr(float(weight)), "{nmi}": f"{nmi:g}"}
+            for a, b in sub.items():
+                k, v = k.replace(a, name if a == "{model}" else b), v.replace(a, b)
+            rows[k] = v
+    rows.update({k: v for k, v in BASELINES.items() if k != "NMI (default)"})
+    return rows
 
 
 def main(argv=None) -> None:
@@ -54,8 +74,12 @@ def main(argv=None) -> None:
     ap.add_argument("--no-ants", action="store_true")
     ap.add_argument("--no-head", action="store_true")
     ap.add_argument("--only", nargs="+", default=None, help="similarity names to run (keys of the table)")
-    ap.add_argument("--model", default="labelmind", help="feature model: a shipped name or a model folder")
+    ap.add_argument("--model", nargs="+", default=["labelmind"],
+                    help="feature models: shipped names or model folders (each gives two rows)")
     ap.add_argument("--weight", type=float, default=2.0, help="weight of the features against MIND-SSC r1 in the sum")
+    ap.add_argument("--nmi", type=float, default=0.4, help="NMI weight inside the features term of the sum")
+    ap.add_argument("--extra", nargs="+", default=[], metavar="NAME=SPEC",
+                    help="further rows: a name and a similarity spec, e.g. \"f0=features(model='labelmind', nmi=0)\"")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -67,10 +91,13 @@ def main(argv=None) -> None:
     from jaxreg.warp import warp_labels
 
     sims = {
-        k: v.replace("{model}", args.model).replace("{w}", repr(args.weight))
-        for k, v in SIMILARITIES.items()
-        if args.only is None or k in args.only or v in args.only
+        k: v for k, v in similarities(args.model, args.weight, args.nmi).items() if args.only is None or k in args.only or v in args.only
     }
+    for item in args.extra:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            ap.error(f"--extra: expected NAME=SPEC, got {item!r}")
+        sims[name] = spec
     ants_ok = not args.no_ants and os.path.exists(args.ants_python)
     if not args.no_ants and not ants_ok:
         print(f"ANTs: skipped, no peers' venv at {args.ants_python}")
@@ -83,7 +110,7 @@ def main(argv=None) -> None:
             res = register(fixed, moving, method=preset("multimodal", similarity=spec))
             sec = time.perf_counter() - t0
             table.setdefault(name, {})[ds] = (score(res.transform), sec)
-            print(f"  {name:<22} {table[name][ds][0]:.4f}  ({sec:.1f} s)", flush=True)
+            print(f"  {name:<34} {table[name][ds][0]:.4f}  ({sec:.1f} s)", flush=True)
 
     def run_ants(ds: str, fixed_path: str, moving_path: str, ndim: int, score) -> None:
         if not ants_ok:
@@ -100,7 +127,7 @@ def main(argv=None) -> None:
             print(f"  ANTs SyN (MI): FAILED: {r['error']}")
             return
         table.setdefault("ANTs SyN (MI)", {})[ds] = (score(compose_files(r["transforms"])), r["seconds"])
-        print(f"  {'ANTs SyN (MI)':<22} {table['ANTs SyN (MI)'][ds][0]:.4f}  ({r['seconds']:.1f} s)", flush=True)
+        print(f"  {'ANTs SyN (MI)':<34} {table['ANTs SyN (MI)'][ds][0]:.4f}  ({r['seconds']:.1f} s)", flush=True)
 
     # -- abdomen_ct_mr: CT moving -> MR fixed, organ Dice ------------------------------------------------------
     ab = os.path.join(DATA, "abdomen_ct_mr")
@@ -131,14 +158,14 @@ def main(argv=None) -> None:
         run_jaxreg("head2d_multimodal", f, m, hd_dice)
         run_ants("head2d_multimodal", os.path.join(hd, "fixed.nii.gz"), os.path.join(hd, "moving.nii.gz"), 2, hd_dice)
 
-    print(f"\n{'method':<24} {'abdomen Dice':>12} {'s':>7} {'head2d Dice':>12} {'s':>7}")
+    print(f"\n{'method':<36} {'abdomen Dice':>12} {'s':>7} {'head2d Dice':>12} {'s':>7}")
     for name, row in table.items():
         cells = []
         for ds in ("abdomen_ct_mr", "head2d_multimodal"):
             v = row.get(ds)
             cells.append(f"{v[0]:12.4f} {v[1]:7.1f}" if v else f"{'-':>12} {'-':>7}")
-        print(f"{name:<24} {' '.join(cells)}")
-    for fname in ("features (labelmind)", "features + MIND-SSC r1"):
+        print(f"{name:<36} {' '.join(cells)}")
+    for fname in [k for k in table if k.startswith("features")]:
         feat = table.get(fname, {})
         if "abdomen_ct_mr" in feat:
             for other in ("NMI (default)", "MIND-SSC", "MIND-SSC radius 1", "ANTs SyN (MI)"):

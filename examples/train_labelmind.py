@@ -11,6 +11,16 @@ The network replicate-pads its input (``--padding edge``, the default): applied 
 Usage (5 minutes on 2 idle CPU cores, 27 when they were shared with other jobs)::
 
     python examples/train_labelmind.py --out jaxreg/models/labelmind [--steps 3000] [--seed 0]
+
+``--body`` adds body anatomy: the TotalSegmentator labels of ``../shared/data/pelvis_ct`` (abdomen-pelvis of one
+person, 3 mm, zoomed x2 to 1.5 mm voxels), whose unlabelled voxels are split by the CT's Hounsfield units (smoothed by 1 voxel) into air
+(< -500), fat (-500..-30), soft tissue (-30..200) and bone (> 200) so that the body wall is not one flat region; as
+many slices as from the ten head maps together, on 256-voxel canvases. Neither body variant was better than
+``labelmind`` on abdomen_ct_mr (benchmarks/README.md, learned_features), so none is shipped; they were::
+
+    python examples/train_labelmind.py --out /tmp/body --body --steps 3000 --seed 0      # 23 min, shared cores
+    python examples/train_labelmind.py --out /tmp/body21 --body --steps 3000 --seed 0 \
+        --net-dilations 1 2 4 2 1 --std-max 0.1 --blur-max 1.5 --bias-std 0.5 --gamma-std 0.35 --noise-max 0.06  # 7.5 min
 """
 
 from __future__ import annotations
@@ -26,6 +36,26 @@ from jaxreg.learn.features import FeatureTraining, load_label_slices, save_featu
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "labelmaps"))
+BODY = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "pelvis_ct"))
+HU_CLASSES = ((-500.0, -30.0), (-30.0, 200.0), (200.0, float("inf")))  # fat, soft tissue, bone; air stays 0
+
+
+def body_labels(folder: str) -> np.ndarray:
+    """``pelvis_ct``'s label map with its unlabelled voxels split into air / fat / soft tissue / bone by the CT."""
+    import nibabel as nib
+
+    lab = np.rint(np.asarray(nib.load(os.path.join(folder, "labels.nii.gz")).dataobj)).astype(np.int32)
+    from scipy.ndimage import gaussian_filter
+
+    # smoothed (1 voxel) so that CT noise does not speckle the boundaries between the classes
+    ct = gaussian_filter(np.asarray(nib.load(os.path.join(folder, "ct.nii.gz")).dataobj, np.float32), 1.0)
+    if ct.shape != lab.shape:
+        raise SystemExit(f"--body: ct {ct.shape} and labels {lab.shape} differ in shape")
+    free = lab == 0
+    top = int(lab.max())
+    for i, (lo, hi) in enumerate(HU_CLASSES):
+        lab[free & (ct >= lo) & (ct < hi)] = top + 1 + i
+    return lab
 
 
 def main(argv=None) -> None:
@@ -44,6 +74,13 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=16, help="hidden channels of the network")
     ap.add_argument("--net-dilations", type=int, nargs="+", default=[1, 1, 2, 4, 8, 2],
                     help="dilations of the network's 3x3 convolutions")
+    ap.add_argument("--body", action="store_true", help="add pelvis_ct's body labels (+ CT tissue classes)")
+    ap.add_argument("--body-data", default=BODY, help="folder with labels.nii.gz and ct.nii.gz (--body)")
+    ap.add_argument("--std-max", type=float, default=0.08, help="largest within-label standard deviation")
+    ap.add_argument("--blur-max", type=float, default=1.0, help="largest blur sigma (voxels, per axis)")
+    ap.add_argument("--bias-std", type=float, default=0.3, help="largest std of the log-bias field")
+    ap.add_argument("--gamma-std", type=float, default=0.25, help="std of the log-gamma exponent")
+    ap.add_argument("--noise-max", type=float, default=0.05, help="largest additive noise std")
     args = ap.parse_args(argv)
 
     paths = sorted(os.path.join(args.data, f) for f in os.listdir(args.data) if f.endswith((".nii", ".nii.gz")))
@@ -52,11 +89,20 @@ def main(argv=None) -> None:
     key = jax.random.key(args.seed)
     k_slices, k_train = jax.random.split(key)
     t0 = time.perf_counter()
-    slices = load_label_slices(k_slices, paths, per_volume=64, size=192)
-    print(f"{len(slices)} label slices from {len(paths)} maps ({time.perf_counter() - t0:.1f} s)")
+    size = 256 if args.body else 192
+    slices = load_label_slices(k_slices, paths, per_volume=64, size=size)
+    data = f"shared/data/labelmaps ({len(paths)} whole-head label maps)"
+    if args.body:
+        body = load_label_slices(
+            jax.random.fold_in(k_slices, 1), [body_labels(args.body_data)], per_volume=len(slices), size=size, zoom=2
+        )
+        slices = np.concatenate([slices, body])
+        data += " + shared/data/pelvis_ct labels with CT tissue classes (zoom 2)"
+    print(f"{len(slices)} label slices: {data} ({time.perf_counter() - t0:.1f} s)")
     settings = FeatureTraining(
         steps=args.steps, batch_size=args.batch_size, normalize=args.normalize, padding=args.padding,
-        dilations=tuple(args.target_dilations), radius=args.target_radius,
+        dilations=tuple(args.target_dilations), radius=args.target_radius, std_max=args.std_max,
+        blur_max=args.blur_max, bias_std=args.bias_std, gamma_std=args.gamma_std, noise_max=args.noise_max,
     )
     t0 = time.perf_counter()
     net, losses = train_feature_net(
@@ -70,8 +116,10 @@ def main(argv=None) -> None:
             f"--normalize {args.normalize} --padding {args.padding} --width {args.width} "
             f"--net-dilations {' '.join(map(str, args.net_dilations))} "
             f"--target-dilations {' '.join(map(str, args.target_dilations))} --target-radius {args.target_radius}"
+            f"{' --body' if args.body else ''} --std-max {args.std_max:g} --blur-max {args.blur_max:g} "
+            f"--bias-std {args.bias_std:g} --gamma-std {args.gamma_std:g} --noise-max {args.noise_max:g}"
         ),
-        "data": "shared/data/labelmaps (10 whole-head label maps)",
+        "data": data,
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings._asdict().items()},
         "loss_first_50": float(np.mean(losses[:50])),
         "loss_last_50": float(np.mean(losses[-50:])),

@@ -64,6 +64,38 @@ def test_training_loss_falls():
     assert out.shape == (20, 20, 8) and bool(jnp.all(jnp.isfinite(out)))
 
 
+def test_load_label_slices_arrays_and_zoom(tmp_path):
+    import nibabel as nib
+
+    vol = np.zeros((6, 8, 10), np.int16)
+    vol[1:4, 2:6, 3:9] = 7
+    vol[4:, :, :] = 3
+    path = tmp_path / "lab.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    a = F.load_label_slices(jax.random.key(0), [path], per_volume=5, size=12)
+    b = F.load_label_slices(jax.random.key(0), [vol.astype(np.float32)], per_volume=5, size=12)
+    np.testing.assert_array_equal(a, b)  # a file and its array give the same slices
+    assert a.shape == (5, 12, 12) and set(np.unique(a)) <= {0, 1, 2}  # values 0, 3, 7 relabelled
+    z = F.load_label_slices(jax.random.key(0), [vol], per_volume=5, size=40, zoom=[2])
+    for s in z:  # every slice of the x2 zoom is made of 2 x 2 blocks (nearest-neighbour repeats from the origin)
+        np.testing.assert_array_equal(s, np.repeat(np.repeat(s[::2, ::2], 2, 0), 2, 1))
+    with pytest.raises(ValueError, match="zoom"):
+        F.load_label_slices(jax.random.key(0), [vol], zoom=[1, 2])
+
+
+def test_synthesis_settings_reach_the_batch():
+    slices = np.stack([_blobs((48, 48))] * 2)
+    flat = F.FeatureTraining(batch_size=2, crop=24, max_shrink=1, std_max=0.0, blur_max=0.0, bias_std=0.0,
+                             noise_max=0.0, normalize="minmax")
+    ia, ib, tgt = F.feature_pair_batch(jax.random.key(0), slices, flat)
+    noisy = flat._replace(noise_max=0.3, std_max=0.3)
+    na, _, _ = F.feature_pair_batch(jax.random.key(0), slices, noisy)
+    # without noise, blur and bias each label is one value; with them it is not
+    assert all(len(np.unique(np.asarray(ia[i, ..., 0]))) <= 4 for i in range(2))
+    assert len(np.unique(np.asarray(na[0, ..., 0]))) > 50
+    assert tgt.shape == (2, 24, 24, 8) and flat.synthesis == (0.0, 0.0, 0.0, 0.25, 0.0)
+
+
 def test_edge_padding_is_replicate_padding_of_the_input():
     from flax import nnx
 
@@ -118,6 +150,23 @@ def test_features_similarity_minimal_at_alignment_and_prepared():
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
     vol = np.stack([fixed] * 6, axis=-1)
     assert sim.prepare(vol).shape == (48, 48, 6, 3 * 8 + 1)
+
+
+def test_axes_select_the_planes(shipped):
+    vol = np.random.default_rng(2).random((10, 12, 6)).astype(np.float32)
+    full = np.asarray(F.apply_features(shipped, vol))
+    c = shipped.out_channels
+    for axes in ((2,), (0, 2), (1,)):
+        sub = np.asarray(F.apply_features(shipped, vol, axes=axes))
+        ref = np.concatenate([full[..., a * c : (a + 1) * c] for a in axes], axis=-1)
+        np.testing.assert_allclose(sub, ref, atol=1e-5)
+    img = vol[..., 0]  # axes do not matter for a 2-D image
+    np.testing.assert_array_equal(np.asarray(F.apply_features(shipped, img, axes=(2,))), np.asarray(F.apply_features(shipped, img)))
+    sim = terms.parse("features(model='labelmind', axes=(2,))", "similarity")
+    assert sim.prepare(vol).shape == (10, 12, 6, c + 1)
+    for bad in ((), (3,), (1, 1), (True,), 2):
+        with pytest.raises(ValueError, match="axes"):
+            terms.similarity("features", axes=bad)
 
 
 def test_greedy_with_features_reduces_misalignment():

@@ -55,6 +55,7 @@ __all__ = [
     "FeatureNet",
     "FeatureTraining",
     "apply_features",
+    "check_axes",
     "equalize",
     "scale_input",
     "label_descriptor",
@@ -228,25 +229,44 @@ def label_descriptor(labels: jax.Array, *, dilations: Sequence[int] = (1, 2), ra
     return jnp.stack(out, axis=-1)
 
 
-def apply_features(net: FeatureNet, image: jax.Array) -> jax.Array:
-    """Features of one image: scaled (:func:`scale_input`), then the network (2-D) or on every plane (3-D).
+def check_axes(axes: Any) -> tuple[int, ...]:
+    """``axes`` as a tuple of distinct array axes of a volume (0, 1, 2); raises ValueError naming ``axes``."""
+    try:
+        out = tuple(int(a) for a in axes)
+    except TypeError:
+        out = ()
+    if not out or len(set(out)) != len(out) or any(a not in (0, 1, 2) for a in out) or any(
+        isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes
+    ):
+        raise ValueError(f"axes: expected distinct array axes from (0, 1, 2), e.g. (0, 1, 2) or (2,), got {axes!r}")
+    return out
 
-    A 3-D volume is cut into slices along each array axis in turn; the three planes' features are concatenated.
+
+def apply_features(net: FeatureNet, image: jax.Array, *, axes: Sequence[int] = (0, 1, 2)) -> jax.Array:
+    """Features of one image: scaled (:func:`scale_input`), then the network (2-D) or on planes of a volume (3-D).
+
+    A 3-D volume is cut into slices along each array axis of ``axes`` in turn (the network runs on the planes
+    normal to that axis); the planes' features are concatenated in the order of ``axes``. ``axes=(2,)`` keeps
+    only the planes normal to the last axis (axial for a RAS volume): on a thin stack (abdomen_ct_mr's MR has 20
+    slices of 3 mm) the other two planes are mostly border at the network's receptive field (37 voxels for
+    ``labelmind``).
 
     Args:
       net: the (frozen) :class:`FeatureNet`.
       image: ``(H, W)`` or ``(X, Y, Z)`` real image.
+      axes: array axes of a volume to slice along (distinct, from 0, 1, 2); ignored for a 2-D image. Static.
 
     Returns:
-      ``(H, W, C)`` or ``(X, Y, Z, 3 C)`` float32 features (``C = net.out_channels``).
+      ``(H, W, C)`` or ``(X, Y, Z, len(axes) C)`` float32 features (``C = net.out_channels``).
     """
+    axes = check_axes(axes)
     x = scale_input(image, net.normalize)
     if x.ndim == 2:
         return net(x[None, ..., None])[0]
     if x.ndim != 3:
         raise ValueError(f"image: expected a 2-D or 3-D image, got shape {tuple(x.shape)}")
     planes = []
-    for ax in range(3):
+    for ax in axes:
         s = jnp.moveaxis(x, ax, 0)[..., None]  # (n_ax, ., ., 1): slices as a batch
         planes.append(jnp.moveaxis(net(s), 0, ax))
     return jnp.concatenate(planes, axis=-1)
@@ -267,6 +287,13 @@ class FeatureTraining(NamedTuple):
         as on the coarse levels of a registration).
       normalize: the network's input scaling (:data:`NORMALIZATIONS`).
       padding: the network's border handling (:data:`PADDINGS`).
+      std_max: largest within-label standard deviation of the synthesis (:func:`jaxreg.learn.synthesize_image`'s
+        ``std_range`` is ``(0, std_max)``).
+      blur_max: largest blur standard deviation, in voxels of the crop, drawn per axis (anisotropic blur: a loss of
+        resolution along one axis, as thick slices).
+      bias_std: largest standard deviation of the log-bias field.
+      gamma_std: standard deviation of the log-gamma exponent.
+      noise_max: largest standard deviation of the additive noise ([0, 1] image units).
     """
 
     steps: int = 2000
@@ -278,6 +305,16 @@ class FeatureTraining(NamedTuple):
     max_shrink: int = 3
     normalize: str = "equalize"
     padding: str = "zero"
+    std_max: float = 0.08
+    blur_max: float = 1.0
+    bias_std: float = 0.3
+    gamma_std: float = 0.25
+    noise_max: float = 0.05
+
+    @property
+    def synthesis(self) -> tuple[float, float, float, float, float]:
+        """``(std_max, blur_max, bias_std, gamma_std, noise_max)``: the synthesis settings, hashable."""
+        return tuple(float(v) for v in (self.std_max, self.blur_max, self.bias_std, self.gamma_std, self.noise_max))
 
 
 def feature_pair_batch(
@@ -307,13 +344,20 @@ def feature_pair_batch(
         crops.append(slices[idx[i], o[0] : o[0] + span : s, o[1] : o[1] + span : s])
     lab = jnp.asarray(np.stack(crops))
     num = int(slices.max()) + 1
-    return _pair_batch(k_a, k_b, lab, num, tuple(settings.dilations), int(settings.radius), settings.normalize)
+    return _pair_batch(
+        k_a, k_b, lab, num, tuple(settings.dilations), int(settings.radius), settings.normalize, settings.synthesis
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _pair_batch(k_a, k_b, lab, num, dilations, radius, normalize):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _pair_batch(k_a, k_b, lab, num, dilations, radius, normalize, synthesis):
+    std_max, blur_max, bias_std, gamma_std, noise_max = synthesis
+
     def synth(key, l):
-        img = synthesize_image(key, l, num, std_range=(0.0, 0.08), blur_mm_max=1.0, bias_std=0.3, noise_std_max=0.05)
+        img = synthesize_image(
+            key, l, num, std_range=(0.0, std_max), blur_mm_max=blur_max, bias_std=bias_std, gamma_std=gamma_std,
+            noise_std_max=noise_max,
+        )
         return scale_input(img, normalize)[..., None]
 
     b = lab.shape[0]
@@ -324,26 +368,42 @@ def _pair_batch(k_a, k_b, lab, num, dilations, radius, normalize):
 
 
 def load_label_slices(
-    key: jax.Array, paths: Sequence[str | os.PathLike], *, per_volume: int = 64, size: int = 192
+    key: jax.Array,
+    paths: Sequence[str | os.PathLike | np.ndarray],
+    *,
+    per_volume: int = 64,
+    size: int = 192,
+    zoom: int | Sequence[int] = 1,
 ) -> np.ndarray:
     """Random 2-D slices of 3-D label maps, along random axes, relabelled to contiguous indices.
 
     Args:
       key: PRNG key (which axis and slice).
-      paths: NIfTI label maps.
+      paths: NIfTI label maps, or ``(X, Y, Z)`` integer label arrays (e.g. a map with extra tissue classes made
+        in memory).
       per_volume: slices per volume.
       size: side of the square slices (centred crops; volumes smaller than that are padded with 0).
+      zoom: nearest-neighbour upsampling factor of each volume (one int for all, or one per volume): a 3 mm map
+        zoomed by 3 has the 1 mm voxels of a 1 mm one, so that ``max_shrink`` spans the same range in mm.
 
     Returns:
       ``(len(paths) per_volume, size, size)`` int32 host array of label indices.
     """
     import nibabel as nib
 
+    zooms = [int(zoom)] * len(paths) if isinstance(zoom, (int, np.integer)) else [int(z) for z in zoom]
+    if len(zooms) != len(paths) or any(z < 1 for z in zooms):
+        raise ValueError(f"zoom: expected a positive int or one per volume ({len(paths)}), got {zoom!r}")
     out = []
     values: set[int] = set()
     vols = []
-    for p in paths:
-        vol = np.rint(np.asarray(nib.load(os.fspath(p)).dataobj)).astype(np.int32)
+    for p, z in zip(paths, zooms):
+        src = p if isinstance(p, np.ndarray) else np.asarray(nib.load(os.fspath(p)).dataobj)
+        vol = np.rint(src).astype(np.int32)
+        if vol.ndim != 3:
+            raise ValueError(f"paths: expected 3-D label maps, got shape {vol.shape}")
+        if z > 1:
+            vol = vol.repeat(z, 0).repeat(z, 1).repeat(z, 2)
         values |= set(np.unique(vol).tolist())
         vols.append(vol)
     for vi, vol in enumerate(vols):

@@ -90,7 +90,7 @@ def feature_distance(nmi: float = 0.0, *, bins: int = 32) -> Loss:
 class _FeatureSimilarity:
     """The built ``features`` term: ``__call__``, ``prepare`` and ``prepared`` (see the module docstring)."""
 
-    def __init__(self, model: str, nmi: float, bins: int):
+    def __init__(self, model: str, nmi: float, bins: int, axes: tuple[int, ...]):
         from flax import nnx
 
         from jaxreg.learn.features import apply_features, equalize, load_feature_net
@@ -108,7 +108,7 @@ class _FeatureSimilarity:
         @jax.jit
         def prepare(state, image):
             image = jnp.asarray(image)
-            feats = apply_features(nnx.merge(graphdef, state), image)
+            feats = apply_features(nnx.merge(graphdef, state), image, axes=axes)
             if with_intensity:
                 feats = jnp.concatenate([feats, equalize(image)[..., None]], axis=-1)
             return feats.astype(U.float_dtype(image))
@@ -128,7 +128,7 @@ class _FeatureSimilarity:
 
 
 @configured("similarity")
-def features(model: str = "labelmind", *, nmi: float = 0.3, bins: int = 32) -> Loss:
+def features(model: str = "labelmind", *, nmi: float = 0.3, bins: int = 32, axes: tuple = (0, 1, 2)) -> Loss:
     """Learned multi-modal similarity: SSD of frozen contrast-invariant feature maps (+ NMI).
 
     ``loss(F, M, mask) = feature_distance(nmi, bins)(P(F), P(M), mask)`` with ``P`` the prepared channels:
@@ -149,14 +149,21 @@ def features(model: str = "labelmind", *, nmi: float = 0.3, bins: int = 32) -> L
         0.5, 0.7 and 1, 0.5 was best on ``abdomen_ct_mr`` with the earlier, zero-padded model (0.460 vs 0.457 at 0.3) but put head2d_multimodal
         below the NMI pipeline (0.9949); 0.3 is above NMI on both (benchmarks/README.md).
       bins: NMI histogram bins. Static.
+      axes: for a 3-D volume, the array axes it is sliced along (the 2-D network runs on the planes normal to
+        each; :func:`jaxreg.learn.features.apply_features`): all three (the default, ``len(axes) C`` channels) or
+        e.g. ``(2,)``, the planes normal to the last axis only (axial for RAS volumes; on ``abdomen_ct_mr``, whose MR
+        has 20 slices, better: benchmarks/README.md). Ignored for 2-D images. Static.
 
     Returns:
       The loss, with ``prepare`` and ``prepared`` (a prepared similarity).
 
     Raises:
-      ValueError: ``model`` is not a feature network's folder or name, or ``nmi`` is negative.
+      ValueError: ``model`` is not a feature network's folder or name, ``nmi`` is negative or ``axes`` is not a
+        set of distinct array axes from 0, 1, 2.
     """
+    from jaxreg.learn.features import check_axes
+
     if not isinstance(model, (str, os.PathLike)) or not str(model):
         raise ValueError(f"model: expected a model name or folder, got {model!r}")
-    return _FeatureSimilarity(os.fspath(model), _check_weight(nmi), bins)
+    return _FeatureSimilarity(os.fspath(model), _check_weight(nmi), bins, check_axes(axes))
 
