@@ -455,6 +455,34 @@ def test_exp_of_linear_velocity_closed_form():
     np.testing.assert_allclose(got[m:-m, m:-m], near[m:-m, m:-m], atol=2e-3)
 
 
+def test_exp_voxel_field_tolerance_picks_the_fewest_squarings():
+    """``tolerance``: ``N = min(steps, ceil(log2(max |v| / tol)))`` squarings, chosen per field at run time
+    (ITK's automatic rule), equal to the fixed-``N`` exponential; under ``vmap`` each member gets its own ``N``."""
+    shape = (20, 18)
+    lmat = np.array([[0.04, -0.05], [0.03, 0.02]])
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).astype(np.float64)
+    base = (idx - (np.asarray(shape) - 1) / 2.0) @ lmat.T
+    biggest = np.sqrt((base**2).sum(-1)).max()
+    fields, wants = [], []
+    for scale in (0.3, 3.0, 40.0):
+        v = _f32(scale * base)
+        n = int(min(6, max(0, np.ceil(np.log2(scale * biggest / 0.5)))))
+        got = exp_voxel_field(v, 6, tolerance=0.5)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(exp_voxel_field(v, n)))
+        fields.append(v)
+        wants.append(np.asarray(got))
+    assert [int(min(6, max(0, np.ceil(np.log2(s * biggest / 0.5))))) for s in (0.3, 3.0, 40.0)] == [0, 3, 6]
+    batched = jax.vmap(lambda v: exp_voxel_field(v, 6, tolerance=0.5))(jnp.stack(fields))
+    np.testing.assert_allclose(np.asarray(batched), np.stack(wants), rtol=1e-5, atol=1e-4)
+    # close to the 6-step exponential where the fixed-N one is accurate
+    np.testing.assert_allclose(
+        np.asarray(exp_voxel_field(fields[1], 6, tolerance=0.5)), np.asarray(exp_voxel_field(fields[1], 6)), atol=0.02
+    )
+    np.testing.assert_array_equal(np.asarray(exp_voxel_field(jnp.zeros((5, 4, 2)), 6, tolerance=0.5)), 0.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        exp_voxel_field(fields[0], 6, tolerance=-0.1)
+
+
 def test_exp_voxel_field_rejects_bad_input():
     with pytest.raises(ValueError, match="shape"):
         exp_voxel_field(jnp.zeros((4, 5, 3)), 2)

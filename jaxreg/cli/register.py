@@ -51,7 +51,8 @@ concerned (``MOVING: ...``, ``--config: ...``), for :mod:`jaxreg.cli.main` to re
     sigma_update = 1.732            # "fluid" smoothing of each update, voxels
     sigma_field = 0.707             # "diffusion" smoothing of the velocity field, voxels
     symmetric = true                # SyN-like mid-space force
-    exp_steps = 6                   # scaling-and-squaring steps
+    exp_steps = 6                   # scaling-and-squaring steps (the most)
+    exp_tolerance = 0.5             # fewer squarings while v / 2^N moves no voxel more than this (0: always exp_steps)
     force = "metric"                # metric | demons
     similarity = "lncc(window=5)"   # a registry name of jaxreg.terms (default: lncc(window) or, multimodal, nmi)
 
@@ -214,7 +215,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--config",
         metavar="TOML",
         help="pipeline options: pipeline, window; [linear] levels, similarity; [deformable] levels, similarity, "
-        "step, sigma_update, sigma_field, symmetric, exp_steps, force; [[channels]] fixed, moving, similarity, "
+        "step, sigma_update, sigma_field, symmetric, exp_steps, exp_tolerance, force; [[channels]] fixed, moving, similarity, "
         "weight (extra image pairs). A similarity is a spec ('lncc(window=5)') or a list of specs and "
         "{spec, weight} tables (their weighted sum)",
     )
@@ -365,7 +366,7 @@ _TOP_KEYS = ("pipeline", "window", "linear", "deformable", "channels")
 _LINEAR_KEYS = ("levels", "similarity")
 _CHANNEL_KEYS = ("fixed", "moving", "similarity", "weight")
 _TERM_KEYS = ("spec", "weight")
-_GREEDY_KEYS = ("step", "sigma_update", "sigma_field", "symmetric", "exp_steps", "force")
+_GREEDY_KEYS = ("step", "sigma_update", "sigma_field", "symmetric", "exp_steps", "exp_tolerance", "force")
 _DEFORMABLE_KEYS = ("levels", "similarity") + _GREEDY_KEYS
 
 
@@ -464,7 +465,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("step",):
         if key in table:
             greedy[key] = _number(table[key], f"deformable.{key}", path, positive=True)
-    for key in ("sigma_update", "sigma_field"):
+    for key in ("sigma_update", "sigma_field", "exp_tolerance"):
         if key in table:
             greedy[key] = _number(table[key], f"deformable.{key}", path, minimum=0.0)
     if "exp_steps" in table:

@@ -59,16 +59,26 @@ def _compose_vox(outer: jax.Array, inner: jax.Array, index: jax.Array) -> jax.Ar
     return inner + map_coordinates(outer, index + inner, order=1, mode="nearest")
 
 
-def exp_voxel_field(v: jax.Array, steps: int) -> jax.Array:
+def exp_voxel_field(v: jax.Array, steps: int, *, tolerance: float = 0.0) -> jax.Array:
     """Displacement of ``exp(v)`` for a stationary velocity in index units, by scaling and squaring.
 
     ``u_0 = v / 2^N``, then ``N`` times ``u <- u + u o (id + u)`` (Arsigny et al., MICCAI 2006), every
     composition a linear interpolation in index space with edge values repeated outside the grid (mode
     ``"nearest"``). Unbatched: vmap it over leading axes.
 
+    With ``tolerance > 0`` the number of squarings adapts to the field, as in ITK's
+    ``ExponentialDisplacementFieldImageFilter`` (automatic number of iterations; Vercauteren et al.,
+    NeuroImage 45(1), 2009): ``N = min(steps, max(0, ceil(log2(max_x |v(x)| / tolerance))))``, the fewest
+    squarings for which the scaled field ``v / 2^N`` moves no voxel by more than ``tolerance`` voxels. A small
+    field then costs fewer compositions (the greedy methods' coarse levels and early iterations). ``N`` is
+    computed at run time (under ``vmap`` each member gets its own), so this form is not reverse-differentiable;
+    use it where the exponential is not differentiated (greedy updates).
+
     Args:
       v: ``(*shape, ndim)`` velocity in voxels of its own grid (components in array-axis order).
-      steps: number of squarings ``N`` (static, a non-negative Python int).
+      steps: number of squarings ``N`` (static, a non-negative Python int); with ``tolerance``, the most.
+      tolerance: largest vector (voxels) of ``v / 2^N`` that the adaptive rule accepts; 0 (default): always
+        ``steps`` squarings (differentiable).
 
     Returns:
       ``(*shape, ndim)`` displacement of ``exp(v)`` in voxels, same floating dtype as ``v`` (float32 for
@@ -83,8 +93,16 @@ def exp_voxel_field(v: jax.Array, steps: int) -> jax.Array:
         v = v.astype(jnp.float32)
     axes = [jnp.arange(s, dtype=v.dtype) for s in v.shape[:-1]]
     index = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
-    u = v / (2.0 ** int(steps))
-    return jax.lax.fori_loop(0, int(steps), lambda _, w: _compose_vox(w, w, index), u)
+    if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance)) or tolerance < 0:
+        raise ValueError(f"tolerance: expected a non-negative number of voxels, got {tolerance!r}")
+    if tolerance == 0 or steps == 0:
+        u = v / (2.0 ** int(steps))
+        return jax.lax.fori_loop(0, int(steps), lambda _, w: _compose_vox(w, w, index), u)
+    biggest = jnp.sqrt(jnp.max(jnp.sum(v * v, axis=-1)))
+    n = jnp.ceil(jnp.log2(jnp.maximum(biggest, 1e-30) / tolerance))
+    n = jnp.clip(jnp.where(jnp.isfinite(n), n, steps), 0, int(steps)).astype(jnp.int32)
+    u = v / jnp.exp2(n.astype(v.dtype))
+    return jax.lax.fori_loop(0, n, lambda _, w: _compose_vox(w, w, index), u)
 
 
 def _resample_field(values: jax.Array, src: Grid, dst: Grid) -> jax.Array:
