@@ -469,13 +469,15 @@ def test_read_config(tmp_path):
     from jaxreg.optimize.engine import Level
 
     f = tmp_path / "c.toml"
-    f.write_text(CONFIG + 'sigma_field = 1.0\nexp_steps = 5\nforce = "demons"\n')
+    f.write_text(CONFIG + 'sigma_field = 1.0\nexp_steps = 5\nexp_tolerance = 0.25\nstep_decay = 0.5\nforce = "demons"\n')
     cfg = reg.read_config(f)
     assert cfg["linear_levels"] == (Level(2, 0.0, 40),) and cfg["deformable_levels"] == (Level(2, 0.0, 12),)
     assert cfg["greedy"] == {
         "step": 0.3,
         "sigma_field": 1.0,
         "exp_steps": 5,
+        "exp_tolerance": 0.25,
+        "step_decay": 0.5,
         "symmetric": True,
         "force": "demons",
     }
@@ -488,6 +490,7 @@ def test_read_config(tmp_path):
 
     greedy = [st.method for st in reg.stages_from_options(opts) if isinstance(st.method, Greedy)][0]
     assert greedy.step == 0.3 and greedy.sigma_field == 1.0 and greedy.exp_steps == 5 and greedy.force == "demons"
+    assert greedy.exp_tolerance == 0.25 and greedy.step_decay == 0.5
     assert greedy.sigma_update == PRESETS["multimodal"][1].method.sigma_update
     assert reg.stages_from_options(opts)[1].levels == (Level(2, 0.0, 12),)
     quick = reg.pipeline_options(quick=True)

@@ -182,9 +182,10 @@ def test_convergence_stops_early_and_is_recorded(fixed):
         Greedy(mse, force="demons", symmetric=False, update="diffeomorphic", step=1.0),
         Greedy(mse, symmetric=True, step=1.0, field_spacing=3.0),
         Greedy(mse, symmetric=True, step=1.0, exp_tolerance=0.0),
+        Greedy(mse, symmetric=True, step=1.0, step_decay=0.5),
     ],
     ids=["svf", "svf-symmetric", "svf-demons", "additive", "compositive", "diffeomorphic-demons", "svf-lattice",
-         "svf-fixed-exp"],
+         "svf-fixed-exp", "svf-step-decay"],
 )
 def test_greedy_recovers_known_deformation_without_folding(method):
     fixed = gaussian_smooth(phantom((64, 64), spacing=1.5), 1.5)
@@ -218,6 +219,8 @@ def test_greedy_errors(fixed):
         Greedy(mse, symmetric=False, update="additive", field_spacing=2.0)
     with pytest.raises(ValueError, match="exp_tolerance: expected a non-negative number of voxels"):
         Greedy(mse, exp_tolerance=-0.5)
+    with pytest.raises(ValueError, match=r"step_decay: expected a fraction in \[0, 1\]"):
+        Greedy(mse, step_decay=1.5)
     bs = BSplineTransform.identity(fixed.grid, 20.0)
     with pytest.raises(ValueError, match="outer"):
         register(fixed, fixed, method=Stage(Greedy(mse), levels=(Level(1, 0.0, 2),)), outer=bs)

@@ -48,6 +48,7 @@ concerned (``MOVING: ...``, ``--config: ...``), for :mod:`jaxreg.cli.main` to re
     [deformable]
     levels = [[4, 0.0, 40], [2, 0.0, 20]]
     step = 0.25                     # largest update per iteration, voxels of the level
+    step_decay = 1.0                # the step falls linearly to this fraction over each level (1: constant)
     sigma_update = 1.732            # "fluid" smoothing of each update, voxels
     sigma_field = 0.707             # "diffusion" smoothing of the velocity field, voxels
     symmetric = true                # SyN-like mid-space force
@@ -215,7 +216,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--config",
         metavar="TOML",
         help="pipeline options: pipeline, window; [linear] levels, similarity; [deformable] levels, similarity, "
-        "step, sigma_update, sigma_field, symmetric, exp_steps, exp_tolerance, force; [[channels]] fixed, moving, similarity, "
+        "step, step_decay, sigma_update, sigma_field, symmetric, exp_steps, exp_tolerance, force; [[channels]] fixed, moving, similarity, "
         "weight (extra image pairs). A similarity is a spec ('lncc(window=5)') or a list of specs and "
         "{spec, weight} tables (their weighted sum)",
     )
@@ -366,7 +367,9 @@ _TOP_KEYS = ("pipeline", "window", "linear", "deformable", "channels")
 _LINEAR_KEYS = ("levels", "similarity")
 _CHANNEL_KEYS = ("fixed", "moving", "similarity", "weight")
 _TERM_KEYS = ("spec", "weight")
-_GREEDY_KEYS = ("step", "sigma_update", "sigma_field", "symmetric", "exp_steps", "exp_tolerance", "force")
+_GREEDY_KEYS = (
+    "step", "step_decay", "sigma_update", "sigma_field", "symmetric", "exp_steps", "exp_tolerance", "force"
+)
 _DEFORMABLE_KEYS = ("levels", "similarity") + _GREEDY_KEYS
 
 
@@ -465,6 +468,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("step",):
         if key in table:
             greedy[key] = _number(table[key], f"deformable.{key}", path, positive=True)
+    if "step_decay" in table:
+        greedy["step_decay"] = _number(table["step_decay"], "deformable.step_decay", path, minimum=0.0)
+        if greedy["step_decay"] > 1:
+            raise ValueError(f"{path}: deformable.step_decay: expected at most 1, got {greedy['step_decay']}")
     for key in ("sigma_update", "sigma_field", "exp_tolerance"):
         if key in table:
             greedy[key] = _number(table[key], f"deformable.{key}", path, minimum=0.0)

@@ -363,6 +363,11 @@ class Greedy:
         rule, :func:`~jaxreg.transforms.exp_voxel_field`); 0: always ``exp_steps``. Scaling and squaring is
         most of an iteration, and early iterations and coarse levels have small fields: 0.5 made the default
         pipeline 25-30 % faster on brain2d with NCC and SDlogJ unchanged to 3e-4.
+      step_decay: the step falls linearly over each level's iterations from ``step`` to ``step_decay * step``
+        (1: constant, the default). The fixed-RMS update never shrinks by itself, so the last iterates dither by
+        about ``step / 3`` voxels; a decay trades overlap for regularity. brain3d subj2 -> subj1, deformable
+        stage (``benchmarks/greedy_sweep.py``): constant Dice 0.7852 / SDlogJ 0.220; ``step_decay=0.25`` 0.7708 /
+        0.162; ``step=1, step_decay=0.25`` 0.7845 / 0.213, at equal time.
       force: ``"metric"`` or ``"demons"``.
       field_spacing: coarsest lattice spacing (mm) of the velocity (``update="svf"`` only; 0: every voxel). On
         a level whose voxels are finer than this, ``v`` lives on every ``k_d``-th voxel along axis ``d``
@@ -383,6 +388,7 @@ class Greedy:
     symmetric: bool = True
     exp_steps: int = 6
     exp_tolerance: float = 0.5
+    step_decay: float = 1.0
     force: str = "metric"
     update: str = "svf"
     field_spacing: float = 0.0
@@ -405,6 +411,9 @@ class Greedy:
                 )
         if not isinstance(self.exp_steps, (int, np.integer)) or self.exp_steps < 0:
             raise ValueError(f"exp_steps: expected a non-negative int, got {self.exp_steps!r}")
+        sd = self.step_decay
+        if isinstance(sd, bool) or not (isinstance(sd, (int, float)) and np.isfinite(sd) and 0 <= sd <= 1):
+            raise ValueError(f"step_decay: expected a fraction in [0, 1] of the step, got {sd!r}")
         et = self.exp_tolerance
         if isinstance(et, bool) or not (isinstance(et, (int, float)) and np.isfinite(et) and et >= 0):
             raise ValueError(f"exp_tolerance: expected a non-negative number of voxels, got {et!r}")
@@ -508,7 +517,7 @@ class Greedy:
                     new = step + map_coordinates(v, index + step, order=1, mode="nearest")
                 return smooth_array(new, tuple(opts.sigma_field / k for k in strides))
 
-            def body(v, _):
+            def body(v, k):
                 if opts.symmetric:
                     mw = sample_moving(exp_level(v, 0.5))
                     fw = map_coordinates(fixed, index + exp_level(v, -0.5), order=1, mode="nearest")
@@ -522,16 +531,19 @@ class Greedy:
                 mag2 = jnp.sum(delta**2, -1)
                 active = mag2 > 1e-6 * jnp.max(mag2)
                 rms = jnp.sqrt(jnp.sum(jnp.where(active, mag2, 0.0)) / jnp.maximum(jnp.sum(active), 1))
-                delta = delta * (opts.step / (3.0 * jnp.maximum(rms, 1e-20)))
+                step = opts.step
+                if opts.step_decay != 1.0 and cap > 1:  # linear from step to step_decay * step over the level
+                    step = step * (1.0 - (1.0 - opts.step_decay) * k.astype(dtype) / (cap - 1))
+                delta = delta * (step / (3.0 * jnp.maximum(rms, 1e-20)))
                 mag = jnp.sqrt(jnp.sum(delta**2, -1, keepdims=True))
-                delta = delta * jnp.minimum(1.0, opts.step / jnp.maximum(mag, 1e-20))
+                delta = delta * jnp.minimum(1.0, step / jnp.maximum(mag, 1e-20))
                 if lattice:
                     delta = to_lattice(delta)
                 return apply_update(v, delta), val
 
             field = params.velocity if opts.update == "svf" else params.displacement
             v0 = to_voxel_displacement(field, fg)
-            v, hist = jax.lax.scan(body, to_lattice(v0) if lattice else v0, None, length=cap)
+            v, hist = jax.lax.scan(body, to_lattice(v0) if lattice else v0, jnp.arange(cap, dtype=jnp.int32))
             mm = from_voxel_displacement(from_lattice(v) if lattice else v, fg)
             out = VelocityField(mm, fg, params.steps) if opts.update == "svf" else DisplacementField(mm, fg)
             return out, hist.astype(dtype), jnp.asarray(cap, jnp.int32), jnp.zeros((), bool)
