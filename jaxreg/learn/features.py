@@ -232,14 +232,13 @@ def label_descriptor(labels: jax.Array, *, dilations: Sequence[int] = (1, 2), ra
 def check_axes(axes: Any) -> tuple[int, ...]:
     """``axes`` as a tuple of distinct array axes of a volume (0, 1, 2); raises ValueError naming ``axes``."""
     try:
-        out = tuple(int(a) for a in axes)
+        items = tuple(axes)
     except TypeError:
-        out = ()
-    if not out or len(set(out)) != len(out) or any(a not in (0, 1, 2) for a in out) or any(
-        isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes
-    ):
+        items = ()
+    ok = all(not isinstance(a, bool) and isinstance(a, (int, np.integer)) and a in (0, 1, 2) for a in items)
+    if not items or not ok or len(set(items)) != len(items):
         raise ValueError(f"axes: expected distinct array axes from (0, 1, 2), e.g. (0, 1, 2) or (2,), got {axes!r}")
-    return out
+    return tuple(int(a) for a in items)
 
 
 def apply_features(net: FeatureNet, image: jax.Array, *, axes: Sequence[int] = (0, 1, 2)) -> jax.Array:

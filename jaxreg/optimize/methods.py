@@ -414,13 +414,11 @@ class Greedy:
         sd = self.step_decay
         if isinstance(sd, bool) or not (isinstance(sd, (int, float)) and np.isfinite(sd) and 0 <= sd <= 1):
             raise ValueError(f"step_decay: expected a fraction in [0, 1] of the step, got {sd!r}")
-        et = self.exp_tolerance
-        if isinstance(et, bool) or not (isinstance(et, (int, float)) and np.isfinite(et) and et >= 0):
-            raise ValueError(f"exp_tolerance: expected a non-negative number of voxels, got {et!r}")
-        fs = self.field_spacing
-        if isinstance(fs, bool) or not (isinstance(fs, (int, float)) and np.isfinite(fs) and fs >= 0):
-            raise ValueError(f"field_spacing: expected a non-negative number of mm, got {fs!r}")
-        if fs > 0 and self.update != "svf":
+        for name, unit in (("exp_tolerance", "voxels"), ("field_spacing", "mm")):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not (isinstance(x, (int, float)) and np.isfinite(x) and x >= 0):
+                raise ValueError(f"{name}: expected a non-negative number of {unit}, got {x!r}")
+        if self.field_spacing > 0 and self.update != "svf":
             raise ValueError("field_spacing: a velocity lattice needs update='svf'")
 
     def lattice_strides(self, grid: Grid) -> tuple[int, ...]:

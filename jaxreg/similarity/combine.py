@@ -54,15 +54,18 @@ def _item(item: Any, k: int) -> tuple[Callable, float, int | None]:
     if isinstance(channel, list):
         channel = tuple(channel)
     if isinstance(channel, tuple):
-        ok = len(channel) == 2 and all(isinstance(c, int) and not isinstance(c, bool) for c in channel[:1])
-        ok = ok and (channel[1] is None or (isinstance(channel[1], int) and not isinstance(channel[1], bool)))
-        if not ok or channel[0] < 0 or (channel[1] is not None and 0 <= channel[1] <= channel[0]):
+        start, stop = channel if len(channel) == 2 else (None, None)
+        if not (_is_index(start) and (stop is None or (_is_index(stop) and stop > start))):
             raise ValueError(
                 f"{where}: channel: expected a (start, stop) range, 0 <= start, stop None or past start, got {channel!r}"
             )
-    elif channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
+    elif channel is not None and not _is_index(channel):
         raise ValueError(f"{where}: channel: expected None, a channel index >= 0 or a (start, stop) range, got {channel!r}")
     return fn, float(weight), channel
+
+
+def _is_index(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def _channel(x: jax.Array, c: int) -> jax.Array:
@@ -73,8 +76,7 @@ def _channel(x: jax.Array, c: int) -> jax.Array:
     """
     if c >= x.shape[-1]:
         raise ValueError(f"channel: term on channel {c} of images with {x.shape[-1]} channels (shape {x.shape})")
-    onehot = jnp.zeros((x.shape[-1],), x.dtype).at[c].set(1)
-    return jnp.tensordot(x, onehot, axes=([-1], [0]), precision=jax.lax.Precision.HIGHEST)
+    return _block(x, c, c + 1)[..., 0]
 
 
 def _block(x: jax.Array, start: int, stop: int | None) -> jax.Array:

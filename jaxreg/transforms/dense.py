@@ -89,12 +89,13 @@ def exp_voxel_field(v: jax.Array, steps: int, *, tolerance: float = 0.0) -> jax.
         raise ValueError(f"v: expected an index-unit field of shape (*shape, ndim) with ndim = len(shape), got {v.shape}")
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"steps: expected a non-negative Python int, got {steps!r}")
+    tol_ok = isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and np.isfinite(tolerance)
+    if not (tol_ok and tolerance >= 0):
+        raise ValueError(f"tolerance: expected a non-negative number of voxels, got {tolerance!r}")
     if not jnp.issubdtype(v.dtype, jnp.floating):
         v = v.astype(jnp.float32)
     axes = [jnp.arange(s, dtype=v.dtype) for s in v.shape[:-1]]
     index = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
-    if isinstance(tolerance, bool) or not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance)) or tolerance < 0:
-        raise ValueError(f"tolerance: expected a non-negative number of voxels, got {tolerance!r}")
     if tolerance == 0 or steps == 0:
         u = v / (2.0 ** int(steps))
         return jax.lax.fori_loop(0, int(steps), lambda _, w: _compose_vox(w, w, index), u)
