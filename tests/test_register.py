@@ -85,6 +85,29 @@ def test_gradient_affine_recovery_multires(fixed):
     assert len(res.levels) == 2 and res.iterations == sum(lv.iterations for lv in res.levels)
 
 
+def test_return_best_returns_the_lowest_loss_iterate(fixed):
+    """Stopping(return_best=True): Adam with a large constant step oscillates about a shift; the level returns the
+    iterate of the lowest recorded loss (re-evaluated independently here), the last-iterate rule does not, the
+    trajectory (losses) is the same, and a non-bool flag is a clear error."""
+    moving = jr.warp(fixed, Translation(jnp.asarray([-2.5, 1.5])), fixed.grid)
+    runs = {}
+    for best in (False, True):
+        method = Gradient(objective(similarity_term(mse)), Optimizer("adam", 1.5), Stopping(tol=0.0, return_best=best))
+        runs[best] = register(fixed, moving, method=method, transform=Translation.identity(2), levels=[Level(1, 0.0, 25)])
+    losses = np.asarray(runs[True].loss_history)
+    np.testing.assert_array_equal(losses, np.asarray(runs[False].loss_history))
+    # the loss oscillates: its minimum is not the last iterate's
+    assert np.argmin(losses) < len(losses) - 1 and losses.min() < 0.8 * losses[-1], losses
+    got = {b: _err(moving, fixed, r.transform) for b, r in runs.items()}
+    assert got[True] == pytest.approx(float(losses.min()), rel=1e-4, abs=1e-7)
+    assert got[True] < got[False]
+    leaves = {b: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(r.transform)]) for b, r in runs.items()}
+    assert not np.allclose(leaves[True], leaves[False])
+    with pytest.raises(TypeError, match="stopping.return_best: expected a bool"):
+        Gradient(objective(similarity_term(mse)), Optimizer("adam", 1.0), Stopping(return_best="yes"))
+    assert Stopping(return_best=True) != Stopping() and hash(Stopping(return_best=True)) != hash(Stopping())
+
+
 def test_field_terms_call_real_regularizers_keyword_spacing(fixed, deformed):
     """The documented objective (similarity + field_term(diffusion)) runs with the library's regulariser."""
     moving, _truth = deformed

@@ -66,11 +66,23 @@ class Stopping(NamedTuple):
 
     A level stops at iteration ``k >= max(window, min_iterations)`` when
     ``|L[k - window] - L[k]| <= tol * |L[k - window]|``, or at its iteration cap.
+
+    With ``return_best=True`` the level returns the parameters of its lowest loss, ``argmin_k L(p_k)`` over the
+    iterates it evaluated, instead of the last iterate (ITK's ``ReturnBestParametersAndValue``): an optimiser
+    that oscillates or drifts near the optimum (Adam with a constant step, a noisy sampled metric) then never
+    ends a level worse than the best point it saw. The losses reported are unchanged (one per iteration).
+
+    Attributes:
+      tol: relative loss change that counts as converged.
+      window: iterations over which the change is measured.
+      min_iterations: iterations before the rule may stop a level.
+      return_best: return the lowest-loss iterate (True) or the last one (False, the default).
     """
 
     tol: float = 1e-5
     window: int = 10
     min_iterations: int = 10
+    return_best: bool = False
 
 
 _UNIT = {
@@ -223,6 +235,8 @@ class Gradient:
             raise TypeError(
                 f"stopping: expected a jaxreg.optimize.Stopping, got {type(self.stopping).__name__}"
             )
+        if not isinstance(self.stopping.return_best, (bool, np.bool_)):
+            raise TypeError(f"stopping.return_best: expected a bool, got {self.stopping.return_best!r}")
 
     def _key(self) -> tuple:
         w = np.asarray(self.objective.weights)
@@ -298,8 +312,12 @@ class Gradient:
                 return ~state[4]
 
             def body(state):
-                p, opt_state, losses, k, _, conv = state
+                p, opt_state, losses, k, _, conv, best = state
                 value, grads = vg(method, p, fixed, moving, fmask, mmask, outer)
+                if best is not None:  # (lowest loss so far, its parameters): the iterate p was evaluated at
+                    better = value < best[0]  # a NaN loss is never better
+                    best = (jnp.where(better, value, best[0]).astype(best[0].dtype),
+                            jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), p, best[1]))  # fmt: skip
                 updates, opt_state = opt.update(grads, opt_state, p)
                 p = optax.apply_updates(p, updates)
                 losses = losses.at[k].set(value)
@@ -307,7 +325,7 @@ class Gradient:
                 rel = jnp.abs(past - value) <= stop.tol * jnp.abs(past)
                 conv = (k >= max(stop.window, stop.min_iterations)) & rel & jnp.isfinite(value)
                 k = k + 1
-                return p, opt_state, losses, k, conv | (k >= cap) | ~jnp.isfinite(value), conv
+                return p, opt_state, losses, k, conv | (k >= cap) | ~jnp.isfinite(value), conv, best
 
             state = (
                 params,
@@ -316,8 +334,11 @@ class Gradient:
                 jnp.zeros((), jnp.int32),
                 jnp.asarray(cap <= 0),
                 jnp.zeros((), bool),
+                (jnp.asarray(jnp.inf, fixed.dtype), params) if stop.return_best else None,
             )
-            p, _, losses, k, _, conv = jax.lax.while_loop(cond, body, state)
+            p, _, losses, k, _, conv, best = jax.lax.while_loop(cond, body, state)
+            if best is not None:  # the start itself when no iterate had a finite loss
+                p = best[1]
             return p, losses, k, conv
 
         return kernel
