@@ -229,6 +229,23 @@ def test_greedy_recovers_known_deformation_without_folding(method):
     assert float(jacobian_determinant(res.optimized, fixed.grid).min()) > 0
 
 
+def test_greedy_step_decay_schedules_the_step():
+    """The step falls linearly from ``step`` (first iteration) to ``step_decay * step`` (last): with
+    ``step_decay=0`` the last of two iterations adds nothing, so (without field smoothing, which would act again)
+    two decayed iterations equal one constant iteration, and differ from two constant ones."""
+    fixed = gaussian_smooth(phantom((32, 32), spacing=2.0), 2.0)
+    moving = jr.warp(fixed, Translation(jnp.asarray([1.5, -1.0])), fixed.grid)
+
+    def run(iterations, decay):
+        g = Greedy(mse, symmetric=False, step=0.8, sigma_field=0.0, step_decay=decay)
+        return np.asarray(register(fixed, moving, method=g, levels=[Level(1, 0.0, iterations)]).optimized.velocity)
+
+    one = run(1, 1.0)
+    assert np.abs(one).max() > 0.1
+    np.testing.assert_allclose(run(2, 0.0), one, atol=1e-6)
+    assert np.abs(run(2, 1.0) - one).max() > 0.1
+
+
 def test_greedy_errors(fixed):
     with pytest.raises(ValueError, match="force"):
         Greedy(mse, force="x")
