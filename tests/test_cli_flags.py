@@ -422,3 +422,44 @@ def test_channel_errors_through_the_command_line(pair, capsys, tmp_path):
         )
         assert_error(rc, so, err, *fragments)
         assert not out.exists()
+
+
+# -- --winsorize, --histogram-matching -----------------------------------------------------------------------------
+def test_winsorize_and_histogram_matching_register_the_prepared_images(pair, capsys, tmp_path):
+    """The metrics compare the prepared images (the library's winsorize, then match_histogram, as antsRegistration
+    orders them): the transform equals the library's registration of those images; the outputs are of the
+    original images; bad quantiles are one-line errors with nothing written."""
+    from jaxreg.warp.intensity import match_histogram, winsorize
+
+    fixed = load_image(pair["fixed"])
+    m = load_image(pair["moving"])
+    rng = np.random.default_rng(0)
+    data = np.asarray(m.data) * 40.0 + 7.0
+    data[rng.random(data.shape) < 0.004] = 400.0  # bright outliers that winsorising clips
+    moving = Image(jnp.asarray(data, jnp.float32), m.grid)
+    path = tmp_path / "moving_scaled.nii.gz"
+    save_image(moving, path)
+    out = tmp_path / "out"
+    rc, stdout, err = run(capsys, "register", pair["fixed"], path, "-o", out, "--quick", "--json", "--pipeline",
+                          "rigid", "--winsorize", "0.005", "0.995", "--histogram-matching")  # fmt: skip
+    assert rc == 0, err
+    assert "winsorized to the 0.005-0.995 quantiles" in err and "histogram" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["winsorize"] == [0.005, 0.995] and report["inputs"]["histogram_matching"] is True
+    wf = winsorize(fixed, 0.005, 0.995)
+    wm = match_histogram(winsorize(moving, 0.005, 0.995), wf)
+    stages = reg.stages_from_options(reg.pipeline_options(pipeline="rigid", quick=True))
+    lib = register(wf, wm, method=stages)
+    got = read_transform(out / "affine.mat")
+    pts = fixed.grid.world_coords(jnp.float32).reshape(-1, 2)
+    np.testing.assert_allclose(np.asarray(got(pts)), np.asarray(lib.transform(pts)), atol=1e-3)
+    # warped.nii.gz is the original moving image (its own intensity scale), resampled
+    np.testing.assert_allclose(np.asarray(load_image(out / "warped.nii.gz").data),
+                               np.asarray(warp(moving, lib.transform, fixed.grid).data), rtol=1e-4, atol=1e-2)  # fmt: skip
+    bad = tmp_path / "bad"
+    for flags, fragment in ((("--winsorize", "0.9", "0.1"), "--winsorize: expected quantiles 0 <= LOW < HIGH <= 1"),
+                            (("--winsorize", "0", "1", "--pipeline", "organ", "--ct-labels", pair["fixed"]),
+                             "--winsorize: not supported by --pipeline organ")):  # fmt: skip
+        rc, so, err = run(capsys, "register", pair["fixed"], path, "-o", bad, *flags)
+        assert_error(rc, so, err, fragment)
+        assert not bad.exists()

@@ -2,7 +2,7 @@
 
 ``jaxreg register FIXED MOVING -o OUTDIR [--pipeline NAME] [--initial-transform T] [--fixed-mask M]
 [--moving-mask M] [--labels FIXED_LABELS MOVING_LABELS [--label-list L ... | --labels-json F]]
-[--config file.toml] [--similarity SPEC] [--quick] [--quiet | --json]``
+[--config file.toml] [--similarity SPEC] [--winsorize LOW HIGH] [--histogram-matching] [--quick] [--quiet | --json]``
 
 runs a named pipeline of :data:`jaxreg.optimize.PRESETS` through :func:`jaxreg.optimize.register` (affine from
 the best candidate start -> symmetric diffeomorphic greedy registration, or its multi-modal, rigid, similarity,
@@ -256,6 +256,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="one coarse level per stage (a fast preview; levels in the config file take precedence)",
+    )
+    p.add_argument(
+        "--winsorize",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="register images clipped to their LOW and HIGH intensity quantiles and rescaled to [0, 1] "
+        "(antsRegistration --winsorize-image-intensities [LOW,HIGH], e.g. 0.005 0.995); outputs are of the "
+        "original images",
+    )
+    p.add_argument(
+        "--histogram-matching",
+        action="store_true",
+        help="register MOVING with its intensities matched to FIXED's histogram (12 quantiles above the mean; "
+        "antsRegistration --use-histogram-matching 1): for one modality only; outputs are of the original images",
     )
     p.add_argument(
         "--write-composite-transform",
@@ -906,6 +921,37 @@ def _organ_csv(rows: Sequence[dict]) -> Callable[[str], None]:
 
 
 # -- run -------------------------------------------------------------------------------------------------------
+def check_intensity_options(args: argparse.Namespace, *, channels: bool, organ: bool) -> None:
+    """``--winsorize`` and ``--histogram-matching``: valid quantiles, and not with [[channels]] or the organ
+    pipeline (which windows its CT itself). Raises :class:`UsageError` naming the flag."""
+    w = getattr(args, "winsorize", None)
+    hm = bool(getattr(args, "histogram_matching", False))
+    if w is not None:
+        lo, hi = w
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi <= 1.0):
+            raise UsageError(f"--winsorize: expected quantiles 0 <= LOW < HIGH <= 1, got {lo:g} {hi:g}")
+    for flag, on in (("--winsorize", w is not None), ("--histogram-matching", hm)):
+        if on and channels:
+            raise UsageError(f"{flag}: not supported with [[channels]] of --config")
+        if on and organ:
+            raise UsageError(f"{flag}: not supported by --pipeline organ (it windows the CT itself)")
+
+
+def prepare_intensities(fixed: Any, moving: Any, args: argparse.Namespace, *, log: Callable[[str], None]) -> tuple:
+    """The images the metrics compare (:mod:`jaxreg.warp.intensity`, antsRegistration's order): both winsorised
+    (``--winsorize LOW HIGH``), then MOVING histogram-matched to FIXED (``--histogram-matching``)."""
+    from jaxreg.warp.intensity import match_histogram, winsorize
+
+    w = getattr(args, "winsorize", None)
+    if w is not None:
+        fixed, moving = winsorize(fixed, *w), winsorize(moving, *w)
+        log(f"intensity:  winsorized to the {w[0]:g}-{w[1]:g} quantiles, rescaled to [0, 1]")
+    if getattr(args, "histogram_matching", False):
+        moving = match_histogram(moving, fixed)
+        log("intensity:  moving matched to the fixed image's histogram (12 quantiles above the mean)")
+    return fixed, moving
+
+
 def run(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """Run ``jaxreg register`` with parsed arguments; returns the exit status (0).
 
@@ -956,6 +1002,7 @@ def _run(args: argparse.Namespace, *, log: Callable[[str], None]) -> int:
     )
     with argument("--config"):
         opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
+    check_intensity_options(args, channels=bool(opts.get("channels")), organ=opts["pipeline"] == "organ")
     outer, init_path = None, None
     if getattr(args, "initial_transform", None) is not None:
         outer, init_path, keyword = initial_transform(args.initial_transform, inp, opts["pipeline"])
@@ -1003,6 +1050,7 @@ def _run(args: argparse.Namespace, *, log: Callable[[str], None]) -> int:
             reg_fixed = ct_window(inp.fixed, labels=organ[0], groups=organ[1])
     if outer is not None:
         log(f"initial:    {args.initial_transform} (kept: the stages start on top of it)")
+    reg_fixed, reg_moving = prepare_intensities(reg_fixed, reg_moving, args, log=log)
     if channels:
         reg_fixed, reg_moving = channels
         log(f"channels:   {reg_fixed.data.shape[-1]} image pairs (FIXED/MOVING and [[channels]] of --config)")
@@ -1034,6 +1082,8 @@ def _run(args: argparse.Namespace, *, log: Callable[[str], None]) -> int:
             "quick": bool(args.quick),
             "initial_transform": getattr(args, "initial_transform", None),
             "channels": [[ch["fixed"], ch["moving"]] for ch in opts.get("channels") or ()] or None,
+            "winsorize": list(args.winsorize) if getattr(args, "winsorize", None) else None,
+            "histogram_matching": bool(getattr(args, "histogram_matching", False)),
         },
     }
     extra_files: list = []
