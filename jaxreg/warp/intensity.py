@@ -21,12 +21,14 @@ The command line applies them with ``jaxreg register --winsorize LOW HIGH --hist
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Image
 
 __all__ = ["winsorize", "match_histogram"]
@@ -73,10 +75,14 @@ def winsorize(image: Image, lower: float = 0.005, upper: float = 0.995, *, mask:
         raise ValueError(f"lower, upper: expected 0 <= lower < upper <= 1, got {lower!r}, {upper!r}")
     x = jnp.asarray(image.data, jnp.float32)
     keep = jnp.ones(x.shape, bool) if mask is None else _mask(mask, x.shape)
-    a, b = _quantiles(x, keep, jnp.asarray([lower, upper], jnp.float32))
+    return Image(_winsorize(x, keep, jnp.asarray([lower, upper], jnp.float32)), image.grid)
+
+
+@jit
+def _winsorize(x: jax.Array, keep: jax.Array, q: jax.Array) -> jax.Array:
+    a, b = _quantiles(x, keep, q)
     width = b - a
-    out = jnp.where(width > 0, (jnp.clip(x, a, b) - a) / jnp.where(width > 0, width, 1.0), 0.0)
-    return Image(out.astype(jnp.float32), image.grid)
+    return jnp.where(width > 0, (jnp.clip(x, a, b) - a) / jnp.where(width > 0, width, 1.0), 0.0).astype(jnp.float32)
 
 
 def _mask(mask: Image | jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -121,6 +127,11 @@ def match_histogram(
         raise ValueError(f"threshold_at_mean: expected a bool, got {threshold_at_mean!r}")
     s = jnp.asarray(source.data, jnp.float32)
     r = jnp.asarray(reference.data, jnp.float32)
+    return Image(_match(s, r, match_points, threshold_at_mean), source.grid)
+
+
+@functools.partial(jit, static_argnums=(2, 3))
+def _match(s: jax.Array, r: jax.Array, match_points: int, threshold_at_mean: bool) -> jax.Array:
     levels = jnp.arange(1, match_points + 1, dtype=jnp.float32) / (match_points + 1)
 
     def table(x):
@@ -143,5 +154,4 @@ def match_histogram(
     k = jnp.clip(j - 1, 0, match_points)
     inner = rt[k] + (s - st[k]) * grads[k]
     out = jnp.where(j == 0, r_min + (s - s_min) * lower_grad, inner)
-    out = jnp.where(j == match_points + 2, r_max + (s - s_max) * upper_grad, out)
-    return Image(out.astype(jnp.float32), source.grid)
+    return jnp.where(j == match_points + 2, r_max + (s - s_max) * upper_grad, out).astype(jnp.float32)
