@@ -149,7 +149,8 @@ class NeuralField:
       points: voxels (patch centres when ``patch > 0``) per random batch.
       patch: radius ``r`` (voxels of the level's fixed grid) of the patches whose similarities are averaged;
         0: one similarity of the whole batch.
-      learning_rate: Adam's (initial) step size.
+      learning_rate: Adam's (initial) step size, on every level of the stage (a level with its own step size
+        is a second ``NeuralField`` stage on that level: it continues the first stage's displacement field).
       schedule: ``"cosine"`` (decay to 5 % over the level) or ``"constant"``.
       jacobian_weight: ``w_J``, weight of ``mean |1 - det(I + J)|`` (traced).
       diffusion_weight: ``w_D``, weight of ``mean ||J||_F^2`` (traced).
