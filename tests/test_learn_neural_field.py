@@ -6,6 +6,8 @@ method on the same pair (a peer run in the same test), the SIREN initialisation'
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +75,26 @@ def test_velocity_output_recovers_the_field_and_is_folding_free_without_a_jacobi
     assert int(stats.num_nonpositive) == 0 and float(stats.min) > 0.3
     losses = np.asarray(res.stages[0].levels[0].loss)
     assert losses[-10:].mean() < 0.5 * losses[:10].mean()
+
+
+def test_a_level_with_its_own_learning_rate_is_a_second_stage_that_continues_the_first():
+    """A per-level learning rate is a second NeuralField stage on that level: Field("displacement") continues
+    itself, so the second stage starts from the first's field (one stage of both levels, when the settings are
+    equal), and a different learning rate changes only that level."""
+    g, fixed, moving, _, _ = _pair()
+    nf = NeuralField(similarity="mse", output="velocity", lattice=4.0, learning_rate=1e-3, jacobian_weight=0.0)
+    levels = (Level(2, 0.0, 4), Level(1, 0.0, 4))
+    one = register(fixed, moving, method=Stage(nf, levels=levels))
+    two = register(fixed, moving, method=(Stage(nf, levels=levels[:1]), Stage(nf, levels=levels[1:])))
+    assert two.stages[1].continues and not two.stages[0].continues
+    np.testing.assert_allclose(
+        np.asarray(two.transform.displacement), np.asarray(one.transform.displacement), rtol=0, atol=1e-5
+    )
+    fine = dataclasses.replace(nf, learning_rate=3e-3)
+    other = register(fixed, moving, method=(Stage(nf, levels=levels[:1]), Stage(fine, levels=levels[1:])))
+    np.testing.assert_array_equal(np.asarray(other.stages[0].transform.displacement),
+                                  np.asarray(two.stages[0].transform.displacement))  # fmt: skip
+    assert not np.allclose(np.asarray(other.transform.displacement), np.asarray(two.transform.displacement))
 
 
 def test_neural_field_same_seed_same_result_and_no_recompilation():
