@@ -166,7 +166,7 @@ def main(argv=None) -> None:
                     help="ANTs settings timed: antspyx's SyN defaults, the template script's, or both")  # fmt: skip
     ap.add_argument("--iterations", type=int, default=4, help="template iterations (shape updates)")
     ap.add_argument("--method", default="default", help="pipeline of each round (a jaxreg.optimize.PRESETS name)")
-    ap.add_argument("--greedy", default="{}", help='greedy-stage settings of each round, JSON (e.g. \'{"step_decay": 0}\')')
+    ap.add_argument("--greedy", default="{}", help="greedy-stage settings of each round, JSON: '{\"step_decay\": 0}'")
     ap.add_argument("--subjects", type=int, default=4, help="label maps synthesised for the 3D case")
     ap.add_argument("--mm", type=float, default=3.0, help="voxel size of the 3D case, mm")
     ap.add_argument("--only", choices=("2d", "3d"), default=None, help="one case only")

@@ -6,9 +6,10 @@ local devices (and hosts, from the launcher's environment) with :func:`jaxreg.op
 ``OUTDIR/NAME/`` per pair (the files of ``jaxreg register``), ``OUTDIR/summary.csv``; a second run skips the pairs
 already done.
 
-``jaxreg template IMAGES... -o OUTDIR [--iterations N] [--pipeline P] [--config C] [--quick] [--initial T]`` builds an unbiased template
-with :func:`jaxreg.optimize.template.build_template` and writes ``template.nii.gz``, one ``NAME/`` folder per
-image (``affine.mat``, ``warp.nii.gz``: the image's mapping to the template, pull, image -> template space) and
+``jaxreg template IMAGES... -o OUTDIR [--iterations N] [--pipeline P] [--config C] [--quick] [--initial T]``
+builds an unbiased template with :func:`jaxreg.optimize.template.build_template` (``--pipeline``/``--config``: the
+pipeline of each round, as for ``register-many``) and writes ``template.nii.gz``, one ``NAME/`` folder per image
+(``affine.mat``, ``warp.nii.gz``: the image's mapping to the template, pull, image -> template space) and
 ``template.json`` (per iteration: mean |displacement|, sharpness, time).
 
 Both are adapters: they parse, call the library and print. Bad inputs exit with status 2 before anything is
