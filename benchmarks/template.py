@@ -7,7 +7,8 @@ an estimate of ANTs' ``antsMultivariateTemplateConstruction2`` time.
   a fixed intensity drawn once for all subjects with :func:`jaxreg.learn.synthesis.synthesize_image`, mildly
   blurred, no bias or noise: one contrast, ten people's anatomy).
 
-jaxreg: the default pipeline (affine -> symmetric greedy SVF; another preset with ``--method``) each round,
+jaxreg: the default pipeline (affine -> symmetric greedy SVF; another preset with ``--method``, greedy settings
+with ``--greedy``) each round,
 ``--iterations`` shape updates, cold (JAX caches cleared, compilation included). ANTs: the script runs one SyN registration (with its rigid and affine
 stages) per image per iteration; its time is estimated as ANTs' measured per-registration time (``ants.registration``
 ``SyN``, antspyx defaults, registering images to their plain mean in the same run, the first ``--ants-registrations``
@@ -18,7 +19,7 @@ mean |displacement| of the mappings at the final template over its foreground (m
 Usage::
 
     python benchmarks/template.py [--ants-python benchmarks/.venv-ants/bin/python] [--iterations 4]
-        [--method default] [--subjects 4] [--mm 3] [--only 2d|3d] [--json out.json]
+        [--method default] [--greedy '{"step_decay": 0}'] [--subjects 4] [--mm 3] [--only 2d|3d] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from peers import DEFAULT_ANTS_PYTHON, run_worker
 
 from jaxreg.core.grid import Image
 from jaxreg.io import load_image, load_labels, save_image
+from jaxreg.optimize import preset
 from jaxreg.optimize.template import build_template
 from jaxreg.parallel import make_mesh
 from jaxreg.warp import resample
@@ -116,12 +118,14 @@ def run_case(name: str, images: list[Image], args, python: str | None) -> dict:
           f"({'x'.join(f'{s:g}' for s in images[0].grid.spacing)} mm), {args.iterations} iterations", flush=True)  # fmt: skip
     _clear()
     t0, c0 = time.perf_counter(), time.process_time()
+    greedy = json.loads(args.greedy)
+    method = preset(args.method, greedy=greedy) if greedy else args.method
     res = build_template(
-        images, iterations=args.iterations, method=args.method, mesh=None, log=lambda s: print("  " + s, flush=True)
+        images, iterations=args.iterations, method=method, mesh=None, log=lambda s: print("  " + s, flush=True)
     )
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     deformable = (args.iterations + 1) * n
-    row = {"case": name, "method": args.method, "images": n, "shape": list(images[0].grid.shape),
+    row = {"case": name, "method": args.method, "greedy": greedy, "images": n, "shape": list(images[0].grid.shape),
            "spacing_mm": [float(s) for s in images[0].grid.spacing], "iterations": args.iterations,
            "seconds": wall, "cpu_seconds": cpu, "registrations": res.registrations,
            "deformable_registrations": deformable, "history": res.history,
@@ -162,6 +166,7 @@ def main(argv=None) -> None:
                     help="ANTs settings timed: antspyx's SyN defaults, the template script's, or both")  # fmt: skip
     ap.add_argument("--iterations", type=int, default=4, help="template iterations (shape updates)")
     ap.add_argument("--method", default="default", help="pipeline of each round (a jaxreg.optimize.PRESETS name)")
+    ap.add_argument("--greedy", default="{}", help="greedy-stage settings of each round, JSON: '{\"step_decay\": 0}'")
     ap.add_argument("--subjects", type=int, default=4, help="label maps synthesised for the 3D case")
     ap.add_argument("--mm", type=float, default=3.0, help="voxel size of the 3D case, mm")
     ap.add_argument("--only", choices=("2d", "3d"), default=None, help="one case only")

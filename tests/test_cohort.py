@@ -163,7 +163,10 @@ def test_read_pairs_csv(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "constant", "cells", "one_label", "moving_dir", "out_is_file", "template_one", "template_missing"],
+    [
+        "missing", "constant", "cells", "one_label", "moving_dir", "out_is_file", "template_one", "template_missing",
+        "template_config",
+    ],
 )
 def test_bad_inputs_exit_2_and_write_nothing(case, cohort, tmp_path, capsys):
     out = tmp_path / "out"
@@ -188,6 +191,9 @@ def test_bad_inputs_exit_2_and_write_nothing(case, cohort, tmp_path, capsys):
         argv = ["template", im, "-o", out, "--quick"]
     elif case == "template_missing":
         argv = ["template", im, tmp_path / "nope.nii.gz", "-o", out, "--quick"]
+    elif case == "template_config":
+        (tmp_path / "bad.toml").write_text("[deformable]\nstep_decay = 2.0\n")
+        argv = ["template", im, cohort / "im1.nii.gz", "-o", out, "--quick", "--config", tmp_path / "bad.toml"]
     before = out.read_text() if out.is_file() else None
     rc, text, err = run(capsys, *argv)
     assert rc == 2, (text, err)
@@ -244,3 +250,20 @@ def test_template_command(cohort, tmp_path, capsys):
         t = compose_files([out / f"im{k}" / "warp.nii.gz", out / f"im{k}" / "affine.mat"])
         moved = warp(load_image(p), t, template.grid)
         assert -float(ncc(template.data, moved.data)) > 0.9
+
+
+def test_template_command_pipeline_and_config(cohort, tmp_path, capsys):
+    """--pipeline syn with a config's greedy settings: the rounds run the greedy stage alone (identity affine.mat)."""
+    out = tmp_path / "tpl"
+    cfg = tmp_path / "decay.toml"
+    cfg.write_text("[deformable]\nstep_decay = 0.0\n")
+    ims = [cohort / f"im{k}.nii.gz" for k in (1, 2, 3)]
+    rc, text, err = run(capsys, "template", *ims, "-o", out, "--quick", "--iterations", "1", "--pipeline", "syn",
+                        "--config", cfg)  # fmt: skip
+    assert rc == 0, err
+    info = json.loads((out / "template.json").read_text())
+    assert info["registrations"] == 9 and info["mean_displacement_mm"] < 0.5
+    from jaxreg.io import read_transform
+
+    lin = read_transform(out / "im1" / "affine.mat")
+    np.testing.assert_allclose(np.asarray(lin.homogeneous()), np.eye(3), atol=1e-6)

@@ -6,9 +6,10 @@ local devices (and hosts, from the launcher's environment) with :func:`jaxreg.op
 ``OUTDIR/NAME/`` per pair (the files of ``jaxreg register``), ``OUTDIR/summary.csv``; a second run skips the pairs
 already done.
 
-``jaxreg template IMAGES... -o OUTDIR [--iterations N] [--quick] [--initial T]`` builds an unbiased template
-with :func:`jaxreg.optimize.template.build_template` and writes ``template.nii.gz``, one ``NAME/`` folder per
-image (``affine.mat``, ``warp.nii.gz``: the image's mapping to the template, pull, image -> template space) and
+``jaxreg template IMAGES... -o OUTDIR [--iterations N] [--pipeline P] [--config C] [--quick] [--initial T]``
+builds an unbiased template with :func:`jaxreg.optimize.template.build_template` (``--pipeline``/``--config``: the
+pipeline of each round, as for ``register-many``) and writes ``template.nii.gz``, one ``NAME/`` folder per image
+(``affine.mat``, ``warp.nii.gz``: the image's mapping to the template, pull, image -> template space) and
 ``template.json`` (per iteration: mean |displacement|, sharpness, time).
 
 Both are adapters: they parse, call the library and print. Bad inputs exit with status 2 before anything is
@@ -82,6 +83,19 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     t.add_argument("--iterations", type=_positive, default=4, metavar="N", help="template iterations (default 4)")
     t.add_argument("--initial", metavar="T", help="initial template (default: mean of the affinely aligned images)")
+    t.add_argument(
+        "--pipeline",
+        choices=PRESET_PIPELINES,
+        default=None,
+        help="pipeline of each round (default: default, affine -> greedy SVF; 'syn': the greedy SVF alone, for "
+        "images already aligned, which averaged to a less biased 3-D template)",
+    )
+    t.add_argument(
+        "--config",
+        metavar="TOML",
+        help="pipeline options, as for 'jaxreg register' (e.g. [deformable] step_decay = 0; the affine start uses "
+        "its [linear] settings)",
+    )
     t.add_argument("--quick", action="store_true", help="coarse levels only (previews, tests)")
     t.add_argument("--devices", type=_positive, default=None, metavar="N", help="use the first N devices")
     t.set_defaults(func=run_template)
@@ -165,15 +179,19 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
     """Run ``jaxreg template`` with parsed arguments; returns 0."""
     import jax.numpy as jnp
 
-    from jaxreg.cli.register import pipeline_options, stages_from_options
+    from jaxreg.cli.register import pipeline_options, read_config, stages_from_options
     from jaxreg.core.grid import Image
     from jaxreg.io import check_registrable, load_image
+    from jaxreg.optimize import PRESETS
     from jaxreg.optimize.template import build_template, write_template
     from jaxreg.parallel import initialize_distributed
 
     t0 = time.perf_counter()
     if len(args.images) < 2:
         raise UsageError("IMAGE: a template needs two or more images")
+    if args.config is not None:
+        with argument("--config"):
+            read_config(args.config)
     ims = []
     for path in args.images:
         with argument("IMAGE"):
@@ -201,9 +219,12 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
     with argument("IMAGE"):
         if len({im.data.ndim for im in ims}) != 1:
             raise ValueError("the images mix 2-D and 3-D")
-    opts = pipeline_options(pipeline="default", quick=args.quick)
-    stages = stages_from_options(opts)
-    affine = stages_from_options({**opts, "pipeline": "affine"})
+    with argument("--config"):
+        opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
+        if opts["pipeline"] not in PRESETS:
+            raise ValueError(f"pipeline: expected one of {', '.join(PRESETS)} for a template, got {opts['pipeline']!r}")
+        stages = stages_from_options(opts)
+        affine = stages_from_options({**opts, "pipeline": "affine", "greedy": {}, "similarity": None})
     initialize_distributed()
     mesh = _mesh(args.devices)
     from tqdm import tqdm
