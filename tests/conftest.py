@@ -41,7 +41,7 @@ os.environ.setdefault(
 # neither trips a deadline nor the too_slow health check. "dev" explores more, locally.
 settings.register_profile(
     "ci",
-    max_examples=12,
+    max_examples=20,
     deadline=None,
     derandomize=False,
     database=None,
