@@ -11,7 +11,7 @@ Usage::
     python benchmarks/neural_field.py [--case brain3d|brain2d] [--levels 4:100,2:100,1:30] [--greedy-levels 4:40]
         [--output displacement|velocity] [--hidden 128,128,128] [--similarity SPEC] [--lr 1e-3]
         [--lattice MM] [--stride S] [--exp-steps N] [--diffusion W] [--folding W] [--jacobian W]
-        [--points K] [--patch R] [--omega0 W] [--schedule cosine|constant] [--fine-lr LR]
+        [--points K] [--patch R] [--omega0 W] [--schedule cosine|constant] [--fine-lr LR] [--symmetric all|fine]
 
 Options left out keep the :class:`~jaxreg.learn.NeuralField` defaults. ``--fine-lr`` runs the last level as a
 second ``NeuralField`` stage with its own learning rate (it continues the first stage's displacement field:
@@ -74,6 +74,8 @@ def main() -> int:
     opt("--diffusion", type=float)
     opt("--folding", type=float)
     opt("--fine-lr", type=float, help="learning rate of the last level (a second NeuralField stage)")
+    ap.add_argument("--symmetric", choices=("all", "fine"), default=None,
+                    help="mid-space similarity (velocity output) on every level, or on the last level only")
     args = ap.parse_args()
 
     import jax
@@ -101,6 +103,8 @@ def main() -> int:
     given = {f: getattr(args, a) for a, f in names.items() if getattr(args, a) is not None}
     if "hidden" in given:
         given["hidden"] = tuple(int(h) for h in given["hidden"].split(","))
+    if args.symmetric == "all":
+        given["symmetric"] = True
     nf = NeuralField(**given)
     if args.levels is None:
         levels = VELOCITY_LEVELS if nf.output == "velocity" else DISPLACEMENT_LEVELS
@@ -108,10 +112,11 @@ def main() -> int:
     else:
         levels = tuple(Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.levels.split(",")))
     nf_stages: tuple = (Stage(nf, levels=levels),)
-    if args.fine_lr is not None:
+    if args.fine_lr is not None or args.symmetric == "fine":
         if len(levels) < 2:
-            ap.error("--fine-lr: needs at least two levels (the last one gets the learning rate)")
-        fine = dataclasses.replace(nf, learning_rate=args.fine_lr)
+            ap.error("--fine-lr, --symmetric fine: need at least two levels (the last one gets the setting)")
+        fine = nf if args.fine_lr is None else dataclasses.replace(nf, learning_rate=args.fine_lr)
+        fine = dataclasses.replace(fine, symmetric=True) if args.symmetric == "fine" else fine
         nf_stages = (Stage(nf, levels=levels[:-1]), Stage(fine, levels=levels[-1:]))
     pipelines = {"default (affine + greedy SVF)": default, "affine + NeuralField": (*linear, *nf_stages)}
     rows = []
@@ -131,6 +136,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     base = rows[0]["seconds"]
     fine_note = "" if args.fine_lr is None else f", last level learning_rate={args.fine_lr:g}"
+    fine_note += "" if args.symmetric != "fine" else ", last level symmetric"
     spec = ", ".join(f"{lv.shrink}:{lv.iterations}" for lv in levels)
     print(f"\n{args.case}: NeuralField levels {spec}{fine_note}, {nf}")
     print("| pipeline | Dice | NCC | det J <= 0 % | SDlogJ | s (incl. compilation) | time ratio |")

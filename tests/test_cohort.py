@@ -153,6 +153,38 @@ def test_register_pairs_fixed_against_folder(cohort, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_register_pairs_winsorize_and_histogram_matching(cohort, tmp_path):
+    """winsorize / histogram_matching: each pair is registered as jaxreg.warp.intensity.prepare_pair prepares it
+    (the same transform as register() of the prepared images), the outputs are of the original images, and
+    report.json records the options."""
+    from jaxreg.io import load_image
+    from jaxreg.optimize import register
+    from jaxreg.warp import warp
+    from jaxreg.warp.intensity import prepare_pair
+
+    data = 3.0 * np.asarray(shifted(1).data) + 0.5
+    data[2, 2] = 50.0  # one bright outlier: winsorizing changes the registered images
+    moving = Image(jnp.asarray(data, jnp.float32), shifted(1).grid)
+    save_image(moving, tmp_path / "bright.nii.gz")
+    pair = Pair("bright_to_im0", str(cohort / "im0.nii.gz"), str(tmp_path / "bright.nii.gz"))
+    stages = quick_stages()
+    rows = register_pairs([pair], tmp_path / "out", method=stages, winsorize=(0.01, 0.99), histogram_matching=True,
+                          progress=False)  # fmt: skip
+    assert rows[0]["status"] == "registered"
+    fixed = load_image(cohort / "im0.nii.gz")
+    pf, pm = prepare_pair(fixed, moving, winsorize=(0.01, 0.99), histogram_matching=True)
+    assert float(jnp.max(pm.data)) < 2.0 < float(jnp.max(moving.data))
+    ref = register(pf, pm, method=stages)
+    warped = np.asarray(load_image(tmp_path / "out" / pair.name / "warped.nii.gz").data)
+    expect = np.asarray(warp(moving, ref.transform, fixed.grid).data)  # the original moving image, warped
+    np.testing.assert_allclose(warped, expect, atol=1e-4 * float(np.max(expect)))
+    report = json.loads((tmp_path / "out" / pair.name / "report.json").read_text())
+    assert report["intensity"] == {"winsorize": [0.01, 0.99], "histogram_matching": True}
+    with pytest.raises(ValueError, match="winsorize: expected quantiles"):
+        register_pairs([pair], tmp_path / "bad", winsorize=(0.9, 0.1), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_read_pairs_csv(tmp_path):
     (tmp_path / "p.csv").write_text("# comment\na.nii.gz,b.nii.gz\n/x/c.nii,d.nii,,,mine\na.nii.gz,b.nii.gz\n")
     pairs = read_pairs_csv(tmp_path / "p.csv")
@@ -165,7 +197,7 @@ def test_read_pairs_csv(tmp_path):
     "case",
     [
         "missing", "constant", "cells", "one_label", "moving_dir", "out_is_file", "template_one", "template_missing",
-        "template_config",
+        "template_config", "winsorize",
     ],
 )
 def test_bad_inputs_exit_2_and_write_nothing(case, cohort, tmp_path, capsys):
@@ -191,6 +223,9 @@ def test_bad_inputs_exit_2_and_write_nothing(case, cohort, tmp_path, capsys):
         argv = ["template", im, "-o", out, "--quick"]
     elif case == "template_missing":
         argv = ["template", im, tmp_path / "nope.nii.gz", "-o", out, "--quick"]
+    elif case == "winsorize":
+        csv_path.write_text(f"{im},{cohort / 'im1.nii.gz'}\n")
+        argv += ["--winsorize", "0.9", "0.1"]
     elif case == "template_config":
         (tmp_path / "bad.toml").write_text("[deformable]\nstep_decay = 2.0\n")
         argv = ["template", im, cohort / "im1.nii.gz", "-o", out, "--quick", "--config", tmp_path / "bad.toml"]

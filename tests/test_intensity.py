@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from jaxreg.core.grid import Grid, Image
 from jaxreg.data import phantom
-from jaxreg.warp.intensity import match_histogram, winsorize
+from jaxreg.warp.intensity import match_histogram, prepare_pair, winsorize
 
 
 def _noisy(seed: int, shape=(40, 36)) -> Image:
@@ -104,3 +104,23 @@ def test_match_histogram_closed_forms_and_bad_inputs():
         match_histogram(ref, ref, threshold_at_mean=1)
     with pytest.raises(TypeError, match="reference: expected a jaxreg Image"):
         match_histogram(ref, np.ones((4, 4)))
+
+
+def test_prepare_pair_is_winsorize_then_histogram_matching():
+    """antsRegistration's order: both images winsorised, then the moving one matched to the fixed one; off: the
+    inputs themselves; bad quantiles name the argument."""
+    rng = np.random.default_rng(3)
+    fixed = phantom((24, 20), spacing=1.5)
+    data = 2.0 * np.asarray(fixed.data) + rng.normal(0, 0.05, fixed.data.shape)
+    data[3, 4] = 40.0
+    moving = Image(jnp.asarray(data, jnp.float32), fixed.grid)
+    f, m = prepare_pair(fixed, moving, winsorize=(0.01, 0.99), histogram_matching=True)
+    wf, wm = winsorize(fixed, 0.01, 0.99), winsorize(moving, 0.01, 0.99)
+    np.testing.assert_array_equal(np.asarray(f.data), np.asarray(wf.data))
+    np.testing.assert_array_equal(np.asarray(m.data), np.asarray(match_histogram(wm, wf).data))
+    assert prepare_pair(fixed, moving) == (fixed, moving)
+    _, m2 = prepare_pair(fixed, moving, histogram_matching=True)
+    np.testing.assert_array_equal(np.asarray(m2.data), np.asarray(match_histogram(moving, fixed).data))
+    for bad in ((0.5, 0.5), (0.1,), ("a", "b"), (-0.1, 0.9)):
+        with pytest.raises(ValueError, match="winsorize: expected"):
+            prepare_pair(fixed, moving, winsorize=bad)

@@ -77,6 +77,26 @@ def test_velocity_output_recovers_the_field_and_is_folding_free_without_a_jacobi
     assert losses[-10:].mean() < 0.5 * losses[:10].mean()
 
 
+def test_symmetric_velocity_field_recovers_the_field_from_the_mid_space():
+    """symmetric=True compares F o exp(-v/2) with M o exp(v/2) (mid-space, as the greedy SyN-like method):
+    at the identity start its loss equals the one-sided loss, it recovers the known field without folding,
+    and it is a different optimisation (another field) than the one-sided form."""
+    g, fixed, moving, u, x = _pair()
+    nf = NeuralField(similarity="mse", output="velocity", lattice=4.0, learning_rate=1e-3, jacobian_weight=0.0)
+    levels = (Level(1, 0.0, 150),)
+    sym = register(fixed, moving, method=Stage(dataclasses.replace(nf, symmetric=True), levels=levels))
+    one = register(fixed, moving, method=Stage(nf, levels=levels))
+    l_sym, l_one = (np.asarray(r.stages[0].levels[0].loss) for r in (sym, one))
+    np.testing.assert_allclose(l_sym[0], l_one[0], rtol=1e-5)
+    assert l_sym[-10:].mean() < 0.5 * l_sym[:10].mean()
+    frac = _recovered(sym, g, u, x)
+    assert frac >= 0.4, f"symmetric velocity neural field recovered {frac:.2f} of the known field"
+    stats = jacobian_statistics(sym.transform, g)
+    assert int(stats.num_nonpositive) == 0 and float(stats.min) > 0.3
+    assert not np.allclose(np.asarray(sym.transform.displacement), np.asarray(one.transform.displacement), atol=1e-3)
+    assert NeuralField(output="velocity", symmetric=True) != NeuralField(output="velocity")
+
+
 def test_a_level_with_its_own_learning_rate_is_a_second_stage_that_continues_the_first():
     """A per-level learning rate is a second NeuralField stage on that level: Field("displacement") continues
     itself, so the second stage starts from the first's field (one stage of both levels, when the settings are
@@ -164,6 +184,8 @@ def test_siren_hidden_layers_have_unit_scale_preactivations():
         ({"exp_steps": -1}, "exp_steps"),
         ({"folding_weight": -1.0}, "folding_weight"),
         ({"similarity": "no_such_similarity"}, "similarity"),
+        ({"symmetric": True}, "symmetric"),
+        ({"output": "velocity", "symmetric": "yes"}, "symmetric"),
     ],
 )
 def test_neural_field_bad_input(kwargs, match):

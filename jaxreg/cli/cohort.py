@@ -34,7 +34,7 @@ _positive = int_at_least(1)
 
 def add_parsers(subparsers: Any) -> None:
     """Add the ``register-many`` and ``template`` subcommands to ``subparsers``."""
-    from jaxreg.cli.register import PRESET_PIPELINES
+    from jaxreg.cli.register import PRESET_PIPELINES, add_intensity_arguments
 
     p = subparsers.add_parser(
         "register-many",
@@ -59,6 +59,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--pipeline", choices=PRESET_PIPELINES, default=None, help="named pipeline (default: default)")
     p.add_argument("--config", metavar="TOML", help="pipeline options, as for 'jaxreg register'")
     p.add_argument("--quick", action="store_true", help="one coarse level per stage (previews, tests)")
+    add_intensity_arguments(p)
     p.add_argument(
         "--devices", type=_positive, default=None, metavar="N", help="use the first N devices (default: all)"
     )
@@ -116,7 +117,7 @@ def _mesh(n: int | None) -> Any:
 
 def run_register_many(args: argparse.Namespace, *, log: Callable[[str], None] = print) -> int:
     """Run ``jaxreg register-many`` with parsed arguments; returns 0."""
-    from jaxreg.cli.register import pipeline_options, read_config, stages_from_options
+    from jaxreg.cli.register import check_intensity_options, pipeline_options, read_config, stages_from_options
     from jaxreg.optimize.cohort import folder_pairs, read_pairs_csv, register_pairs
     from jaxreg.parallel import initialize_distributed
 
@@ -140,6 +141,7 @@ def run_register_many(args: argparse.Namespace, *, log: Callable[[str], None] = 
     with argument("--config"):
         opts = pipeline_options(config=args.config, pipeline=args.pipeline, quick=args.quick)
         stages = stages_from_options(opts)
+    check_intensity_options(args, channels=bool(opts.get("channels")), organ=opts["pipeline"] == "organ")
     initialize_distributed()
     mesh = _mesh(args.devices)
     log(f"pairs:      {len(pairs)}; devices: {mesh.devices.size} ({mesh.devices.flat[0].platform})")
@@ -153,6 +155,8 @@ def run_register_many(args: argparse.Namespace, *, log: Callable[[str], None] = 
         figure=args.figures,
         progress=not args.no_progress,
         log=log,
+        winsorize=args.winsorize,
+        histogram_matching=args.histogram_matching,
     )
     _print_summary(rows, log)
     n_new = sum(r["status"] == "registered" for r in rows)
@@ -179,7 +183,7 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
     """Run ``jaxreg template`` with parsed arguments; returns 0."""
     import jax.numpy as jnp
 
-    from jaxreg.cli.register import pipeline_options, read_config, stages_from_options
+    from jaxreg.cli.register import check_intensity_options, pipeline_options, read_config, stages_from_options
     from jaxreg.core.grid import Image
     from jaxreg.io import check_registrable, load_image
     from jaxreg.optimize import PRESETS

@@ -257,21 +257,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="one coarse level per stage (a fast preview; levels in the config file take precedence)",
     )
-    p.add_argument(
-        "--winsorize",
-        nargs=2,
-        type=float,
-        metavar=("LOW", "HIGH"),
-        help="register images clipped to their LOW and HIGH intensity quantiles and rescaled to [0, 1] "
-        "(antsRegistration --winsorize-image-intensities [LOW,HIGH], e.g. 0.005 0.995); outputs are of the "
-        "original images",
-    )
-    p.add_argument(
-        "--histogram-matching",
-        action="store_true",
-        help="register MOVING with its intensities matched to FIXED's histogram (12 quantiles above the mean; "
-        "antsRegistration --use-histogram-matching 1): for one modality only; outputs are of the original images",
-    )
+    add_intensity_arguments(p)
     p.add_argument(
         "--write-composite-transform",
         action="store_true",
@@ -920,16 +906,35 @@ def _organ_csv(rows: Sequence[dict]) -> Callable[[str], None]:
     return write
 
 
+def add_intensity_arguments(p: argparse.ArgumentParser) -> None:
+    """``--winsorize LOW HIGH`` and ``--histogram-matching`` (``jaxreg register`` and ``register-many``)."""
+    p.add_argument(
+        "--winsorize",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="register images clipped to their LOW and HIGH intensity quantiles and rescaled to [0, 1] "
+        "(antsRegistration --winsorize-image-intensities [LOW,HIGH], e.g. 0.005 0.995); outputs are of the "
+        "original images",
+    )
+    p.add_argument(
+        "--histogram-matching",
+        action="store_true",
+        help="register MOVING with its intensities matched to FIXED's histogram (12 quantiles above the mean; "
+        "antsRegistration --use-histogram-matching 1): for one modality only; outputs are of the original images",
+    )
+
+
 # -- run -------------------------------------------------------------------------------------------------------
 def check_intensity_options(args: argparse.Namespace, *, channels: bool, organ: bool) -> None:
     """``--winsorize`` and ``--histogram-matching``: valid quantiles, and not with [[channels]] or the organ
     pipeline (which windows its CT itself). Raises :class:`UsageError` naming the flag."""
+    from jaxreg.warp.intensity import check_winsorize
+
     w = getattr(args, "winsorize", None)
     hm = bool(getattr(args, "histogram_matching", False))
-    if w is not None:
-        lo, hi = w
-        if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi <= 1.0):
-            raise UsageError(f"--winsorize: expected quantiles 0 <= LOW < HIGH <= 1, got {lo:g} {hi:g}")
+    with argument("--winsorize"):
+        check_winsorize(w, "--winsorize")
     for flag, on in (("--winsorize", w is not None), ("--histogram-matching", hm)):
         if on and channels:
             raise UsageError(f"{flag}: not supported with [[channels]] of --config")
@@ -940,14 +945,13 @@ def check_intensity_options(args: argparse.Namespace, *, channels: bool, organ: 
 def prepare_intensities(fixed: Any, moving: Any, args: argparse.Namespace, *, log: Callable[[str], None]) -> tuple:
     """The images the metrics compare (:mod:`jaxreg.warp.intensity`, antsRegistration's order): both winsorised
     (``--winsorize LOW HIGH``), then MOVING histogram-matched to FIXED (``--histogram-matching``)."""
-    from jaxreg.warp.intensity import match_histogram, winsorize
+    from jaxreg.warp.intensity import prepare_pair
 
-    w = getattr(args, "winsorize", None)
+    w, hm = getattr(args, "winsorize", None), bool(getattr(args, "histogram_matching", False))
+    fixed, moving = prepare_pair(fixed, moving, winsorize=w, histogram_matching=hm)
     if w is not None:
-        fixed, moving = winsorize(fixed, *w), winsorize(moving, *w)
         log(f"intensity:  winsorized to the {w[0]:g}-{w[1]:g} quantiles, rescaled to [0, 1]")
-    if getattr(args, "histogram_matching", False):
-        moving = match_histogram(moving, fixed)
+    if hm:
         log("intensity:  moving matched to the fixed image's histogram (12 quantiles above the mean)")
     return fixed, moving
 

@@ -165,6 +165,9 @@ class NeuralField:
       exp_steps: scaling-and-squaring steps of ``exp(v_theta)`` (velocity output only).
       folding_weight: ``w_F``, weight of the folding penalty of the level's displacement on the level grid
         (velocity output only; traced).
+      symmetric: velocity output only: compare the images half way (mid-space, SyN-like: ``F o exp(-v/2)``
+        against ``M o outer o (id + u_0) o exp(v/2)``) instead of ``F`` against ``M o outer o T``; the
+        stage's transform is ``(id + u_0) o exp(v)`` either way.
     """
 
     hidden: tuple[int, ...] = (64, 64, 64)
@@ -183,6 +186,7 @@ class NeuralField:
     stride: int = 1
     exp_steps: int = 7
     folding_weight: Any = 0.0
+    symmetric: bool = False
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden) if isinstance(self.hidden, (list, tuple)) else self.hidden
@@ -207,6 +211,11 @@ class NeuralField:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
         if isinstance(self.patch, bool) or not isinstance(self.patch, (int, np.integer)) or self.patch < 0:
             raise ValueError(f"patch: expected a non-negative int (voxels), got {self.patch!r}")
+        if not isinstance(self.symmetric, (bool, np.bool_)):
+            raise ValueError(f"symmetric: expected a bool, got {self.symmetric!r}")
+        if self.symmetric and self.output != "velocity":
+            raise ValueError("symmetric: the mid-space form needs output='velocity'")
+        object.__setattr__(self, "symmetric", bool(self.symmetric))
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule: expected 'cosine' or 'constant', got {self.schedule!r}")
         st = self.exp_steps
@@ -226,7 +235,7 @@ class NeuralField:
         sim = self.similarity if isinstance(self.similarity, (str, int, float, tuple)) else id(self.similarity)
         return (self.hidden, self.omega0, repr(sim), self.points, int(self.patch), self.learning_rate,
                 self.schedule, w, self.seed, self.chunk, self.output, float(self.lattice), int(self.stride),
-                int(self.exp_steps))  # fmt: skip
+                int(self.exp_steps), self.symmetric)  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return type(other) is NeuralField and self._key() == other._key()
@@ -336,20 +345,31 @@ class NeuralField:
                     idx = fixed_grid.world_to_index(p)
                     return p + map_coordinates(u0, idx, order=1, mode="nearest")
 
+                def flow(v, t):  # exp(t v) - id on the velocity grid (mm)
+                    vox = to_voxel_displacement(t * v, vgrid)
+                    return from_voxel_displacement(exp_voxel_field(vox, steps), vgrid)
+
                 def stationary(layers):  # v on the velocity grid and w = exp(v) - id there, both mm
                     v = u_theta(layers, vpts).reshape(*vgrid.shape, n)
-                    w = from_voxel_displacement(exp_voxel_field(to_voxel_displacement(v, vgrid), steps), vgrid)
-                    return v, w
+                    return v, flow(v, 1.0)
+
+                def on_level(w):  # a displacement on the velocity grid, linearly onto the level grid
+                    return DisplacementField(w, vgrid).on_grid(fixed_grid).displacement
 
                 def loss(layers, key):
                     del key  # every voxel of the level, every iteration
                     v, w = stationary(layers)
-                    w_level = DisplacementField(w, vgrid).on_grid(fixed_grid).displacement
-                    y = y_inner = composed(w_level)  # (id + u_0) o exp(v_theta)
+                    y_inner = composed(on_level(w))  # (id + u_0) o exp(v_theta)
+                    if self.symmetric:  # mid-space: F o exp(-v/2) against M o outer o (id + u_0) o exp(v/2)
+                        y = composed(on_level(flow(v, 0.5)))
+                        idx = fixed_grid.world_to_index(x_level + on_level(flow(v, -0.5)))
+                        f_img = map_coordinates(fixed32, idx, order=1, mode="nearest")
+                    else:
+                        y, f_img = y_inner, fixed32
                     if outer is not None:
                         y = outer(y)
                     m = sample_points(moving_img, y, order=1, mode="constant", cval=0.0).astype(jnp.float32)
-                    val = jnp.asarray(sim(fixed32, m, fmask32), jnp.float32)
+                    val = jnp.asarray(sim(f_img, m, fmask32), jnp.float32)
                     det = jacobian_determinant_field(w, grid=vgrid)
                     val = val + wj * jnp.mean(jnp.abs(1.0 - det)) + wd * diffusion(v, grid=vgrid)
                     # folds of the level's whole displacement (u_0 included) on the level grid

@@ -295,6 +295,8 @@ def register_pairs(
     figure: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    winsorize: tuple[float, float] | None = None,
+    histogram_matching: bool = False,
 ) -> list[dict[str, Any]]:
     """Register many pairs batched (optionally sharded over devices), one output folder per pair, resumable.
 
@@ -312,6 +314,11 @@ def register_pairs(
       figure: also write ``report.png`` per pair (slower).
       progress: show a ``tqdm`` progress bar (on stderr).
       log: called with progress lines (groups, skipped pairs).
+      winsorize: register images clipped to these intensity quantiles ``(lower, upper)`` and rescaled to
+        ``[0, 1]``; ``None``: off (:func:`jaxreg.warp.intensity.prepare_pair`, per pair).
+      histogram_matching: register each moving image matched to its fixed image's histogram. With either
+        option the outputs (``warped.nii.gz``, metrics) are still of the original images; ``report.json``
+        records the options under ``intensity``.
 
     Returns:
       One summary row per pair (:data:`SUMMARY_COLUMNS`), in the order of ``pairs``; also written to
@@ -343,6 +350,11 @@ def register_pairs(
             )
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    from jaxreg.warp.intensity import check_winsorize, prepare_pair
+
+    winsorize = check_winsorize(winsorize)
+    histogram_matching = bool(histogram_matching)
+    prepare = winsorize is not None or histogram_matching
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{os.fspath(outdir)}: exists and is not a folder")
@@ -365,6 +377,10 @@ def register_pairs(
                 )
         todo.append(p)
     inputs = {p.name: _load(p) for p in todo}  # every input checked before anything is written
+    if prepare:
+        for p in todo:
+            if inputs[p.name].fixed.has_channels or inputs[p.name].moving.has_channels:
+                raise ValueError(f"pair {p.name}: winsorize and histogram_matching need one-channel images")
 
     if writer and todo:
         out.mkdir(parents=True, exist_ok=True)
@@ -389,6 +405,10 @@ def register_pairs(
     if todo:
         log(f"{len(todo)} pairs to register in {len(chunks)} batch(es) of common grids")
 
+    intensity = {}
+    if prepare:
+        intensity = {"intensity": {"winsorize": None if winsorize is None else list(winsorize),
+                                   "histogram_matching": histogram_matching}}  # fmt: skip
     rows: dict[str, dict] = {}
     for p in done:
         with open(out / p.name / OUTPUT_NAMES["report_json"]) as fh:
@@ -402,10 +422,13 @@ def register_pairs(
         for chunk in chunks:
             ins = [inputs[p.name] for p in chunk]
             t0 = time.perf_counter()
+            reg = [(i.fixed, i.moving) for i in ins]  # the images the metrics compare (the outputs: the originals)
+            if prepare:
+                reg = [prepare_pair(f, m, winsorize=winsorize, histogram_matching=histogram_matching) for f, m in reg]
             if len(chunk) == 1 and mesh is None:
-                results = [register(ins[0].fixed, ins[0].moving, method=stages)]
+                results = [register(reg[0][0], reg[0][1], method=stages)]
             else:
-                res = register([i.fixed for i in ins], [i.moving for i in ins], method=stages, mesh=mesh)
+                res = register([f for f, _ in reg], [m for _, m in reg], method=stages, mesh=mesh)
                 results = [res.pair(k) for k in range(len(chunk))]
             share = (time.perf_counter() - t0) / len(chunk)
             for p, inp, r in zip(chunk, ins, results):
@@ -416,7 +439,7 @@ def register_pairs(
                     r,
                     options,
                     title=f"jaxreg register-many: {p.name}",
-                    extra={"command": "jaxreg register-many", "pair": p._asdict()},
+                    extra={"command": "jaxreg register-many", "pair": p._asdict(), **intensity},
                     figure=figure,
                 )
                 t_eval = time.perf_counter() - t1

@@ -15,7 +15,9 @@ writes then apply to the original images. These are the same steps as pure funct
 
 Quantiles are exact (NumPy's linear interpolation between order statistics, over the voxels that count); ITK
 estimates them from a histogram (256 levels by default), so the two agree within about a histogram bin.
-The command line applies them with ``jaxreg register --winsorize LOW HIGH --histogram-matching``; the outputs
+:func:`prepare_pair` applies both to a pair in ``antsRegistration``'s order. The command line applies them with
+``jaxreg register`` and ``jaxreg register-many`` ``--winsorize LOW HIGH --histogram-matching``
+(:func:`jaxreg.optimize.cohort.register_pairs` ``winsorize=``, ``histogram_matching=``); the outputs
 (``warped.nii.gz``) are of the original images.
 """
 
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Image
 
-__all__ = ["winsorize", "match_histogram"]
+__all__ = ["winsorize", "match_histogram", "prepare_pair", "check_winsorize"]
 
 
 def _check_image(image: Any, name: str) -> Image:
@@ -155,3 +157,55 @@ def _match(s: jax.Array, r: jax.Array, match_points: int, threshold_at_mean: boo
     inner = rt[k] + (s - st[k]) * grads[k]
     out = jnp.where(j == 0, r_min + (s - s_min) * lower_grad, inner)
     return jnp.where(j == match_points + 2, r_max + (s - s_max) * upper_grad, out).astype(jnp.float32)
+
+
+_winsorize_image = winsorize  # prepare_pair's keyword argument of the same name shadows the function
+
+
+def check_winsorize(quantiles: Any, name: str = "winsorize") -> tuple[float, float] | None:
+    """Validate a ``(lower, upper)`` quantile pair (``None`` passes through).
+
+    Returns:
+      ``(lower, upper)`` as floats, or ``None``.
+
+    Raises:
+      ValueError: not two finite numbers with ``0 <= lower < upper <= 1`` (the message names ``name``).
+    """
+    if quantiles is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in quantiles)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected two quantiles (LOW, HIGH), got {quantiles!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi <= 1.0):
+        raise ValueError(f"{name}: expected quantiles 0 <= LOW < HIGH <= 1, got {lo:g} {hi:g}")
+    return lo, hi
+
+
+def prepare_pair(
+    fixed: Image, moving: Image, *, winsorize: tuple[float, float] | None = None, histogram_matching: bool = False
+) -> tuple[Image, Image]:
+    """The images a registration's metrics compare, in ``antsRegistration``'s order.
+
+    Both images winsorised to the ``winsorize = (lower, upper)`` quantiles (:func:`winsorize`), then ``moving``
+    matched to ``fixed``'s histogram (:func:`match_histogram`, 12 points above the mean). The transforms found
+    apply to the original images.
+
+    Args:
+      fixed: one-channel fixed image ``(*shape)``.
+      moving: one-channel moving image (its own grid).
+      winsorize: quantiles ``(lower, upper)`` or ``None`` (off).
+      histogram_matching: match the moving image's histogram to the fixed image's (one modality only).
+
+    Returns:
+      ``(fixed, moving)`` prepared (the inputs themselves when both steps are off).
+
+    Raises:
+      ValueError: bad quantiles (naming ``winsorize``) or multi-channel images.
+    """
+    w = check_winsorize(winsorize)
+    if w is not None:
+        fixed, moving = _winsorize_image(fixed, *w), _winsorize_image(moving, *w)
+    if histogram_matching:
+        moving = match_histogram(moving, fixed)
+    return fixed, moving
