@@ -55,6 +55,10 @@ on whole images instead of point batches:
   greedy default's ``"lncc(window=5)"``), the Jacobian and diffusion terms by finite differences on ``G_v``
   (:func:`~jaxreg.regularizers.jacobian_determinant_field`, :func:`~jaxreg.regularizers.diffusion`) and the
   folding term (:func:`~jaxreg.regularizers.folding`) on the level's whole displacement, ``u_0`` included;
+* with ``symmetric=True`` the similarity compares the images half way, as the greedy SyN-like method does:
+  ``sim(F o exp(-v/2), M o outer o (id + u_0) o exp(v/2))`` (the fixed image pulled with edge values repeated;
+  the fixed mask is not warped), while the stage's transform stays ``(id + u_0) o exp(v_theta)``; two more
+  scaling-and-squaring runs on ``G_v`` and one more pull of the fixed image per iteration;
 * the flow of a smooth velocity does not fold, so no Jacobian term is needed to keep ``det J > 0``; the
   folding term acts on the few voxels where the interpolated compositions fold (it reduces them; it does not
   guarantee none). ``points``, ``patch`` and ``chunk`` are unused.
