@@ -19,7 +19,8 @@ mean |displacement| of the mappings at the final template over its foreground (m
 Usage::
 
     python benchmarks/template.py [--ants-python benchmarks/.venv-ants/bin/python] [--iterations 4]
-        [--method default] [--greedy '{"step_decay": 0}'] [--subjects 4] [--mm 3] [--only 2d|3d] [--json out.json]
+        [--method default] [--greedy '{"step_decay": 0}'] [--deformable-levels 4:40,2:20,1:20] [--sharpen 0.5]
+        [--subjects 4] [--mm 3] [--only 2d|3d] [--json out.json]
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from peers import DEFAULT_ANTS_PYTHON, run_worker
 
 from jaxreg.core.grid import Image
 from jaxreg.io import load_image, load_labels, save_image
-from jaxreg.optimize import preset
+from jaxreg.optimize import Level, preset
 from jaxreg.optimize.template import build_template
 from jaxreg.parallel import make_mesh
 from jaxreg.warp import resample
@@ -119,13 +120,16 @@ def run_case(name: str, images: list[Image], args, python: str | None) -> dict:
     _clear()
     t0, c0 = time.perf_counter(), time.process_time()
     greedy = json.loads(args.greedy)
-    method = preset(args.method, greedy=greedy) if greedy else args.method
-    res = build_template(
-        images, iterations=args.iterations, method=method, mesh=None, log=lambda s: print("  " + s, flush=True)
-    )
+    levels = None
+    if args.deformable_levels:
+        levels = [Level(int(a), 0.0, int(b)) for a, b in (x.split(":") for x in args.deformable_levels.split(","))]
+    method = preset(args.method, greedy=greedy or None, deformable_levels=levels) if greedy or levels else args.method
+    res = build_template(images, iterations=args.iterations, method=method, sharpen=args.sharpen, mesh=None,
+                         log=lambda s: print("  " + s, flush=True))  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     deformable = (args.iterations + 1) * n
-    row = {"case": name, "method": args.method, "greedy": greedy, "images": n, "shape": list(images[0].grid.shape),
+    row = {"case": name, "method": args.method, "greedy": greedy, "deformable_levels": args.deformable_levels,
+           "sharpen": args.sharpen, "images": n, "shape": list(images[0].grid.shape),
            "spacing_mm": [float(s) for s in images[0].grid.spacing], "iterations": args.iterations,
            "seconds": wall, "cpu_seconds": cpu, "registrations": res.registrations,
            "deformable_registrations": deformable, "history": res.history,
@@ -167,6 +171,10 @@ def main(argv=None) -> None:
     ap.add_argument("--iterations", type=int, default=4, help="template iterations (shape updates)")
     ap.add_argument("--method", default="default", help="pipeline of each round (a jaxreg.optimize.PRESETS name)")
     ap.add_argument("--greedy", default="{}", help="greedy-stage settings of each round, JSON: '{\"step_decay\": 0}'")
+    ap.add_argument("--deformable-levels", default=None,
+                    help="shrink:iterations of the greedy stage's levels, e.g. 4:40,2:20,1:20 (default: the preset's)")
+    ap.add_argument("--sharpen", type=float, default=0.0,
+                    help="unsharp-mask amount applied to each new template (ANTs' script -A 2: 0.5; 0: none)")
     ap.add_argument("--subjects", type=int, default=4, help="label maps synthesised for the 3D case")
     ap.add_argument("--mm", type=float, default=3.0, help="voxel size of the 3D case, mm")
     ap.add_argument("--only", choices=("2d", "3d"), default=None, help="one case only")

@@ -197,7 +197,7 @@ def test_read_pairs_csv(tmp_path):
     "case",
     [
         "missing", "constant", "cells", "one_label", "moving_dir", "out_is_file", "template_one", "template_missing",
-        "template_config", "winsorize",
+        "template_config", "winsorize", "template_sharpen",
     ],
 )
 def test_bad_inputs_exit_2_and_write_nothing(case, cohort, tmp_path, capsys):
@@ -226,6 +226,8 @@ def test_bad_inputs_exit_2_and_write_nothing(case, cohort, tmp_path, capsys):
     elif case == "winsorize":
         csv_path.write_text(f"{im},{cohort / 'im1.nii.gz'}\n")
         argv += ["--winsorize", "0.9", "0.1"]
+    elif case == "template_sharpen":
+        argv = ["template", im, cohort / "im1.nii.gz", "-o", out, "--quick", "--sharpen", "-0.5"]
     elif case == "template_config":
         (tmp_path / "bad.toml").write_text("[deformable]\nstep_decay = 2.0\n")
         argv = ["template", im, cohort / "im1.nii.gz", "-o", out, "--quick", "--config", tmp_path / "bad.toml"]
@@ -268,6 +270,22 @@ def test_template_of_shifted_phantoms_sits_at_their_mean_shape(tmp_path, capsys)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_template_sharpen_is_an_unsharp_mask_of_each_average():
+    """sharpen=a: each average becomes the template through jaxreg.warp.intensity.unsharp_mask (ANTs' script
+    sharpens its templates): with no shape update the template is the affine start's average, sharpened."""
+    from jaxreg.warp.intensity import unsharp_mask
+
+    images = [shifted(k) for k in (1, 2, 3)]
+    kw = dict(iterations=0, method=quick_stages(), affine_method=quick_stages("affine"))
+    plain = build_template(images, **kw)
+    sharp = build_template(images, sharpen=0.5, **kw)
+    np.testing.assert_allclose(np.asarray(sharp.template.data), np.asarray(unsharp_mask(plain.template, 0.5).data),
+                               atol=1e-5)  # fmt: skip
+    assert sharp.history[-1]["sharpness"] > 1.1 * plain.history[-1]["sharpness"]
+    with pytest.raises(ValueError, match="sharpen"):
+        build_template(images, sharpen=-1.0, **kw)
+
+
 def test_template_command(cohort, tmp_path, capsys):
     out = tmp_path / "tpl"
     ims = [cohort / f"im{k}.nii.gz" for k in (1, 2, 3)]
@@ -294,7 +312,7 @@ def test_template_command_pipeline_and_config(cohort, tmp_path, capsys):
     cfg.write_text("[deformable]\nstep_decay = 0.0\n")
     ims = [cohort / f"im{k}.nii.gz" for k in (1, 2, 3)]
     rc, text, err = run(capsys, "template", *ims, "-o", out, "--quick", "--iterations", "1", "--pipeline", "syn",
-                        "--config", cfg)  # fmt: skip
+                        "--config", cfg, "--sharpen", "0.5")  # fmt: skip
     assert rc == 0, err
     info = json.loads((out / "template.json").read_text())
     assert info["registrations"] == 9 and info["mean_displacement_mm"] < 0.5

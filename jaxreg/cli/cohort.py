@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from jaxreg.cli._args import UsageError, argument, int_at_least
+from jaxreg.cli._args import UsageError, argument, int_at_least, non_negative_float
 
 __all__ = ["add_parsers", "run_register_many", "run_template"]
 
@@ -96,6 +96,14 @@ def add_parsers(subparsers: Any) -> None:
         metavar="TOML",
         help="pipeline options, as for 'jaxreg register' (e.g. [deformable] step_decay = 0; the affine start uses "
         "its [linear] settings)",
+    )
+    t.add_argument(
+        "--sharpen",
+        type=non_negative_float,
+        default=None,
+        metavar="AMOUNT",
+        help="unsharp-mask amount applied to each new template (ANTs' template script sharpens its templates; "
+        "0: none; default: build_template's)",
     )
     t.add_argument("--quick", action="store_true", help="coarse levels only (previews, tests)")
     t.add_argument("--devices", type=_positive, default=None, metavar="N", help="use the first N devices")
@@ -249,6 +257,7 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
             affine_method=affine,
             mesh=mesh if mesh.devices.size > 1 else None,
             log=round_log,
+            **({} if args.sharpen is None else {"sharpen": args.sharpen}),
         )
     from jaxreg.io._atomic import split_suffix
 

@@ -35,6 +35,7 @@ initial template's grid. 2-D and 3-D.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -50,6 +51,7 @@ from jaxreg.core.diff import spatial_gradient
 from jaxreg.core.grid import Grid, Image
 from jaxreg.transforms import DisplacementField, Transform, invert
 from jaxreg.warp import warp
+from jaxreg.warp.intensity import unsharp_mask
 
 __all__ = ["TemplateResult", "build_template", "template_stats", "write_template"]
 
@@ -122,6 +124,8 @@ def build_template(
     method: Any = "default",
     affine_method: Any = "affine",
     step: float = 1.0,
+    sharpen: float = 0.0,
+    sharpen_sigma_mm: Any = None,
     mesh: Any = None,
     log: Callable[[str], None] | None = None,
 ) -> TemplateResult:
@@ -139,6 +143,10 @@ def build_template(
       affine_method: the pipeline of the affine start (default ``"affine"``).
       step: the shape update inverts ``id + step * u_bar`` (1: the first-order update; ANTs' script applies
         ``0.25 * u_bar`` four times, also 1 in total).
+      sharpen: ``amount`` of the unsharp mask applied to every average before it becomes a template
+        (:func:`jaxreg.warp.intensity.unsharp_mask`; ANTs' script sharpens each template, by default with a
+        Laplacian filter, ``-A 2``: unsharp mask 0.5); 0: none.
+      sharpen_sigma_mm: the unsharp mask's Gaussian (mm); ``None``: one voxel of the template grid.
       mesh: a 1-D device mesh (:func:`jaxreg.parallel.make_mesh`) to shard the images over.
       log: called with one line per round.
 
@@ -157,6 +165,13 @@ def build_template(
         raise ValueError(f"images: a template needs two or more images, got {len(images)}")
     if int(iterations) < 0:
         raise ValueError(f"iterations: expected a non-negative integer, got {iterations!r}")
+    ok = isinstance(sharpen, (int, float)) and not isinstance(sharpen, bool) and math.isfinite(sharpen)
+    if not ok or sharpen < 0:
+        raise ValueError(f"sharpen: expected a non-negative amount, got {sharpen!r}")
+
+    def summarize(average: Image) -> Image:  # ANTs' summarizeimageset: the average, sharpened
+        return unsharp_mask(average, sharpen, sharpen_sigma_mm) if sharpen > 0 else average
+
     for i, im in enumerate(images):
         if not isinstance(im, Image):
             raise TypeError(f"images[{i}]: expected a jaxreg Image, got {type(im).__name__}")
@@ -181,7 +196,7 @@ def build_template(
         mean0 = Image(jnp.mean(stack, axis=0), grid)
         res, warped, sec = round_(mean0, affine_method)
         n_reg += len(images)
-        template = Image(jnp.mean(warped, axis=0), grid)
+        template = summarize(Image(jnp.mean(warped, axis=0), grid))
         stats = template_stats(mean0, _displacements(res.transform, grid))  # of the plain mean
         history.append({"iteration": 0, **stats, "seconds": round(sec, 3), "what": "affine to the plain mean"})
         log(f"start:      affine to the plain mean, {sec:.1f} s")
@@ -204,7 +219,7 @@ def build_template(
         )
         if k == int(iterations):
             break
-        average = Image(jnp.mean(warped, axis=0), tgrid)
+        average = summarize(Image(jnp.mean(warped, axis=0), tgrid))
         mean_map = DisplacementField(float(step) * jnp.mean(u, axis=0), tgrid)
         template = warp(average, invert(mean_map), tgrid)  # T' = A o (id + u_bar)^-1  (pull)
     return TemplateResult(template, res, history, n_reg, time.perf_counter() - t_all)

@@ -15,7 +15,10 @@ writes then apply to the original images. These are the same steps as pure funct
 
 Quantiles are exact (NumPy's linear interpolation between order statistics, over the voxels that count); ITK
 estimates them from a histogram (256 levels by default), so the two agree within about a histogram bin.
-:func:`prepare_pair` applies both to a pair in ``antsRegistration``'s order. The command line applies them with
+:func:`unsharp_mask` sharpens an image (ITK's ``UnsharpMaskImageFilter``; ANTs' template script sharpens each new
+template with it or with a Laplacian filter, :func:`jaxreg.optimize.template.build_template` ``sharpen=``).
+
+:func:`prepare_pair` applies the first two to a pair in ``antsRegistration``'s order. The command line applies them with
 ``jaxreg register`` and ``jaxreg register-many`` ``--winsorize LOW HIGH --histogram-matching``
 (:func:`jaxreg.optimize.cohort.register_pairs` ``winsorize=``, ``histogram_matching=``); the outputs
 (``warped.nii.gz``) are of the original images.
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 from jaxreg.core.compilation import jit
 from jaxreg.core.grid import Image
 
-__all__ = ["winsorize", "match_histogram", "prepare_pair", "check_winsorize"]
+__all__ = ["winsorize", "match_histogram", "prepare_pair", "check_winsorize", "unsharp_mask"]
 
 
 def _check_image(image: Any, name: str) -> Image:
@@ -209,3 +212,33 @@ def prepare_pair(
     if histogram_matching:
         moving = match_histogram(moving, fixed)
     return fixed, moving
+
+
+def unsharp_mask(image: Image, amount: float = 0.5, sigma_mm: float | Any = None) -> Image:
+    """Unsharp masking: ``out = I + amount (I - G_sigma * I)``.
+
+    ITK's ``UnsharpMaskImageFilter`` with threshold 0 and no clamping (``ImageMath UnsharpMask I amount sigma 0
+    0``, the sharpening ``antsMultivariateTemplateConstruction2.sh -A 2`` applies to each new template); the
+    Gaussian is :func:`jaxreg.warp.pyramid.gaussian_smooth` (separable, truncated at 3 sigma, renormalised at
+    the border, so a constant image is unchanged).
+
+    Args:
+      image: one-channel image ``(*shape)``.
+      amount: weight of the high-pass part (>= 0; 0 returns the image as float32).
+      sigma_mm: standard deviation of the Gaussian (mm, scalar or per axis); ``None``: one voxel per axis.
+
+    Returns:
+      The sharpened image (float32) on the same grid.
+
+    Raises:
+      ValueError: a negative or non-finite ``amount`` or ``sigma_mm``, or a multi-channel image.
+    """
+    from jaxreg.warp.pyramid import gaussian_smooth
+
+    _check_image(image, "image")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not (math.isfinite(amount) and amount >= 0):
+        raise ValueError(f"amount: expected a non-negative finite number, got {amount!r}")
+    sigma = image.grid.spacing if sigma_mm is None else sigma_mm
+    x = jnp.asarray(image.data, jnp.float32)
+    blurred = gaussian_smooth(Image(x, image.grid), sigma).data
+    return Image(x + float(amount) * (x - blurred), image.grid)
