@@ -100,10 +100,10 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument(
         "--sharpen",
         type=non_negative_float,
-        default=None,
+        default=0.0,
         metavar="AMOUNT",
-        help="unsharp-mask amount applied to each new template (ANTs' template script sharpens its templates; "
-        "0: none; default: build_template's)",
+        help="unsharp-mask amount applied to each new template, as ANTs' template script sharpens its templates "
+        "(e.g. 0.5; default 0: none)",
     )
     t.add_argument("--quick", action="store_true", help="coarse levels only (previews, tests)")
     t.add_argument("--devices", type=_positive, default=None, metavar="N", help="use the first N devices")
@@ -257,7 +257,7 @@ def run_template(args: argparse.Namespace, *, log: Callable[[str], None] = print
             affine_method=affine,
             mesh=mesh if mesh.devices.size > 1 else None,
             log=round_log,
-            **({} if args.sharpen is None else {"sharpen": args.sharpen}),
+            sharpen=args.sharpen,
         )
     from jaxreg.io._atomic import split_suffix
 

@@ -933,8 +933,7 @@ def check_intensity_options(args: argparse.Namespace, *, channels: bool, organ: 
 
     w = getattr(args, "winsorize", None)
     hm = bool(getattr(args, "histogram_matching", False))
-    with argument("--winsorize"):
-        check_winsorize(w, "--winsorize")
+    check_winsorize(w, "--winsorize")  # its message names the flag
     for flag, on in (("--winsorize", w is not None), ("--histogram-matching", hm)):
         if on and channels:
             raise UsageError(f"{flag}: not supported with [[channels]] of --config")

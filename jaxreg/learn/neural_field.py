@@ -389,7 +389,7 @@ class NeuralField:
                 0, cap, body, (init, optimizer.init(init), jnp.full((cap,), jnp.nan, jnp.float32))
             )
             if self.output == "velocity":
-                w_level = DisplacementField(stationary(layers)[1], vgrid).on_grid(fixed_grid).displacement
+                w_level = on_level(stationary(layers)[1])
                 out = composed(w_level) - x_level  # u(x) = w(x) + u_0(x + w(x))
                 out = DisplacementField(out.astype(params.displacement.dtype), params.grid)
                 return out, losses.astype(dtype), jnp.asarray(cap, jnp.int32), jnp.zeros((), bool)

@@ -30,9 +30,8 @@ undo, and they undo only part of it) 0.62 mm, in 60 % of the time. A third is AN
 sharpens every average before it becomes the template (``sharpen``, an unsharp mask; the script's default is a
 Laplacian filter, ``-A 2`` the unsharp mask 0.5): the subjects register more precisely to a sharper template, and
 the 4-subject figure above falls from 0.58 to 0.43 mm (ten subjects: 0.70 -> 0.50 mm after 4 updates, 0.49 mm
-after 6).
-Sharpness is the mean gradient magnitude of
-the template over its foreground divided by its mean foreground intensity (per mm; higher is sharper).
+after 6). Sharpness is the mean gradient magnitude of the template over its foreground divided by its mean
+foreground intensity (per mm; higher is sharper).
 
 Images must share one grid (the batched registration stacks them); the template lives on that grid, or on the
 initial template's grid. 2-D and 3-D.
