@@ -25,14 +25,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not i
 # tests run tiny arrays, so XLA's compile time dominates (backend compilation is ~85 % of the CPU time of
 # test_transforms.py): skip LLVM's most expensive optimisation passes (about 15 % less suite time on 2 cores), emit
 # fusions with XLA's classic elemental emitters instead of the MLIR fusion emitters (backend compile time of
-# test_transforms.py 45 s -> 15-19 s, its CPU time 53 s -> 34 s; test_learn_pose.py 79 s -> 48 s), and run Eigen
-# single-threaded (two xdist workers share two cores; less system time). The programs and their floating-point
+# test_transforms.py 45 s -> 15-19 s, its CPU time 53 s -> 34 s; test_learn_pose.py 79 s -> 48 s), compile each
+# program's LLVM module in one piece instead of splitting it for parallel code generation (two xdist workers already
+# fill the two cores: tests/test_register.py alone 61 s -> 55 s, its backend compile time 30.9 s -> 26.0 s), and run
+# Eigen single-threaded (less system time). The programs and their floating-point
 # semantics are the same, only less optimised machine code. Subprocesses (CLI, examples) inherit these flags. Set
 # XLA_FLAGS yourself to test with the defaults.
 os.environ.setdefault(
     "XLA_FLAGS",
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    " --xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false",
+    " --xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false --xla_cpu_parallel_codegen_split_count=1",
 )
 
 # "ci" (the default) explores: every run draws fresh examples (not derandomised), so a property keeps finding new
