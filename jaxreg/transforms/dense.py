@@ -21,6 +21,7 @@ part) so that every sampling is a plain index-space interpolation.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -106,16 +107,89 @@ def exp_voxel_field(v: jax.Array, steps: int, *, tolerance: float = 0.0) -> jax.
     return jax.lax.fori_loop(0, n, lambda _, w: _compose_vox(w, w, index), u)
 
 
+_PLANS_OFF = False  # benchmarks/resample_field.py forces the general path to compare the two
+
+
 def _resample_field(values: jax.Array, src: Grid, dst: Grid) -> jax.Array:
     """World-mm field ``values`` on ``src`` linearly interpolated at the voxel centres of ``dst`` (edge mode
-    ``"nearest"``); the index-to-index map ``src.world_to_index o dst.index_to_world`` is composed in float64."""
+    ``"nearest"``); the index-to-index map ``src.world_to_index o dst.index_to_world`` is composed in float64.
+
+    When that map is axis-aligned with a periodic step (``dst`` a refinement by an integer factor, a coarsening
+    or a crop of ``src``, as between pyramid levels and reduced-resolution field lattices) the interpolation is
+    separable and runs as :func:`_separable_linear_resample` (pads and strided slices, whose gradient is pads
+    and slices too: no scatter-add); otherwise as one :func:`~jaxreg.core.sampling.map_coordinates` read of the
+    ``2^ndim`` neighbours."""
     if src == dst:
         return values
     n = src.ndim
     m = src.inverse_affine @ dst.affine  # dst index -> src index
+    lin = m[:n, :n]
+    if np.all(np.abs(lin - np.diag(np.diag(lin))) <= 1e-9 * max(1.0, float(np.abs(lin).max()))):
+        plans = None if _PLANS_OFF else _axis_plans(src, dst)
+        if plans is not None:
+            return _separable_linear_resample(values, plans)
     dt = values.dtype
     idx = dst.index_coords(dt) @ jnp.asarray(m[:n, :n].T, dt) + jnp.asarray(m[:n, n], dt)
     return map_coordinates(values, idx, order=1, mode="nearest")
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_plans(src: Grid, dst: Grid) -> tuple[tuple[int, int, tuple[tuple[int, float, int], ...]], ...] | None:
+    """Per axis ``d`` of an axis-aligned ``dst -> src`` index map ``i = s_d j + t_d`` whose step becomes an
+    integer ``g`` after ``p <= 16`` output voxels (a refinement by an integer factor: ``p`` phases, ``g = 1``; a
+    coarsening: ``p = 1``, ``g`` the factor; a crop or shift: ``p = g = 1``): ``(pad, g, phases)`` with, for
+    every phase ``r < p``, ``(k_r, a_r, count_r)`` such that output voxels ``j = r + p q`` read
+    ``(1 - a_r) v'[k_r + g q] + a_r v'[k_r + 1 + g q]`` from ``v'``, the source edge-padded by ``pad`` voxels
+    (edge values repeated: mode ``"nearest"``). ``None`` when some axis has no such period."""
+    n = src.ndim
+    m = src.inverse_affine @ dst.affine
+    plans = []
+    for d in range(n):
+        ns, nd = int(src.shape[d]), int(dst.shape[d])
+        step, t = float(m[d, d]), float(m[d, n])
+        period = next((p for p in range(1, 17) if abs(step * p - round(step * p)) <= 1e-9 * max(1.0, abs(step * p))), None)
+        if period is None or round(step * period) <= 0:  # no period, or a flipped axis: the general path
+            return None
+        g = int(round(step * period))
+        ends = (t, step * (nd - 1) + t)
+        pad = int(np.ceil(max(0.0, -min(ends), max(ends) - (ns - 1)))) + 1
+        phases = []
+        for r in range(min(period, nd)):
+            base = step * r + t + pad
+            k = int(np.floor(base + 1e-9))
+            phases.append((k, float(base - k), len(range(r, nd, period))))
+        plans.append((pad, g, tuple(phases)))
+    return tuple(plans)
+
+
+def _separable_linear_resample(values: jax.Array, plans: tuple) -> jax.Array:
+    """Linear interpolation of ``values`` ``(..., *src_shape, C)`` along each spatial axis in turn, by edge
+    padding, strided slices and interleaving (plans of :func:`_axis_plans`); ``(..., *dst_shape, C)``. Slices
+    and pads only: autodiff transposes them into pads and slices (no gather, no scatter-add). Leading batch axes
+    and ``vmap`` are supported."""
+    n = len(plans)
+    x = values
+    for d, (pad, g, phases) in enumerate(plans):
+        ax = x.ndim - 1 - n + d
+        widths = [(0, 0)] * x.ndim
+        widths[ax] = (pad, pad)
+        xp = jnp.pad(x, widths, mode="edge")
+        count = max(c for _, _, c in phases)
+        outs = []
+        for k, a, c in phases:
+            def take(start, c=c):
+                sl = jax.lax.slice_in_dim(xp, start, start + g * (c - 1) + 1, stride=g, axis=ax)
+                if c < count:  # a shorter phase: pad to the common length (trimmed after interleaving)
+                    w = [(0, 0)] * sl.ndim
+                    w[ax] = (0, count - c)
+                    sl = jnp.pad(sl, w)
+                return sl
+            lo = take(k)
+            outs.append(lo if a == 0.0 else (1.0 - a) * lo + a * take(k + 1))
+        y = jnp.stack(outs, axis=ax + 1)  # (..., count, p, ...)
+        y = y.reshape(*y.shape[:ax], count * len(phases), *y.shape[ax + 2 :])
+        x = jax.lax.slice_in_dim(y, 0, sum(c for _, _, c in phases), axis=ax)
+    return x
 
 
 def _check_field(displacement: jax.Array, grid: Grid, name: str) -> None:
