@@ -284,6 +284,10 @@ def test_template_sharpen_is_an_unsharp_mask_of_each_average():
     assert sharp.history[-1]["sharpness"] > 1.1 * plain.history[-1]["sharpness"]
     with pytest.raises(ValueError, match="sharpen"):
         build_template(images, sharpen=-1.0, **kw)
+    unusable = {**kw, "affine_method": object()}  # fails in the first registration: the check must come first
+    for bad in (-1.0, float("nan"), (1.0, 2.0, 3.0), "wide"):
+        with pytest.raises(ValueError, match="sharpen_sigma_mm: expected None or non-negative finite mm"):
+            build_template(images, sharpen=0.5, sharpen_sigma_mm=bad, **unusable)
 
 
 def test_template_command(cohort, tmp_path, capsys):

@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreg.core.diff import spatial_gradient
 from jaxreg.core.grid import Grid, Image
@@ -158,7 +159,8 @@ def build_template(
       :class:`TemplateResult`.
 
     Raises:
-      ValueError: fewer than two images, images on different grids or with channels, ``iterations < 0``.
+      ValueError: fewer than two images, images on different grids or with channels, ``iterations < 0``, a
+        negative ``sharpen`` or a bad ``sharpen_sigma_mm`` (all before any registration).
     """
     from jaxreg.optimize.engine import register
 
@@ -186,6 +188,16 @@ def build_template(
                 f"images[{i}]: every image must share one grid (the batch stacks them); resample onto one grid first"
             )
     grid = images[0].grid
+    if sharpen > 0 and sharpen_sigma_mm is not None:  # checked now, not after the first round's registrations
+        try:
+            sig = np.broadcast_to(np.asarray(sharpen_sigma_mm, np.float64), (grid.ndim,))
+        except (ValueError, TypeError):
+            sig = None
+        if sig is None or not np.all(np.isfinite(sig)) or np.any(sig < 0):
+            raise ValueError(
+                f"sharpen_sigma_mm: expected None or non-negative finite mm, a scalar or {grid.ndim} values, "
+                f"got {sharpen_sigma_mm!r}"
+            )
     stack = jnp.stack([jnp.asarray(im.data, jnp.float32) for im in images])
     n_reg = 0
     history: list[dict] = []
