@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxreg.transforms.dense as dense
 from jaxreg.core.grid import Grid
+from jaxreg.transforms import dense
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -56,8 +56,8 @@ def main() -> None:
         res = {}
         for path in ("general", "separable"):
             general(path == "general")
-            f = jax.jit(lambda a: dense._resample_field(a, src, dst))
-            g = jax.jit(jax.grad(lambda a: jnp.sum(dense._resample_field(a, src, dst) ** 2)))
+            f = jax.jit(lambda a, s=src, t=dst: dense._resample_field(a, s, t))
+            g = jax.jit(jax.grad(lambda a, s=src, t=dst: jnp.sum(dense._resample_field(a, s, t) ** 2)))
             res[path] = (best(f, x), best(g, x))
         for k, what in enumerate(("forward", "gradient")):
             rows.append((f"{name}, {what}", res["general"][k], res["separable"][k]))

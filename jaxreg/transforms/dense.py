@@ -22,6 +22,7 @@ part) so that every sampling is a plain index-space interpolation.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -147,16 +148,17 @@ def _axis_plans(src: Grid, dst: Grid) -> tuple[tuple[int, int, tuple[tuple[int, 
     for d in range(n):
         ns, nd = int(src.shape[d]), int(dst.shape[d])
         step, t = float(m[d, d]), float(m[d, n])
-        period = next((p for p in range(1, 17) if abs(step * p - round(step * p)) <= 1e-9 * max(1.0, abs(step * p))), None)
+        whole = [p for p in range(1, 17) if abs(step * p - round(step * p)) <= 1e-9 * max(1.0, abs(step * p))]
+        period = whole[0] if whole else None
         if period is None or round(step * period) <= 0:  # no period, or a flipped axis: the general path
             return None
-        g = int(round(step * period))
+        g = round(step * period)
         ends = (t, step * (nd - 1) + t)
         pad = int(np.ceil(max(0.0, -min(ends), max(ends) - (ns - 1)))) + 1
         phases = []
         for r in range(min(period, nd)):
             base = step * r + t + pad
-            k = int(np.floor(base + 1e-9))
+            k = math.floor(base + 1e-9)
             phases.append((k, float(base - k), len(range(r, nd, period))))
         plans.append((pad, g, tuple(phases)))
     return tuple(plans)
@@ -169,6 +171,15 @@ def _separable_linear_resample(values: jax.Array, plans: tuple) -> jax.Array:
     and ``vmap`` are supported."""
     n = len(plans)
     x = values
+
+    def take(xp: jax.Array, start: int, step: int, c: int, count: int, ax: int) -> jax.Array:
+        sl = jax.lax.slice_in_dim(xp, start, start + step * (c - 1) + 1, stride=step, axis=ax)
+        if c < count:  # a shorter phase: padded to the common length (trimmed after interleaving)
+            w = [(0, 0)] * sl.ndim
+            w[ax] = (0, count - c)
+            sl = jnp.pad(sl, w)
+        return sl
+
     for d, (pad, g, phases) in enumerate(plans):
         ax = x.ndim - 1 - n + d
         widths = [(0, 0)] * x.ndim
@@ -177,15 +188,8 @@ def _separable_linear_resample(values: jax.Array, plans: tuple) -> jax.Array:
         count = max(c for _, _, c in phases)
         outs = []
         for k, a, c in phases:
-            def take(start, c=c):
-                sl = jax.lax.slice_in_dim(xp, start, start + g * (c - 1) + 1, stride=g, axis=ax)
-                if c < count:  # a shorter phase: pad to the common length (trimmed after interleaving)
-                    w = [(0, 0)] * sl.ndim
-                    w[ax] = (0, count - c)
-                    sl = jnp.pad(sl, w)
-                return sl
-            lo = take(k)
-            outs.append(lo if a == 0.0 else (1.0 - a) * lo + a * take(k + 1))
+            lo = take(xp, k, g, c, count, ax)
+            outs.append(lo if a == 0.0 else (1.0 - a) * lo + a * take(xp, k + 1, g, c, count, ax))
         y = jnp.stack(outs, axis=ax + 1)  # (..., count, p, ...)
         y = y.reshape(*y.shape[:ax], count * len(phases), *y.shape[ax + 2 :])
         x = jax.lax.slice_in_dim(y, 0, sum(c for _, _, c in phases), axis=ax)
